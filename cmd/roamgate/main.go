@@ -1,0 +1,94 @@
+// Command roamgate is an HTTP/3 edge and sidecar proxy that keeps a client's
+// backend and upstream TCP connections for the whole life of its QUIC
+// connection, through network changes.
+//
+//	roamgate run [--config Roamfile]        serve a Roamfile
+//	roamgate validate [--config Roamfile]   check a Roamfile and its certificate files
+//	roamgate reverse-proxy --from HOST:PORT --to UPSTREAM[,UPSTREAM...]
+//	roamgate demo                           the proxy, a legacy app and a migrating client
+//	roamgate version
+//
+// main only parses the command line and wires the packages together.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		os.Exit(0)
+	case errors.Is(err, errUsage):
+		os.Exit(2)
+	case err != nil:
+		fmt.Fprintln(os.Stderr, "roamgate:", err)
+		os.Exit(1)
+	}
+}
+
+// errUsage marks a command-line mistake; the usage was printed already.
+var errUsage = errors.New("usage")
+
+const usage = `roamgate: an HTTP/3 edge and sidecar proxy that survives client network changes
+
+Usage:
+  roamgate run [--config Roamfile] [--data-dir DIR] [--grace 10s]
+  roamgate validate [--config Roamfile]
+  roamgate reverse-proxy --from HOST:PORT --to UPSTREAM[,UPSTREAM...] [--bind HOST] [--data-dir DIR]
+  roamgate demo [--listen 127.0.0.1:8443] [--data-dir DIR] [--once]
+  roamgate version
+`
+
+// run executes one command. ctx ends on SIGINT/SIGTERM.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errUsage
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "run":
+		return runCmd(ctx, rest, stdout, stderr)
+	case "validate":
+		return validateCmd(rest, stdout, stderr)
+	case "reverse-proxy":
+		return reverseProxyCmd(ctx, rest, stdout, stderr)
+	case "demo":
+		return demoCmd(ctx, rest, stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, "roamgate", version())
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprintf(stderr, "roamgate: unknown command %q\n\n%s", cmd, usage)
+	return errUsage
+}
+
+// parseFlags parses a command's flags, printing errors and help to stderr.
+func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) error {
+	fs.SetOutput(stderr)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "roamgate %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		return errUsage
+	}
+	return nil
+}

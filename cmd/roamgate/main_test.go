@@ -1,0 +1,230 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/roamgate/roamgate/examples/legacyapp"
+	"github.com/roamgate/roamgate/proxy/h3client"
+	"github.com/roamgate/roamgate/tlsmgr"
+)
+
+func TestMain(m *testing.M) {
+	os.Setenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING", "true")
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/caddyserver/certmagic.keepLockfileFresh"))
+}
+
+// syncBuffer is a bytes.Buffer safe for the logger and the test at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{nil, {"nope"}, {"run", "--nope"}, {"validate", "extra"}, {"reverse-proxy", "--from", ":0"}} {
+		var out, errOut bytes.Buffer
+		if err := run(context.Background(), args, &out, &errOut); !errors.Is(err, errUsage) {
+			t.Errorf("%v: err = %v, want usage error", args, err)
+		}
+		if errOut.Len() == 0 {
+			t.Errorf("%v: nothing on stderr", args)
+		}
+	}
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"version"}, &out, io.Discard); err != nil || !strings.HasPrefix(out.String(), "roamgate ") {
+		t.Fatalf("version: %v %q", err, out.String())
+	}
+}
+
+func writeFile(t *testing.T, dir, name, text string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestValidate(t *testing.T) {
+	dir := t.TempDir()
+	good := writeFile(t, dir, "Roamfile", "localhost:8443 {\n\treverse_proxy 127.0.0.1:9000\n}\n")
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"validate", "--config", good}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "valid (1 site)") {
+		t.Fatalf("stdout %q", out.String())
+	}
+
+	bad := writeFile(t, dir, "Bad", "localhost:8443 {\n\treverse_proxy 127.0.0.1:9000 {\n\t\tmax_con 4\n\t}\n\ttls missing.pem missing.key\n}\n")
+	err := run(context.Background(), []string{"validate", "--config", bad}, io.Discard, io.Discard)
+	if err == nil {
+		t.Fatal("a bad Roamfile validated")
+	}
+	want := bad + `:3:3: reverse_proxy: unknown subdirective "max_con" (did you mean max_conns_per_session?)`
+	if !strings.Contains(err.Error(), want) {
+		t.Fatalf("error %q, want it to contain %q", err, want)
+	}
+
+	files := writeFile(t, dir, "Files", "localhost:8443 {\n\treverse_proxy 127.0.0.1:9000\n\ttls missing.pem missing.key\n}\n")
+	err = run(context.Background(), []string{"validate", "--config", files}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), files+":3:2: tls: ") || !strings.Contains(err.Error(), "missing.pem") {
+		t.Fatalf("missing cert files: %v", err)
+	}
+}
+
+// TestDemo runs the README's first command, exiting after its client.
+func TestDemo(t *testing.T) {
+	var out syncBuffer
+	err := run(context.Background(), []string{"demo", "--listen", "127.0.0.1:0", "--data-dir", t.TempDir(), "--once"}, &out, io.Discard)
+	if err != nil {
+		t.Fatalf("demo: %v\n%s", err, out.String())
+	}
+	for _, want := range []string{"migrate  127.0.0.1:", "The app saw one TCP connection (#1)", "roamgate serves https://localhost:"} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf("demo output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+var listeningUDP = regexp.MustCompile(`listening.*"udp": ?"([^"]+)"`)
+
+// serving runs a command in the background until the test cancels it, and
+// finds its HTTP/3 address in its JSON logs.
+func serving(t *testing.T, args []string) (addr string, stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var logs syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, args, io.Discard, &logs) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for addr == "" {
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatalf("no listening log line:\n%s", logs.String())
+		}
+		select {
+		case err := <-done:
+			cancel()
+			t.Fatalf("%v exited: %v\n%s", args, err, logs.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+		// The "listening" line, JSON or console: its fields are JSON.
+		if m := listeningUDP.FindStringSubmatch(logs.String()); m != nil {
+			addr = m[1]
+		}
+	}
+	return addr, func() error {
+		cancel()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(10 * time.Second):
+			return errors.New("did not stop")
+		}
+	}
+}
+
+// getThrough does one HTTP/3 GET through the proxy at addr, trusting the
+// local CA in dataDir.
+func getThrough(t *testing.T, addr, dataDir string) legacyapp.Request {
+	t.Helper()
+	pem, err := os.ReadFile(tlsmgr.RootCertPath(dataDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := h3client.Dial(ctx, addr, &tls.Config{RootCAs: pool, ServerName: "localhost"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	req, _ := http.NewRequestWithContext(ctx, "GET", "https://localhost/", nil)
+	resp, err := c.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var r legacyapp.Request
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		t.Fatalf("status %d: %v", resp.StatusCode, err)
+	}
+	return r
+}
+
+func TestRunServesARoamfile(t *testing.T) {
+	app, err := legacyapp.Start("127.0.0.1:0", "app", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	dir := t.TempDir()
+	dataDir := filepath.Join(dir, "data")
+	roamfile := writeFile(t, dir, "Roamfile", `{
+	default_bind 127.0.0.1
+	data_dir `+dataDir+`
+	log {
+		format json
+	}
+}
+localhost:0 {
+	reverse_proxy `+app.Addr()+`
+}
+`)
+	addr, stop := serving(t, []string{"run", "--config", roamfile, "--grace", "2s"})
+	if r := getThrough(t, addr, dataDir); r.XForwardedFor != "127.0.0.1" {
+		t.Fatalf("app saw %+v", r)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+}
+
+func TestReverseProxyCommand(t *testing.T) {
+	app, err := legacyapp.Start("127.0.0.1:0", "app", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	dataDir := t.TempDir()
+	addr, stop := serving(t, []string{"reverse-proxy", "--from", "localhost:0", "--to", app.Addr(), "--bind", "127.0.0.1", "--data-dir", dataDir})
+	if r := getThrough(t, addr, dataDir); r.Conn != 1 {
+		t.Fatalf("app saw %+v", r)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("reverse-proxy: %v", err)
+	}
+	if _, err := reverseProxyConfig("localhost:0", "a:1 {", ""); err == nil {
+		t.Fatal("a brace in --to was accepted")
+	}
+}

@@ -1,0 +1,120 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+
+	"github.com/roamgate/roamgate/configs"
+	"github.com/roamgate/roamgate/proxy"
+	"github.com/roamgate/roamgate/tlsmgr"
+)
+
+const defaultGrace = 10 * time.Second
+
+func runCmd(ctx context.Context, args []string, _, stderr io.Writer) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	config := fs.String("config", "Roamfile", "the Roamfile to serve")
+	dataDir := fs.String("data-dir", "", "where certificates and the local CA live (default: the Roamfile's data_dir, else "+tlsmgr.DefaultDataDir()+")")
+	grace := fs.Duration("grace", defaultGrace, "how long in-flight requests may finish on shutdown")
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	cfg, err := configs.Load(*config)
+	if err != nil {
+		return err
+	}
+	logger, err := newLogger(cfg.Log, stderr)
+	if err != nil {
+		return err
+	}
+	defer logger.Sync()
+	return serve(ctx, cfg, serveOptions{dataDir: *dataDir, grace: *grace, logger: logger})
+}
+
+// serveOptions are the parts of serving that do not come from the Roamfile.
+type serveOptions struct {
+	dataDir      string
+	grace        time.Duration
+	logger       *zap.Logger
+	accessLogger *zap.Logger // nil: the logger's "access" child
+	// started, when set, runs once the listeners are up; an error stops
+	// serving.
+	started func(ctx context.Context, srv *proxy.Server, certs *tlsmgr.Manager) error
+}
+
+// serve runs roamgate for cfg until ctx ends, then shuts down gracefully:
+// GOAWAY to HTTP/3 clients, in-flight requests get o.grace to finish (a
+// second signal cuts it short).
+func serve(ctx context.Context, cfg *configs.Config, o serveOptions) error {
+	logger := o.logger
+	restore := zap.RedirectStdLog(logger.Named("stdlog")) // quic-go's socket buffer warnings
+	defer restore()
+
+	certs, err := tlsmgr.New(tlsmgr.ConfigFor(cfg, o.dataDir), logger)
+	if err != nil {
+		return err
+	}
+	defer certs.Stop()
+	if err := certs.Start(ctx); err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	srv, err := proxy.New(cfg, certs, proxy.Options{Logger: logger, Registry: reg, AccessLogger: o.accessLogger})
+	if err != nil {
+		return err
+	}
+	if err := srv.Start(); err != nil {
+		return err
+	}
+	var startErr error
+	if o.started != nil {
+		startErr = o.started(ctx, srv, certs)
+	}
+	if startErr == nil {
+		<-ctx.Done()
+	}
+	return errors.Join(startErr, shutdown(srv, o.grace, logger))
+}
+
+// shutdown stops srv within grace; a second SIGINT/SIGTERM stops it at once.
+func shutdown(srv *proxy.Server, grace time.Duration, logger *zap.Logger) error {
+	if grace <= 0 {
+		grace = defaultGrace
+	}
+	logger.Info("shutting down", zap.Duration("grace", grace))
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sig)
+	go func() {
+		select {
+		case <-sig:
+			logger.Warn("second signal: closing now")
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	err := srv.Shutdown(ctx)
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		logger.Warn("grace period over: remaining connections were closed")
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	logger.Info("stopped")
+	return nil
+}

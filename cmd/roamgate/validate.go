@@ -1,0 +1,57 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+
+	"github.com/roamgate/roamgate/configs"
+	"github.com/roamgate/roamgate/tlsmgr"
+)
+
+// validateCmd checks a Roamfile and the certificate files it names, and
+// reports every problem with its file, line and column.
+func validateCmd(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
+	config := fs.String("config", "Roamfile", "the Roamfile to check")
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	cfg, err := configs.Load(*config)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, s := range cfg.Sites {
+		if s.TLS.Mode == configs.TLSFiles {
+			err := tlsmgr.CheckCertFiles(s.TLS.CertFile, s.TLS.KeyFile)
+			for _, e := range unjoin(err) {
+				errs = append(errs, fmt.Errorf("%s: tls: %w", s.TLS.Pos, e))
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: valid (%d site%s)\n", *config, len(cfg.Sites), plural(len(cfg.Sites)))
+	return nil
+}
+
+// unjoin splits an errors.Join result into its errors.
+func unjoin(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}

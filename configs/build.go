@@ -1,0 +1,161 @@
+package configs
+
+import (
+	"fmt"
+	"maps"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+)
+
+// Load reads and parses the Roamfile at path, substituting {$ENV}
+// placeholders from the process environment. Positions name the file as
+// path, exactly as given.
+func Load(path string) (*Config, error) {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(path, src, nil)
+}
+
+// Parse parses and validates the Roamfile src; filename is recorded in
+// positions. env looks up {$ENV} placeholders (nil means os.LookupEnv).
+//
+// Parse reports every error in the file it can find, in file order, joined
+// with errors.Join; each is an *Error. After 20 errors a last line says how
+// many more there were. A lexical or structural error (an unterminated
+// quote, an unmatched brace) stops it early.
+func Parse(filename string, src []byte, env func(string) (string, bool)) (*Config, error) {
+	toks, err := Lex(filename, src, env)
+	if err != nil {
+		return nil, err
+	}
+	global, sites, err := ParseBlocks(toks)
+	if err != nil {
+		return nil, err
+	}
+	b := &builder{
+		cfg: &Config{
+			File:      filename,
+			HTTPSPort: DefaultHTTPSPort,
+			HTTPPort:  DefaultHTTPPort,
+			Log:       Log{Level: "info", Format: "console"},
+		},
+		addrs: make(map[string]Position),
+	}
+	if global != nil {
+		b.global(global)
+	}
+	for _, blk := range sites {
+		b.site(blk)
+	}
+	if len(sites) == 0 {
+		b.report(newError(Position{File: filename, Line: 1, Col: 1}, "", nil, "no site blocks"))
+	}
+	if err := joinErrors(b.errs); err != nil {
+		return nil, err
+	}
+	return b.cfg, nil
+}
+
+// builder turns blocks into a Config, collecting errors as it goes.
+type builder struct {
+	cfg   *Config
+	errs  []error
+	addrs map[string]Position // "host:port" of each site address → where first used
+}
+
+func (b *builder) report(err error) {
+	if err != nil {
+		b.errs = append(b.errs, err)
+	}
+}
+
+// global applies the global options block. Must run before site, which
+// needs HTTPSPort.
+func (b *builder) global(blk *Block) {
+	seen := make(map[string]Position)
+	for _, seg := range blk.Segments {
+		c := NewCursor(seg)
+		c.Next()
+		name := c.Val()
+		opt, ok := globalOptions[name]
+		switch {
+		case !ok && siteDirectives[name] != nil:
+			b.report(errAtToken(c.Token(), fmt.Sprintf("%s is a site directive, not a global option", name)))
+		case !ok:
+			b.report(errAtToken(c.Token(), fmt.Sprintf("unknown global option %q%s",
+				name, didYouMean(name, slices.Sorted(maps.Keys(globalOptions))))))
+		case !setOnce(c, seen):
+			b.report(c.Errf("already set at %s", seen[name]))
+		default:
+			b.run(c, func() error { return opt(b, c) })
+		}
+	}
+}
+
+// site adds the site of blk.
+func (b *builder) site(blk Block) {
+	site := Site{Pos: blk.Keys[0].Pos()}
+	for _, k := range blk.Keys {
+		a, err := parseSiteAddress(k, b.cfg.HTTPSPort)
+		if err != nil {
+			b.report(err)
+			continue
+		}
+		hp := net.JoinHostPort(a.Host, strconv.Itoa(a.Port))
+		if first, dup := b.addrs[hp]; dup {
+			b.report(errAtToken(k, fmt.Sprintf("site address %q already used at %s", hp, first)))
+			continue
+		}
+		b.addrs[hp] = a.Pos
+		site.Addresses = append(site.Addresses, a)
+	}
+	seen := make(map[string]Position)
+	misspeltProxy := false // an unknown directive looks like reverse_proxy
+	for _, seg := range blk.Segments {
+		c := NewCursor(seg)
+		c.Next()
+		name := c.Val()
+		dir, ok := siteDirectives[name]
+		switch {
+		case !ok && globalOptions[name] != nil:
+			b.report(errAtToken(c.Token(), fmt.Sprintf(
+				"%s is a global option; set it in the global options block at the top of the file", name)))
+		case !ok:
+			names := slices.Sorted(maps.Keys(siteDirectives))
+			misspeltProxy = misspeltProxy || suggest(name, names) == "reverse_proxy"
+			b.report(errAtToken(c.Token(), fmt.Sprintf("unknown directive %q%s", name, didYouMean(name, names))))
+		case !setOnce(c, seen):
+			b.report(c.Errf("already set at %s", seen[name]))
+		default:
+			b.run(c, func() error { return dir(b, c, &site) })
+		}
+	}
+	if site.ReverseProxy == nil && !misspeltProxy {
+		b.report(newError(site.Pos, "", nil, "site has no reverse_proxy"))
+	}
+	b.cfg.Sites = append(b.cfg.Sites, site)
+}
+
+// run calls fn to read the directive at c and reports its error, or else
+// any arguments or block it left unread.
+func (b *builder) run(c *Cursor, fn func() error) {
+	err := fn()
+	if err == nil {
+		err = c.endOfLine()
+	}
+	b.report(err)
+}
+
+// setOnce records the current token's text in seen and reports whether it
+// was new.
+func setOnce(c *Cursor, seen map[string]Position) bool {
+	if _, dup := seen[c.Val()]; dup {
+		return false
+	}
+	seen[c.Val()] = c.Token().Pos()
+	return true
+}

@@ -1,0 +1,570 @@
+package configs
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// at returns a position in "Roamfile".
+func at(line, col int) Position { return Position{File: "Roamfile", Line: line, Col: col} }
+
+// proxy returns a ReverseProxy at pos with the default settings.
+func proxy(pos Position, upstreams ...Upstream) *ReverseProxy {
+	return &ReverseProxy{
+		Pos:                   pos,
+		Upstreams:             upstreams,
+		MaxConnsPerSession:    DefaultMaxConnsPerSession,
+		DialTimeout:           DefaultDialTimeout,
+		ResponseHeaderTimeout: DefaultResponseHeaderTimeout,
+	}
+}
+
+// defaults returns the Config of a file with no global options and sites.
+func defaults(sites ...Site) *Config {
+	return &Config{
+		File:      "Roamfile",
+		HTTPSPort: DefaultHTTPSPort,
+		HTTPPort:  DefaultHTTPPort,
+		Log:       Log{Level: "info", Format: "console"},
+		Sites:     sites,
+	}
+}
+
+// diffConfig describes the first difference between got and want, or
+// returns "" if they are equal.
+func diffConfig(got, want *Config) string {
+	if reflect.DeepEqual(got, want) {
+		return ""
+	}
+	g, w := *got, *want
+	g.Sites, w.Sites = nil, nil
+	if !reflect.DeepEqual(g, w) {
+		return fmt.Sprintf("global settings\n got %+v\nwant %+v", g, w)
+	}
+	if len(got.Sites) != len(want.Sites) {
+		return fmt.Sprintf("%d sites, want %d", len(got.Sites), len(want.Sites))
+	}
+	for i := range got.Sites {
+		gs, ws := got.Sites[i], want.Sites[i]
+		if !reflect.DeepEqual(gs.ReverseProxy, ws.ReverseProxy) {
+			return fmt.Sprintf("site %d reverse_proxy\n got %+v\nwant %+v", i, gs.ReverseProxy, ws.ReverseProxy)
+		}
+		gs.ReverseProxy, ws.ReverseProxy = nil, nil
+		if !reflect.DeepEqual(gs, ws) {
+			return fmt.Sprintf("site %d\n got %+v\nwant %+v", i, gs, ws)
+		}
+	}
+	return "configs differ"
+}
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		name string
+		src  string
+		want *Config
+	}{
+		{
+			name: "minimal",
+			src:  "example.com {\n\treverse_proxy localhost:8080\n}",
+			want: defaults(Site{
+				Pos:          at(1, 1),
+				Addresses:    []Address{{Pos: at(1, 1), Host: "example.com", Port: 443, Text: "example.com"}},
+				ReverseProxy: proxy(at(2, 2), Upstream{Pos: at(2, 16), Addr: "localhost:8080", Text: "localhost:8080"}),
+			}),
+		},
+		{
+			name: "shorthand",
+			src:  "# sidecar\nlocalhost:8443\nreverse_proxy :{$PORT}\n",
+			want: defaults(Site{
+				Pos:          at(2, 1),
+				Addresses:    []Address{{Pos: at(2, 1), Host: "localhost", Port: 8443, Text: "localhost:8443"}},
+				ReverseProxy: proxy(at(3, 1), Upstream{Pos: at(3, 15), Addr: "localhost:8080", Text: ":8080"}),
+			}),
+		},
+		{
+			name: "global options",
+			src: `{
+	https_port 8443
+	http_port 0
+	data_dir "/var/lib/roam gate"
+	default_bind 127.0.0.1 ::1 localhost
+	admin localhost:2019
+	log {
+		level debug
+		format json
+	}
+}
+Example.COM:0 {
+	reverse_proxy 10.0.0.5:8080
+}
+:9000, [::1], *.Example.com {
+	reverse_proxy 10.0.0.6
+}`,
+			want: &Config{
+				File:        "Roamfile",
+				HTTPSPort:   8443,
+				HTTPPort:    0,
+				DataDir:     "/var/lib/roam gate",
+				DefaultBind: []string{"127.0.0.1", "::1", "localhost"},
+				Admin:       "localhost:2019",
+				Log:         Log{Level: "debug", Format: "json"},
+				Sites: []Site{
+					{
+						Pos:          at(12, 1),
+						Addresses:    []Address{{Pos: at(12, 1), Host: "example.com", Port: 0, Text: "Example.COM:0"}},
+						ReverseProxy: proxy(at(13, 2), Upstream{Pos: at(13, 16), Addr: "10.0.0.5:8080", Text: "10.0.0.5:8080"}),
+					},
+					{
+						Pos: at(15, 1),
+						Addresses: []Address{
+							{Pos: at(15, 1), Host: "", Port: 9000, Text: ":9000"},
+							{Pos: at(15, 8), Host: "::1", Port: 8443, Text: "[::1]"},
+							{Pos: at(15, 15), Host: "*.example.com", Port: 8443, Text: "*.Example.com"},
+						},
+						ReverseProxy: proxy(at(16, 2), Upstream{Pos: at(16, 16), Addr: "10.0.0.6:80", Text: "10.0.0.6"}),
+					},
+				},
+			},
+		},
+		{
+			name: "one-line global block",
+			src:  "{ log { format json }; admin off }\na { reverse_proxy b }",
+			want: func() *Config {
+				c := defaults(Site{
+					Pos:          at(2, 1),
+					Addresses:    []Address{{Pos: at(2, 1), Host: "a", Port: 443, Text: "a"}},
+					ReverseProxy: proxy(at(2, 5), Upstream{Pos: at(2, 19), Addr: "b:80", Text: "b"}),
+				})
+				c.Log.Format = "json"
+				return c
+			}(),
+		},
+		{
+			name: "reverse_proxy block",
+			src: `https://example.com:8443 {
+	reverse_proxy http://a:81 {
+		to [::1]:8080 http://[fd00::1]
+		to b
+		max_conns_per_session 1024
+		dial_timeout 1ms
+		response_header_timeout 0
+	}
+}`,
+			want: defaults(Site{
+				Pos:       at(1, 1),
+				Addresses: []Address{{Pos: at(1, 1), Host: "example.com", Port: 8443, Text: "https://example.com:8443"}},
+				ReverseProxy: &ReverseProxy{
+					Pos: at(2, 2),
+					Upstreams: []Upstream{
+						{Pos: at(2, 16), Addr: "a:81", Text: "http://a:81"},
+						{Pos: at(3, 6), Addr: "[::1]:8080", Text: "[::1]:8080"},
+						{Pos: at(3, 17), Addr: "[fd00::1]:80", Text: "http://[fd00::1]"},
+						{Pos: at(4, 6), Addr: "b:80", Text: "b"},
+					},
+					MaxConnsPerSession:    1024,
+					DialTimeout:           time.Millisecond,
+					ResponseHeaderTimeout: 0,
+				},
+			}),
+		},
+		{
+			name: "upstreams only in block",
+			src:  "a {\n\treverse_proxy {\n\t\tto b:1\n\t}\n}",
+			want: defaults(Site{
+				Pos:          at(1, 1),
+				Addresses:    []Address{{Pos: at(1, 1), Host: "a", Port: 443, Text: "a"}},
+				ReverseProxy: proxy(at(2, 2), Upstream{Pos: at(3, 6), Addr: "b:1", Text: "b:1"}),
+			}),
+		},
+		{
+			name: "tls",
+			src:  "a {\n\treverse_proxy b\n\ttls internal\n}\nc {\n\ttls ./c.pem \"./my key.pem\"\n\treverse_proxy d\n}",
+			want: defaults(
+				Site{
+					Pos:          at(1, 1),
+					Addresses:    []Address{{Pos: at(1, 1), Host: "a", Port: 443, Text: "a"}},
+					TLS:          TLS{Pos: at(3, 2), Mode: TLSInternal},
+					ReverseProxy: proxy(at(2, 2), Upstream{Pos: at(2, 16), Addr: "b:80", Text: "b"}),
+				},
+				Site{
+					Pos:          at(5, 1),
+					Addresses:    []Address{{Pos: at(5, 1), Host: "c", Port: 443, Text: "c"}},
+					TLS:          TLS{Pos: at(6, 2), Mode: TLSFiles, CertFile: "./c.pem", KeyFile: "./my key.pem"},
+					ReverseProxy: proxy(at(7, 2), Upstream{Pos: at(7, 16), Addr: "d:80", Text: "d"}),
+				},
+			),
+		},
+		{
+			name: "same host on other ports",
+			src:  "a, a:8443, :443 {\n\treverse_proxy b\n}",
+			want: defaults(Site{
+				Pos: at(1, 1),
+				Addresses: []Address{
+					{Pos: at(1, 1), Host: "a", Port: 443, Text: "a"},
+					{Pos: at(1, 4), Host: "a", Port: 8443, Text: "a:8443"},
+					{Pos: at(1, 12), Host: "", Port: 443, Text: ":443"},
+				},
+				ReverseProxy: proxy(at(2, 2), Upstream{Pos: at(2, 16), Addr: "b:80", Text: "b"}),
+			}),
+		},
+		{
+			name: "env in address and empty env argument dropped",
+			src:  "{$HOST}:{$PORT} {\n\treverse_proxy {$UNSET} localhost:{$APP_PORT:3000}\n}",
+			want: defaults(Site{
+				Pos:          at(1, 1),
+				Addresses:    []Address{{Pos: at(1, 1), Host: "example.com", Port: 8080, Text: "example.com:8080"}},
+				ReverseProxy: proxy(at(2, 2), Upstream{Pos: at(2, 25), Addr: "localhost:3000", Text: "localhost:3000"}),
+			}),
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Parse("Roamfile", []byte(tt.src), testEnv)
+			if err != nil {
+				t.Fatalf("Parse:\n%v", err)
+			}
+			if d := diffConfig(got, tt.want); d != "" {
+				t.Error(d)
+			}
+		})
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	// site wraps directives in a site block: its first directive is on line 2
+	// at column 2.
+	site := func(directives string) string { return "a.com {\n\t" + directives + "\n}" }
+	// global wraps options in a global block and adds a site.
+	global := func(options string) string { return "{\n\t" + options + "\n}\nb.com {\n\treverse_proxy c\n}" }
+	tests := []struct {
+		name string
+		src  string
+		want string
+	}{
+		// Structure.
+		{"empty file", "", "Roamfile:1:1: no site blocks"},
+		{"global only", "{\n\tadmin off\n}", "Roamfile:1:1: no site blocks"},
+		{"site without reverse_proxy", "a.com {\n\ttls internal\n}", "Roamfile:1:1: site has no reverse_proxy"},
+		{"lexer error", site("reverse_proxy \"b"), "Roamfile:2:16: unterminated quoted string"},
+		{"block error", site("reverse_proxy b {"), `Roamfile:1:7: "{" has no matching "}"`},
+
+		// Directives.
+		{"unknown directive", site("revers_proxy b"), `Roamfile:2:2: unknown directive "revers_proxy" (did you mean reverse_proxy?)`},
+		{"unknown directive by prefix", site("rev b"), `Roamfile:2:2: unknown directive "rev" (did you mean reverse_proxy?)`},
+		{"unknown directive without suggestion", site("respond 200\n\treverse_proxy b"), `Roamfile:2:2: unknown directive "respond"`},
+		{"unknown directive and no reverse_proxy", site("respond 200"), "Roamfile:1:1: site has no reverse_proxy\n" + `Roamfile:2:2: unknown directive "respond"`},
+		{"global option in site", site("https_port 1\n\treverse_proxy b"), `Roamfile:2:2: https_port is a global option; set it in the global options block at the top of the file`},
+		{"site directive in global", global("tls internal"), `Roamfile:2:2: tls is a site directive, not a global option`},
+		{"unknown global option", global("htps_port 1"), `Roamfile:2:2: unknown global option "htps_port" (did you mean https_port?)`},
+		{"duplicate global option", global("https_port 1\n\thttps_port 2"), `Roamfile:3:2: https_port: already set at Roamfile:2:2`},
+		{"duplicate reverse_proxy", site("reverse_proxy b\n\treverse_proxy c"), `Roamfile:3:2: reverse_proxy: already set at Roamfile:2:2`},
+		{"duplicate tls", site("reverse_proxy b\n\ttls internal\n\ttls internal"), `Roamfile:4:2: tls: already set at Roamfile:3:2`},
+
+		// Global options.
+		{"https_port missing", global("https_port"), `Roamfile:2:2: https_port: missing argument`},
+		{"https_port extra", global("https_port 1 2"), `Roamfile:2:15: https_port: unexpected argument "2"`},
+		{"https_port block", global("https_port 1 {\n\t\tx\n\t}"), `Roamfile:2:15: https_port: unexpected block`},
+		{"https_port range", global("https_port 65536"), `Roamfile:2:13: https_port: invalid port "65536" (want 0-65535)`},
+		{"http_port not a number", global("http_port eighty"), `Roamfile:2:12: http_port: invalid port "eighty" (want 0-65535)`},
+		{"http_port sign", global("http_port +80"), `Roamfile:2:12: http_port: invalid port "+80" (want 0-65535)`},
+		{"data_dir empty", global(`data_dir ""`), `Roamfile:2:11: data_dir: empty path`},
+		{"data_dir two", global(`data_dir a b`), `Roamfile:2:13: data_dir: unexpected argument "b"`},
+		{"default_bind missing", global("default_bind"), `Roamfile:2:2: default_bind: missing argument`},
+		{"default_bind port", global("default_bind ::1 127.0.0.1:80"), `Roamfile:2:19: default_bind: invalid host "127.0.0.1:80" (want an IP address or a hostname, without port)`},
+		{"admin no port", global("admin localhost"), `Roamfile:2:8: admin: invalid address "localhost" (want host:port, as in 127.0.0.1:2019)`},
+		{"admin bad port", global("admin :x"), `Roamfile:2:8: admin: invalid port "x" (want 0-65535)`},
+		{"admin bad host", global("admin a$b:1"), `Roamfile:2:8: admin: invalid host "a$b"`},
+		{"log argument", global("log json"), `Roamfile:2:6: log: unexpected argument "json"`},
+		{"log unknown subdirective", global("log {\n\t\tlvl debug\n\t}"), `Roamfile:3:3: log: unknown subdirective "lvl"`},
+		{"log suggestion", global("log {\n\t\tformt json\n\t}"), `Roamfile:3:3: log: unknown subdirective "formt" (did you mean format?)`},
+		{"log level", global("log {\n\t\tlevel verbose\n\t}"), `Roamfile:3:9: log: unknown level "verbose" (want debug, info, warn, error)`},
+		{"log format", global("log { format text }"), `Roamfile:2:15: log: unknown format "text" (want console, json)`},
+		{"log level missing", global("log {\n\t\tlevel\n\t}"), `Roamfile:3:3: log: level: missing argument`},
+		{"log level twice", global("log {\n\t\tlevel info\n\t\tlevel warn\n\t}"), `Roamfile:4:3: log: level: already set at Roamfile:3:3`},
+		{"log level extra", global("log { level info warn }"), `Roamfile:2:19: log: level: unexpected argument "warn"`},
+
+		// Site addresses.
+		{"http site", "http://a.com {\n\treverse_proxy b\n}", `Roamfile:1:1: site address "http://a.com": plain HTTP sites are not supported (HTTP/3 needs TLS); leave out the scheme or use https://`},
+		{"other scheme", "ftp://a.com {\n\treverse_proxy b\n}", `Roamfile:1:1: site address "ftp://a.com": unsupported scheme "ftp"`},
+		{"path", "a.com/foo {\n\treverse_proxy b\n}", `Roamfile:1:1: site address "a.com/foo": paths are not supported`},
+		{"https path", "b, https://a.com/ {\n\treverse_proxy b\n}", `Roamfile:1:4: site address "https://a.com/": paths are not supported`},
+		{"port range", "a:65536 {\n\treverse_proxy b\n}", `Roamfile:1:1: site address "a:65536": invalid port "65536" (want 0-65535)`},
+		{"empty port", "a: {\n\treverse_proxy b\n}", `Roamfile:1:1: site address "a:": missing port after ":"`},
+		{"bare IPv6", "::1 {\n\treverse_proxy b\n}", `Roamfile:1:1: site address "::1": IPv6 address needs brackets, as in [::1]:8443`},
+		{"brackets around name", "[a.com]:1 {\n\treverse_proxy b\n}", `Roamfile:1:1: site address "[a.com]:1": brackets around a host that is not an IPv6 address`},
+		{"bad host", "a_b!.com {\n\treverse_proxy b\n}", `Roamfile:1:1: site address "a_b!.com": invalid host "a_b!.com"`},
+		{"numeric host", "8443 {\n\treverse_proxy b\n}", `Roamfile:1:1: site address "8443": invalid host "8443"`},
+		{"inner wildcard", "a.*.com {\n\treverse_proxy b\n}", `Roamfile:1:1: site address "a.*.com": invalid host "a.*.com"`},
+		{"scheme only", "https:// {\n\treverse_proxy b\n}", `Roamfile:1:1: site address "https://": missing host and port`},
+		{"duplicate address", "a.com {\n\treverse_proxy b\n}\nA.com:443 {\n\treverse_proxy c\n}", `Roamfile:4:1: site address "a.com:443" already used at Roamfile:1:1`},
+		{"duplicate address in block", "[::1]:1, x, [0::1]:1 {\n\treverse_proxy c\n}", `Roamfile:1:13: site address "[::1]:1" already used at Roamfile:1:1`},
+
+		// reverse_proxy.
+		{"no upstream", site("reverse_proxy"), `Roamfile:2:2: reverse_proxy: missing upstream address`},
+		{"no upstream with block", site("reverse_proxy {\n\t\tdial_timeout 1s\n\t}"), `Roamfile:2:2: reverse_proxy: missing upstream address`},
+		{"https upstream", site("reverse_proxy https://b"), `Roamfile:2:16: reverse_proxy: upstream "https://b": TLS to upstreams is not supported yet`},
+		{"upstream scheme", site("reverse_proxy h2c://b"), `Roamfile:2:16: reverse_proxy: upstream "h2c://b": unsupported scheme "h2c"`},
+		{"upstream path", site("reverse_proxy b:80/x"), `Roamfile:2:16: reverse_proxy: upstream "b:80/x": paths are not supported`},
+		{"upstream port 0", site("reverse_proxy b:0"), `Roamfile:2:16: reverse_proxy: upstream "b:0": invalid port "0" (want 1-65535)`},
+		{"upstream wildcard", site("reverse_proxy *.b"), `Roamfile:2:16: reverse_proxy: upstream "*.b": invalid host "*.b"`},
+		{"upstream bare IPv6", site("reverse_proxy ::1:80"), `Roamfile:2:16: reverse_proxy: upstream "::1:80": IPv6 address needs brackets, as in [::1]:8443`},
+		{"unknown subdirective", site("reverse_proxy b {\n\t\tmax_con 3\n\t}"), `Roamfile:3:3: reverse_proxy: unknown subdirective "max_con" (did you mean max_conns_per_session?)`},
+		{"misspelt subdirective", site("reverse_proxy b {\n\t\tdial_timout 3s\n\t}"), `Roamfile:3:3: reverse_proxy: unknown subdirective "dial_timout" (did you mean dial_timeout?)`},
+		{"to without upstream", site("reverse_proxy b {\n\t\tto\n\t}"), `Roamfile:3:3: reverse_proxy: to: missing argument`},
+		{"to with block", site("reverse_proxy b {\n\t\tto c {\n\t\t}\n\t}"), `Roamfile:3:8: reverse_proxy: to: unexpected block`},
+		{"max_conns not a number", site("reverse_proxy b {\n\t\tmax_conns_per_session many\n\t}"), `Roamfile:3:25: reverse_proxy: max_conns_per_session: invalid number "many"`},
+		{"max_conns zero", site("reverse_proxy b {\n\t\tmax_conns_per_session 0\n\t}"), `Roamfile:3:25: reverse_proxy: max_conns_per_session: 0 out of range (want 1-1024)`},
+		{"max_conns too many", site("reverse_proxy b {\n\t\tmax_conns_per_session 1025\n\t}"), `Roamfile:3:25: reverse_proxy: max_conns_per_session: 1025 out of range (want 1-1024)`},
+		{"max_conns twice", site("reverse_proxy b {\n\t\tmax_conns_per_session 1\n\t\tmax_conns_per_session 2\n\t}"), `Roamfile:4:3: reverse_proxy: max_conns_per_session: already set at Roamfile:3:3`},
+		{"dial_timeout invalid", site("reverse_proxy b {\n\t\tdial_timeout 5x\n\t}"), `Roamfile:3:16: reverse_proxy: dial_timeout: invalid duration "5x"`},
+		{"dial_timeout zero", site("reverse_proxy b {\n\t\tdial_timeout 0s\n\t}"), `Roamfile:3:16: reverse_proxy: dial_timeout: duration "0s" must be positive`},
+		{"dial_timeout missing", site("reverse_proxy b {\n\t\tdial_timeout\n\t}"), `Roamfile:3:3: reverse_proxy: dial_timeout: missing argument`},
+		{"dial_timeout extra", site("reverse_proxy b {\n\t\tdial_timeout 1s 2s\n\t}"), `Roamfile:3:19: reverse_proxy: dial_timeout: unexpected argument "2s"`},
+		{"response_header_timeout negative", site("reverse_proxy b {\n\t\tresponse_header_timeout -1s\n\t}"), `Roamfile:3:27: reverse_proxy: response_header_timeout: duration "-1s" must not be negative`},
+
+		// tls.
+		{"tls missing", site("reverse_proxy b\n\ttls"), `Roamfile:3:2: tls: missing argument`},
+		{"tls misspelt", site("reverse_proxy b\n\ttls interal"), `Roamfile:3:6: tls: unknown mode "interal" (did you mean internal?)`},
+		{"tls one file", site("reverse_proxy b\n\ttls cert.pem"), `Roamfile:3:6: tls: missing key file after "cert.pem" (want tls internal or tls CERT_FILE KEY_FILE)`},
+		{"tls internal extra", site("reverse_proxy b\n\ttls internal x"), `Roamfile:3:15: tls: unexpected argument "x"`},
+		{"tls three", site("reverse_proxy b\n\ttls a b c"), `Roamfile:3:10: tls: unexpected argument "c"`},
+		{"tls empty cert", site("reverse_proxy b\n\ttls \"\" k"), `Roamfile:3:6: tls: empty certificate file name`},
+		{"tls empty key", site("reverse_proxy b\n\ttls c \"\""), `Roamfile:3:8: tls: empty key file name`},
+		{"tls block", site("reverse_proxy b\n\ttls internal {\n\t}"), `Roamfile:3:15: tls: unexpected block`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := Parse("Roamfile", []byte(tt.src), testEnv)
+			if err == nil {
+				t.Fatalf("Parse(%q) = %+v, want error", tt.src, cfg)
+			}
+			if cfg != nil {
+				t.Errorf("Parse returned a Config with an error")
+			}
+			if err.Error() != tt.want {
+				t.Errorf("Parse(%q) error\n got %s\nwant %s", tt.src, err, tt.want)
+			}
+			var e *Error
+			if !errors.As(err, &e) {
+				t.Errorf("error %T is not an *Error", err)
+			}
+		})
+	}
+}
+
+func TestParseReportsAllErrors(t *testing.T) {
+	src := `{
+	https_port 70000
+}
+a.com {
+	reverse_proxy b {
+		dial_timeout 5x
+		max_con 2
+	}
+}
+c.com {
+	tls internal
+}
+`
+	want := []string{
+		`Roamfile:2:13: https_port: invalid port "70000" (want 0-65535)`,
+		`Roamfile:6:16: reverse_proxy: dial_timeout: invalid duration "5x"`,
+		`Roamfile:7:3: reverse_proxy: unknown subdirective "max_con" (did you mean max_conns_per_session?)`,
+		`Roamfile:10:1: site has no reverse_proxy`,
+	}
+	_, err := Parse("Roamfile", []byte(src), testEnv)
+	if err == nil {
+		t.Fatal("Parse succeeded, want errors")
+	}
+	if got := strings.Split(err.Error(), "\n"); !reflect.DeepEqual(got, want) {
+		t.Errorf("errors\n got %q\nwant %q", got, want)
+	}
+	errs := configErrors(err)
+	if len(errs) != len(want) {
+		t.Fatalf("%d *Errors, want %d", len(errs), len(want))
+	}
+	var first *Error
+	if !errors.As(err, &first) || first != errs[0] {
+		t.Errorf("errors.As found %v, want the first error", first)
+	}
+	if errs[1].Directive != "reverse_proxy" || errs[1].Pos != at(6, 16) || errs[1].Err == nil {
+		t.Errorf("second error = %+v, want reverse_proxy at 6:16 with a cause", *errs[1])
+	}
+}
+
+// TestParseReportsErrorsInFileOrder checks that an error found late about
+// an early place (a site without reverse_proxy is noticed after its
+// directives) is reported in file order.
+func TestParseReportsErrorsInFileOrder(t *testing.T) {
+	src := "a.com {\n\ttls x\n}\nb.com:1 {\n\treverse_proxy c\n}"
+	want := "Roamfile:1:1: site has no reverse_proxy\n" +
+		`Roamfile:2:6: tls: missing key file after "x" (want tls internal or tls CERT_FILE KEY_FILE)`
+	if _, err := Parse("Roamfile", []byte(src), testEnv); err == nil || err.Error() != want {
+		t.Errorf("Parse error\n got %v\nwant %s", err, want)
+	}
+}
+
+func TestParseCapsErrors(t *testing.T) {
+	var src strings.Builder
+	for i := range maxErrors + 5 {
+		fmt.Fprintf(&src, "a%d.com {\n\treverse_proxy x:%d\n}\n", i, 70000+i)
+	}
+	_, err := Parse("Roamfile", []byte(src.String()), testEnv)
+	if err == nil {
+		t.Fatal("Parse succeeded, want errors")
+	}
+	lines := strings.Split(err.Error(), "\n")
+	if len(lines) != maxErrors+1 {
+		t.Fatalf("%d error lines, want %d:\n%v", len(lines), maxErrors+1, err)
+	}
+	if want := `Roamfile:2:16: reverse_proxy: upstream "x:70000": invalid port "70000" (want 1-65535)`; lines[0] != want {
+		t.Errorf("first line %q, want %q", lines[0], want)
+	}
+	if want := `Roamfile:59:16: reverse_proxy: upstream "x:70019": invalid port "70019" (want 1-65535)`; lines[maxErrors-1] != want {
+		t.Errorf("last error line %q, want %q", lines[maxErrors-1], want)
+	}
+	if want := "too many errors: 5 more not shown"; lines[maxErrors] != want {
+		t.Errorf("final line %q, want %q", lines[maxErrors], want)
+	}
+	if n := len(configErrors(err)); n != maxErrors {
+		t.Errorf("%d *Errors, want %d", n, maxErrors)
+	}
+}
+
+func TestParseWrapsCauses(t *testing.T) {
+	src := "a {\n\treverse_proxy b {\n\t\tmax_conns_per_session 99999999999999999999\n\t}\n}"
+	_, err := Parse("Roamfile", []byte(src), testEnv)
+	var numErr *strconv.NumError
+	if !errors.As(err, &numErr) || !errors.Is(err, strconv.ErrRange) {
+		t.Errorf("Parse error %v does not wrap a strconv range error", err)
+	}
+}
+
+func TestLoad(t *testing.T) {
+	t.Setenv("APP_PORT", "4000")
+	path := filepath.Join("testdata", "full.Roamfile")
+	cfg, err := Load(path)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if cfg.File != path || cfg.Sites[0].Pos.File != path {
+		t.Errorf("File = %q, site file %q; want %q", cfg.File, cfg.Sites[0].Pos.File, path)
+	}
+	if got := cfg.Sites[1].ReverseProxy.Upstreams[0].Addr; got != "localhost:4000" {
+		t.Errorf("upstream from $APP_PORT = %q, want localhost:4000", got)
+	}
+}
+
+func TestLoadErrorNamesPath(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "Roamfile")
+	if err := os.WriteFile(path, []byte("a {\n\trevers_proxy b\n}"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load(path)
+	if want := path + `:2:2: unknown directive "revers_proxy" (did you mean reverse_proxy?)`; !strings.HasPrefix(fmt.Sprint(err), want) {
+		t.Errorf("Load error %v, want prefix %s", err, want)
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "nope", "Roamfile")
+	_, err := Load(path)
+	if err == nil || !strings.Contains(err.Error(), path) || !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Load(%q) error = %v, want one naming the path and wrapping fs.ErrNotExist", path, err)
+	}
+}
+
+func TestParseTestdata(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("testdata", "*.Roamfile"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no testdata: %v", err)
+	}
+	for _, file := range files {
+		t.Run(filepath.Base(file), func(t *testing.T) {
+			src, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = Parse("Roamfile", src, testEnv)
+			wantErr := strings.HasPrefix(filepath.Base(file), "errors")
+			if (err != nil) != wantErr {
+				t.Fatalf("Parse error = %v, want error: %v", err, wantErr)
+			}
+			if err != nil {
+				checkErrorPositions(t, src, err)
+			}
+		})
+	}
+}
+
+// addSeeds adds the testdata Roamfiles and the sources of the Parse tests'
+// cases to the seed corpus of f.
+func addSeeds(f *testing.F) {
+	files, _ := filepath.Glob(filepath.Join("testdata", "*.Roamfile"))
+	for _, file := range files {
+		src, err := os.ReadFile(file)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(src)
+	}
+	for _, s := range []string{
+		"",
+		"a.com\nreverse_proxy b",
+		"{ log { level debug; format json } }\na { reverse_proxy b { to c; dial_timeout 1s } }",
+		"a, b:1, [::1]:2, https://c:3 {\n\treverse_proxy http://d:4 [::1] :5\n\ttls x y\n}",
+		"a {\n\tb {\n\t\tc {\n\t\t\td\n\t\t}\n\t}\n}",
+		"http://a {\n}\nb/c {\n}\n{\n}",
+	} {
+		f.Add([]byte(s))
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	addSeeds(f)
+	f.Fuzz(func(t *testing.T, src []byte) {
+		cfg, err := Parse("Roamfile", src, testEnv)
+		if err != nil {
+			if cfg != nil {
+				t.Fatal("Parse returned a Config with an error")
+			}
+			checkErrorPositions(t, src, err)
+			return
+		}
+		if len(cfg.Sites) == 0 {
+			t.Fatal("valid Config without sites")
+		}
+		for _, s := range cfg.Sites {
+			if len(s.Addresses) == 0 || s.ReverseProxy == nil || len(s.ReverseProxy.Upstreams) == 0 {
+				t.Fatalf("invalid site in a valid Config: %+v", s)
+			}
+			for _, a := range s.Addresses {
+				if a.Port < 0 || a.Port > 65535 || canonicalHost(a.Host) != a.Host {
+					t.Fatalf("invalid address in a valid Config: %+v", a)
+				}
+			}
+		}
+	})
+}
+
+func BenchmarkParse(b *testing.B) {
+	src, err := os.ReadFile(filepath.Join("testdata", "full.Roamfile"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.SetBytes(int64(len(src)))
+	for b.Loop() {
+		if _, err := Parse("Roamfile", src, testEnv); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

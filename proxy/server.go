@@ -1,0 +1,378 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+	"go.uber.org/zap"
+	"go.uber.org/zap/exp/zapslog"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/roamgate/roamgate/configs"
+	"github.com/roamgate/roamgate/upstream"
+)
+
+// CertSource supplies the TLS configurations of the listeners;
+// *tlsmgr.Manager is one.
+type CertSource interface {
+	// TLSConfig is for the TCP listener: h2, http/1.1 (and acme-tls/1).
+	TLSConfig() *tls.Config
+	// QUICTLSConfig is for HTTP/3: h3, TLS 1.3.
+	QUICTLSConfig() *tls.Config
+}
+
+// Options are the optional parts of a Server.
+type Options struct {
+	// Logger receives the server's logs; nil logs nothing.
+	Logger *zap.Logger
+	// AccessLogger receives one line per request; nil uses
+	// Logger.Named("access"). zap.NewNop() turns access logs off.
+	AccessLogger *zap.Logger
+	// Registry receives the metrics and backs the admin endpoint's /metrics;
+	// nil uses a private registry.
+	Registry *prometheus.Registry
+	// QUICConfig overrides the QUIC transport settings; nil uses defaults
+	// (30 s idle timeout, no 0-RTT).
+	QUICConfig *quic.Config
+}
+
+// Server is roamgate's listening side: for every port of the configuration,
+// HTTP/3 on UDP through a quic.Transport of its own, and HTTP/1.1 and HTTP/2
+// over TLS on the TCP port of the same number.
+type Server struct {
+	cfg       *configs.Config
+	certs     CertSource
+	logger    *zap.Logger
+	errLog    *zap.Logger // per-request failures, rate-limited
+	access    *zap.Logger
+	registry  *prometheus.Registry
+	metrics   *metrics
+	quicConf  *quic.Config
+	ports     []*portServer
+	admin     *adminServer
+	sessions  sync.WaitGroup // one per open session
+	serving   sync.WaitGroup // the Serve goroutines
+	startOnce sync.Once
+
+	nextSessionID atomic.Uint64
+
+	mu       sync.Mutex // guards the following
+	started  bool
+	shutdown bool
+}
+
+// portServer is everything listening on one port number.
+type portServer struct {
+	port  int // as configured; 0 picks a free port shared by UDP and TCP
+	bound int // the port listened on
+	rt    *router
+
+	h3         *http3.Server
+	h1         *http.Server
+	udp        []*net.UDPConn
+	transports []*quic.Transport
+	qlns       []*quic.Listener
+	tcp        []net.Listener
+}
+
+// Listener describes one bound port.
+type Listener struct {
+	Port int
+	UDP  []net.Addr // HTTP/3
+	TCP  []net.Addr // HTTP/1.1 and HTTP/2
+}
+
+// New builds a Server for cfg: a pool per reverse_proxy and a router per
+// port. It does not listen yet; see Start.
+func New(cfg *configs.Config, certs CertSource, opts Options) (*Server, error) {
+	if cfg == nil || certs == nil {
+		return nil, errors.New("proxy: nil config or certificate source")
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	reg := opts.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	qconf := opts.QUICConfig
+	if qconf == nil {
+		qconf = &quic.Config{MaxIdleTimeout: 30 * time.Second}
+	}
+	access := opts.AccessLogger
+	if access == nil {
+		access = logger.Named("access")
+	}
+	s := &Server{
+		cfg:    cfg,
+		certs:  certs,
+		logger: logger,
+		// A flood of failing requests must not become a flood of log lines:
+		// per message, the first 20 a second, then every 100th.
+		errLog: logger.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
+			return zapcore.NewSamplerWithOptions(c, time.Second, 20, 100)
+		})),
+		access:   access,
+		registry: reg,
+		metrics:  newMetrics(reg),
+		quicConf: qconf,
+	}
+	upMetrics := upstream.NewMetrics(reg)
+	byPort := map[int]*portServer{}
+	for _, sc := range cfg.Sites {
+		rp := sc.ReverseProxy
+		backends := make([]string, len(rp.Upstreams))
+		for i, u := range rp.Upstreams {
+			backends[i] = u.Addr
+		}
+		pool, err := upstream.New(upstream.Config{
+			Backends:              backends,
+			MaxConnsPerSession:    rp.MaxConnsPerSession,
+			DialTimeout:           rp.DialTimeout,
+			ResponseHeaderTimeout: rp.ResponseHeaderTimeout,
+		}, logger.Named("upstream"), upMetrics)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", rp.Pos, err)
+		}
+		st := &site{name: sc.Addresses[0].Text, pool: pool}
+		for _, a := range sc.Addresses {
+			ps := byPort[a.Port]
+			if ps == nil {
+				ps = &portServer{port: a.Port, rt: newRouter()}
+				byPort[a.Port] = ps
+				s.ports = append(s.ports, ps)
+			}
+			ps.rt.add(a.Host, st)
+		}
+	}
+	if cfg.Admin != "" {
+		s.admin = newAdminServer(cfg.Admin, reg, logger)
+	}
+	return s, nil
+}
+
+// Start binds every listener and starts serving. On error nothing stays
+// bound.
+func (s *Server) Start() (err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started || s.shutdown {
+		return errors.New("proxy: server already started")
+	}
+	s.started = true
+	defer func() {
+		if err != nil {
+			s.closeListeners()
+		}
+	}()
+	hosts := s.cfg.DefaultBind
+	if len(hosts) == 0 {
+		hosts = []string{""}
+	}
+	for _, ps := range s.ports {
+		port := ps.port
+		for _, host := range hosts {
+			udp, tcp, err := listenPair(host, port)
+			if err != nil {
+				return err
+			}
+			ps.udp = append(ps.udp, udp)
+			ps.tcp = append(ps.tcp, tcp)
+			port = udp.LocalAddr().(*net.UDPAddr).Port // several hosts share one ephemeral port
+		}
+		ps.bound = port
+	}
+	if s.admin != nil {
+		if err := s.admin.listen(); err != nil {
+			return err
+		}
+	}
+	for _, ps := range s.ports {
+		if err := s.serve(ps); err != nil {
+			return err
+		}
+	}
+	if s.admin != nil {
+		s.serving.Go(s.admin.serve)
+	}
+	return nil
+}
+
+// serve starts HTTP/3 and TCP serving on a port's bound sockets.
+func (s *Server) serve(ps *portServer) error {
+	slogger := slog.New(zapslog.NewHandler(s.logger.Named("http3").Core()))
+	ps.h3 = &http3.Server{
+		Handler:     &handler{srv: s, router: ps.rt},
+		QUICConfig:  s.quicConf,
+		ConnContext: s.h3ConnContext,
+		Logger:      slogger,
+	}
+	altSvc := []string{`h3=":` + strconv.Itoa(ps.bound) + `"; ma=2592000`}
+	ps.h1 = &http.Server{
+		Handler:           &handler{srv: s, router: ps.rt, altSvc: altSvc},
+		TLSConfig:         s.certs.TLSConfig(),
+		ConnContext:       tcpConnContext,
+		ReadHeaderTimeout: time.Minute,
+		IdleTimeout:       5 * time.Minute,
+		ErrorLog:          zap.NewStdLog(s.logger.Named("tcp").WithOptions(zap.IncreaseLevel(zap.WarnLevel))),
+	}
+	qtls := http3.ConfigureTLSConfig(s.certs.QUICTLSConfig())
+	for i, udp := range ps.udp {
+		tr := &quic.Transport{Conn: udp}
+		ln, err := tr.Listen(qtls, s.quicConf)
+		if err != nil {
+			return fmt.Errorf("listen quic %s: %w", udp.LocalAddr(), err)
+		}
+		ps.transports = append(ps.transports, tr)
+		ps.qlns = append(ps.qlns, ln)
+		s.serving.Go(func() {
+			if err := ps.h3.ServeListener(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, quic.ErrServerClosed) {
+				s.logger.Error("http3 serving stopped", zap.Stringer("addr", udp.LocalAddr()), zap.Error(err))
+			}
+		})
+		tcp := &sessionListener{Listener: ps.tcp[i], srv: s}
+		s.serving.Go(func() {
+			if err := ps.h1.ServeTLS(tcp, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.logger.Error("tcp serving stopped", zap.Stringer("addr", tcp.Addr()), zap.Error(err))
+			}
+		})
+		s.logger.Info("listening", zap.Stringer("udp", udp.LocalAddr()), zap.Stringer("tcp", tcp.Addr()),
+			zap.Strings("protocols", []string{"h3", "h2", "http/1.1"}))
+	}
+	return nil
+}
+
+// h3ConnContext starts the session of a new QUIC connection and ties its end
+// to the connection's: when the connection closes (either side, idle
+// timeout, shutdown), the session's upstream connections close.
+func (s *Server) h3ConnContext(ctx context.Context, c *quic.Conn) context.Context {
+	sess := s.newSession("h3", c.RemoteAddr(), c)
+	context.AfterFunc(c.Context(), sess.close)
+	return withSession(ctx, sess)
+}
+
+// Listeners reports the bound ports and addresses, in configuration order.
+func (s *Server) Listeners() []Listener {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Listener, 0, len(s.ports))
+	for _, ps := range s.ports {
+		l := Listener{Port: ps.bound}
+		for _, u := range ps.udp {
+			l.UDP = append(l.UDP, u.LocalAddr())
+		}
+		for _, t := range ps.tcp {
+			l.TCP = append(l.TCP, t.Addr())
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+// AdminAddr is the bound admin address, or nil when the admin endpoint is off.
+func (s *Server) AdminAddr() net.Addr {
+	if s.admin == nil || s.admin.ln == nil {
+		return nil
+	}
+	return s.admin.ln.Addr()
+}
+
+// Shutdown stops accepting, tells HTTP/3 clients to go away (GOAWAY) and
+// HTTP/2 clients likewise, lets in-flight requests finish until ctx ends,
+// then closes whatever is left and waits for every session to release its
+// upstream connections.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		return nil
+	}
+	s.shutdown = true
+	started := s.started
+	s.mu.Unlock()
+	if !started {
+		return nil
+	}
+
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	record := func(err error) {
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			mu.Lock()
+			errs = append(errs, err)
+			mu.Unlock()
+		}
+	}
+	for _, ps := range s.ports {
+		if ps.h3 == nil {
+			continue // Start failed before serving this port
+		}
+		wg.Go(func() { record(ps.h3.Shutdown(ctx)) })
+		wg.Go(func() { record(ps.h1.Shutdown(ctx)) })
+		// http3.Server.Shutdown leaves listeners given to ServeListener
+		// open: close them so no new handshake completes.
+		for _, ln := range ps.qlns {
+			_ = ln.Close()
+		}
+	}
+	if s.admin != nil {
+		wg.Go(func() { record(s.admin.srv.Shutdown(ctx)) })
+	}
+	wg.Wait()
+	for _, ps := range s.ports {
+		if ps.h3 != nil {
+			_ = ps.h3.Close()
+			_ = ps.h1.Close()
+		}
+	}
+	s.closeListeners()
+	s.serving.Wait()
+	s.sessions.Wait()
+	return errors.Join(errs...)
+}
+
+// Close stops the server at once: connections are closed without waiting.
+func (s *Server) Close() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := s.Shutdown(ctx)
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// closeListeners closes every socket, after the HTTP servers let go.
+func (s *Server) closeListeners() {
+	for _, ps := range s.ports {
+		for _, ln := range ps.qlns {
+			_ = ln.Close()
+		}
+		for _, tr := range ps.transports {
+			_ = tr.Close() // abruptly ends connections still open
+		}
+		for _, u := range ps.udp {
+			_ = u.Close()
+		}
+		for _, t := range ps.tcp {
+			_ = t.Close()
+		}
+	}
+	if s.admin != nil && s.admin.ln != nil {
+		_ = s.admin.ln.Close()
+	}
+}

@@ -1,0 +1,185 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+
+	"github.com/quic-go/quic-go"
+	"go.uber.org/zap"
+
+	"github.com/roamgate/roamgate/upstream"
+)
+
+// errSessionClosed is returned for a request whose session already ended
+// (its connection closed while the request was being read).
+var errSessionClosed = errors.New("session closed")
+
+// session is one client connection's state: one per QUIC connection, or one
+// per TCP connection on the TCP listener. It owns a lease on each upstream
+// pool the client has used (usually one) and closes them when the
+// connection ends. See DESIGN.md, "The one invariant".
+type session struct {
+	id    uint64
+	proto string     // "h3" or "tcp"
+	qconn *quic.Conn // nil on TCP
+
+	// The address the connection started from, as the forwarding headers
+	// carry it for the session's whole life (a migration never changes what
+	// the backend sees), precomputed once.
+	startAddr string   // "ip:port"
+	xff       []string // X-Forwarded-For value: the start IP
+	fwdFor    string   // Forwarded "for=" parameter
+
+	lastAddr    atomic.Value // net.Addr: the remote address last seen (h3)
+	pathChanges atomic.Int64
+
+	srv *Server
+
+	mu     sync.Mutex // guards the following
+	leases []poolLease
+	closed bool
+}
+
+type poolLease struct {
+	pool  *upstream.Pool
+	lease *upstream.Lease
+}
+
+type sessionKey struct{}
+
+func withSession(ctx context.Context, s *session) context.Context {
+	return context.WithValue(ctx, sessionKey{}, s)
+}
+
+func sessionFrom(ctx context.Context) *session {
+	s, _ := ctx.Value(sessionKey{}).(*session)
+	return s
+}
+
+// newSession starts a session for a connection from remote.
+func (srv *Server) newSession(proto string, remote net.Addr, qconn *quic.Conn) *session {
+	s := &session{id: srv.nextSessionID.Add(1), proto: proto, qconn: qconn, srv: srv}
+	s.startAddr = remote.String()
+	ap := addrPort(remote)
+	s.xff = []string{ap.Addr().String()}
+	s.fwdFor = forwardedFor(ap)
+	if qconn != nil {
+		s.lastAddr.Store(remote)
+	}
+	srv.sessions.Add(1)
+	srv.metrics.sessionsOpened.WithLabelValues(proto).Inc()
+	srv.metrics.sessionsActive.Inc()
+	if ce := srv.logger.Check(zap.DebugLevel, "session opened"); ce != nil {
+		ce.Write(zap.Uint64("session", s.id), zap.String("proto", proto), zap.String("remote", s.startAddr))
+	}
+	return s
+}
+
+// lease returns the session's lease on pool, taking one (which picks the
+// session's backend) on first use.
+func (s *session) lease(pool *upstream.Pool) (*upstream.Lease, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, errSessionClosed
+	}
+	for _, pl := range s.leases {
+		if pl.pool == pool {
+			return pl.lease, nil
+		}
+	}
+	l := pool.Lease(s.id)
+	s.leases = append(s.leases, poolLease{pool, l})
+	return l, nil
+}
+
+// close ends the session and closes its upstream connections. It is
+// idempotent.
+func (s *session) close() {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.closed = true
+	leases := s.leases
+	s.leases = nil
+	s.mu.Unlock()
+	for _, pl := range leases {
+		_ = pl.lease.Close()
+	}
+	s.srv.metrics.sessionsActive.Dec()
+	s.srv.sessions.Done()
+	if ce := s.srv.logger.Check(zap.DebugLevel, "session closed"); ce != nil {
+		ce.Write(zap.Uint64("session", s.id), zap.String("proto", s.proto),
+			zap.Int64("path_changes", s.pathChanges.Load()))
+	}
+}
+
+// observePath compares the QUIC connection's current remote address with the
+// last one seen and reports a change: a log line (old → new, session) and a
+// counter. It is one atomic load when nothing changed, cheap enough for every
+// request; a tracer on every packet would cost far more (see the quic-go
+// notes). quic-go switches paths only after validating the new one (RFC 9000
+// §9), so what it reports here is a validated path.
+func (s *session) observePath() {
+	if s.qconn == nil {
+		return
+	}
+	cur := s.qconn.RemoteAddr()
+	last, _ := s.lastAddr.Load().(net.Addr)
+	if cur == last || sameAddr(cur, last) {
+		return
+	}
+	if !s.lastAddr.CompareAndSwap(last, cur) {
+		return // a concurrent request reported this change
+	}
+	s.pathChanges.Add(1)
+	// The server cannot tell an active migration from a NAT rebinding
+	// (quic-go handles both alike); the kind only says what changed. A new
+	// port on the same IP is typically a NAT rebinding or a new socket on
+	// the same network, a new IP a move to another network.
+	kind := "address"
+	if addrPort(cur).Addr() == addrPort(last).Addr() {
+		kind = "port"
+	}
+	s.srv.metrics.pathChanges.WithLabelValues(kind).Inc()
+	s.srv.logger.Info("client path changed",
+		zap.Uint64("session", s.id), zap.String("from", last.String()), zap.String("to", cur.String()),
+		zap.String("kind", kind), zap.Int64("changes", s.pathChanges.Load()))
+}
+
+func sameAddr(a, b net.Addr) bool {
+	ua, ok1 := a.(*net.UDPAddr)
+	ub, ok2 := b.(*net.UDPAddr)
+	return ok1 && ok2 && ua.Port == ub.Port && ua.IP.Equal(ub.IP)
+}
+
+// addrPort returns a UDP or TCP address as an AddrPort, IPv4-mapped IPv6
+// unmapped.
+func addrPort(a net.Addr) netip.AddrPort {
+	var ap netip.AddrPort
+	switch a := a.(type) {
+	case *net.UDPAddr:
+		ap = a.AddrPort()
+	case *net.TCPAddr:
+		ap = a.AddrPort()
+	default:
+		ap, _ = netip.ParseAddrPort(a.String())
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// forwardedFor formats the "for" parameter of a Forwarded header with the
+// client's address and port (RFC 7239 §6: a quoted node, IPv6 bracketed).
+// X-Forwarded-For carries the IP alone, which is what its parsers expect.
+func forwardedFor(ap netip.AddrPort) string {
+	if !ap.Addr().IsValid() {
+		return "for=unknown"
+	}
+	return `for="` + ap.String() + `"`
+}

@@ -1,0 +1,261 @@
+package proxy
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"net/textproto"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// hopByHop are the connection-specific header fields of RFC 9110 §7.6.1 (and
+// the legacy ones every proxy drops). They never cross the proxy, in either
+// direction; HTTP/3 forbids them outright (RFC 9114 §4.2).
+var hopByHop = map[string]bool{
+	"Connection":          true,
+	"Proxy-Connection":    true,
+	"Keep-Alive":          true,
+	"Proxy-Authenticate":  true,
+	"Proxy-Authorization": true,
+	"Te":                  true,
+	"Trailer":             true,
+	"Transfer-Encoding":   true,
+	"Upgrade":             true,
+}
+
+// forwarding are the client-supplied forwarding fields, dropped so a client
+// cannot forge its address; the proxy sets its own.
+var forwarding = map[string]bool{
+	"Forwarded":          true,
+	"X-Forwarded-For":    true,
+	"X-Forwarded-Host":   true,
+	"X-Forwarded-Proto":  true,
+	"X-Forwarded-Port":   true,
+	"X-Real-Ip":          true,
+	"X-Forwarded-Server": true,
+}
+
+var (
+	httpsValue    = []string{"https"}
+	trailersValue = []string{"trailers"}
+)
+
+// badRequestError is a client request the proxy refuses to translate; it
+// becomes a 400 and nothing reaches the backend.
+type badRequestError struct{ reason string }
+
+func (e *badRequestError) Error() string { return "bad request: " + e.reason }
+
+// outRequest translates a client request (HTTP/3, HTTP/2 or HTTP/1.1) into
+// the HTTP/1.1 request for the backend:
+//   - hop-by-hop fields and the fields the client's Connection header lists
+//     are dropped, TE is kept only as "trailers";
+//   - client-supplied forwarding fields are dropped and X-Forwarded-For,
+//     X-Forwarded-Proto, X-Forwarded-Host and Forwarded are set from the
+//     address the session started with;
+//   - Host is the client's :authority / Host;
+//   - the request target is origin-form (never absolute-form);
+//   - a body of unknown length is looked at once: none, short (sent with a
+//     Content-Length) or streaming (sent chunked).
+func outRequest(w http.ResponseWriter, r *http.Request, s *session) (*http.Request, error) {
+	if err := checkHeader(r.Header); err != nil {
+		return nil, err
+	}
+	h := make(http.Header, len(r.Header)+4)
+	var listed []string
+	for _, v := range r.Header["Connection"] {
+		for f := range strings.SplitSeq(v, ",") {
+			if f = textproto.TrimString(f); f != "" {
+				listed = append(listed, textproto.CanonicalMIMEHeaderKey(f))
+			}
+		}
+	}
+	for k, vv := range r.Header {
+		if hopByHop[k] || forwarding[k] || (len(listed) > 0 && contains(listed, k)) {
+			continue
+		}
+		h[k] = vv
+	}
+	for _, v := range r.Header["Te"] {
+		if httpguts.HeaderValuesContainsToken([]string{v}, "trailers") {
+			h["Te"] = trailersValue
+			break
+		}
+	}
+	h["X-Forwarded-For"] = s.xff
+	h["X-Forwarded-Proto"] = httpsValue
+	h["X-Forwarded-Host"] = []string{r.Host}
+	h["Forwarded"] = []string{s.fwdFor + ";host=" + quoteForwarded(r.Host) + ";proto=https"}
+
+	out := new(http.Request)
+	*out = *r // keeps r's context; everything the wire needs is set below
+	out.Header = h
+	out.RequestURI = requestTarget(r)
+	out.Proto, out.ProtoMajor, out.ProtoMinor = "HTTP/1.1", 1, 1
+	out.Close = false
+	out.TransferEncoding = nil
+	body, n, err := upstreamBody(w, r)
+	if err != nil {
+		return nil, err
+	}
+	out.Body, out.ContentLength = body, n
+	return out, nil
+}
+
+// checkHeader refuses header fields that could split the HTTP/1.1 request
+// they are written into: a name that is not a token, a value with CR, LF or
+// NUL. (HTTP/3 and HTTP/2 carry such bytes as data; HTTP/1.1 cannot.)
+func checkHeader(h http.Header) error {
+	for k, vv := range h {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return &badRequestError{"invalid header name " + quoteForLog(k)}
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return &badRequestError{"invalid value in header " + k}
+			}
+		}
+	}
+	return nil
+}
+
+// requestTarget is the origin-form target: the raw path and query as the
+// client sent them when it sent origin-form, or rebuilt from the URL.
+func requestTarget(r *http.Request) string {
+	if strings.HasPrefix(r.RequestURI, "/") {
+		return r.RequestURI
+	}
+	if r.Method == http.MethodOptions && r.RequestURI == "*" {
+		return "*"
+	}
+	return r.URL.RequestURI()
+}
+
+// prefetchPool holds the buffers that look at the start of a body of
+// unknown length.
+var prefetchPool = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
+
+// upstreamBody decides how the request body goes upstream. A body of
+// unknown length (HTTP/3 without Content-Length, HTTP/1.1 chunked) is read
+// once: if it ends at once the backend gets a Content-Length (what legacy
+// backends like best), or no body at all, so a GET never turns into a
+// chunked request; otherwise it streams chunked. Expect: 100-continue is
+// not read ahead, since the client waits for the interim response.
+func upstreamBody(w http.ResponseWriter, r *http.Request) (io.ReadCloser, int64, error) {
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+		return nil, 0, nil
+	}
+	if r.ContentLength > 0 {
+		return &clientBody{Reader: r.Body, body: r.Body, rc: http.NewResponseController(w)}, r.ContentLength, nil
+	}
+	if httpguts.HeaderValuesContainsToken(r.Header["Expect"], "100-continue") {
+		return &clientBody{Reader: r.Body, body: r.Body, rc: http.NewResponseController(w)}, -1, nil
+	}
+	bufp := prefetchPool.Get().(*[]byte)
+	buf := *bufp
+	var n int
+	var err error
+	for n == 0 && err == nil {
+		n, err = r.Body.Read(buf)
+	}
+	switch {
+	case err == io.EOF && n == 0:
+		prefetchPool.Put(bufp)
+		return nil, 0, nil
+	case err == io.EOF:
+		data := bytes.Clone(buf[:n])
+		prefetchPool.Put(bufp)
+		return &clientBody{Reader: bytes.NewReader(data), body: r.Body, eof: true}, int64(n), nil
+	case err != nil:
+		prefetchPool.Put(bufp)
+		return nil, 0, &clientGoneError{err}
+	}
+	head := bytes.Clone(buf[:n])
+	prefetchPool.Put(bufp)
+	return &clientBody{Reader: io.MultiReader(bytes.NewReader(head), r.Body), body: r.Body, rc: http.NewResponseController(w)}, -1, nil
+}
+
+// clientGoneError is a failure reading from the client: nothing useful can
+// be answered.
+type clientGoneError struct{ err error }
+
+func (e *clientGoneError) Error() string { return "read client request: " + e.err.Error() }
+func (e *clientGoneError) Unwrap() error { return e.err }
+
+// clientBody is the request body handed to the upstream lease. Its Close,
+// when the body was not read to the end, first makes a read blocked on the
+// client return (a read deadline in the past), so the lease can abandon an
+// upload whose response is already over.
+type clientBody struct {
+	io.Reader
+	body io.ReadCloser
+	rc   *http.ResponseController // of the client's response, to interrupt a read
+	eof  bool
+}
+
+func (b *clientBody) Read(p []byte) (int, error) {
+	n, err := b.Reader.Read(p)
+	if err == io.EOF {
+		b.eof = true
+	}
+	return n, err
+}
+
+func (b *clientBody) Close() error {
+	if !b.eof && b.rc != nil {
+		_ = b.rc.SetReadDeadline(time.Unix(1, 0))
+	}
+	return b.body.Close()
+}
+
+// copyResponseHeader copies a backend's response header for the client,
+// without hop-by-hop fields (HTTP/3 and HTTP/2 forbid them), the fields the
+// backend's Connection header lists, and the backend's own Alt-Svc (the edge
+// decides which protocols it offers).
+func copyResponseHeader(dst, src http.Header) {
+	var listed []string
+	for _, v := range src["Connection"] {
+		for f := range strings.SplitSeq(v, ",") {
+			if f = textproto.TrimString(f); f != "" {
+				listed = append(listed, textproto.CanonicalMIMEHeaderKey(f))
+			}
+		}
+	}
+	for k, vv := range src {
+		if hopByHop[k] || k == "Alt-Svc" || (len(listed) > 0 && contains(listed, k)) {
+			continue
+		}
+		dst[k] = vv
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// quoteForwarded quotes a Forwarded parameter value when it is not a token
+// (RFC 7239 §4): a host with a port or an IPv6 literal has ':' in it.
+func quoteForwarded(v string) string {
+	for i := 0; i < len(v); i++ {
+		if !httpguts.IsTokenRune(rune(v[i])) {
+			return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(v) + `"`
+		}
+	}
+	return v
+}
+
+func quoteForLog(s string) string {
+	if len(s) > 64 {
+		s = s[:64]
+	}
+	return `"` + strings.ToValidUTF8(s, "?") + `"`
+}

@@ -1,0 +1,396 @@
+package upstream
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Reasons a connection closed, the "reason" label of ConnsClosed.
+const (
+	reasonSessionEnd    = "session_end"
+	reasonBackendClosed = "backend_closed"
+	reasonError         = "error"
+	reasonAborted       = "aborted"
+)
+
+// errConnLost marks a failure on a reused connection before any byte of a
+// response arrived: the backend had closed it. Such requests may be retried.
+var errConnLost = errors.New("upstream connection lost before response")
+
+// drainLimit and drainTimeout bound how much of an unread response body is
+// read to keep its connection when the client goes away mid-response.
+const (
+	drainLimit   = 256 << 10
+	drainTimeout = 500 * time.Millisecond
+)
+
+var aLongTimeAgo = time.Unix(1, 0)
+
+// conn is one upstream HTTP/1.1 keep-alive connection of a lease.
+type conn struct {
+	lease *Lease
+	id    uint64
+	nc    net.Conn
+	br    *bufio.Reader // reads through conn.Read, which counts bytes
+	bw    *bufio.Writer
+
+	busy bool // guarded by lease.mu: reserved for a round trip
+	// Owned by the goroutine holding the reservation:
+	used  bool  // has carried a request, so a reuse checks liveness first
+	nread int64 // bytes read from nc
+
+	mu       sync.Mutex // guards the following
+	abortErr error      // why the current round trip was aborted
+	closed   bool
+}
+
+func newConn(l *Lease, id uint64, nc net.Conn) *conn {
+	c := &conn{lease: l, id: id, nc: nc}
+	c.br = bufio.NewReader(c)
+	c.bw = bufio.NewWriter(nc)
+	return c
+}
+
+// Read reads from the network connection and counts, so a failure can tell
+// whether any of the response arrived.
+func (c *conn) Read(p []byte) (int, error) {
+	n, err := c.nc.Read(p)
+	c.nread += int64(n)
+	return n, err
+}
+
+// alive reports whether an idle connection can carry a request: nothing
+// unsolicited is buffered and the backend has not closed it.
+func (c *conn) alive() bool {
+	return c.br.Buffered() == 0 && peekAlive(c.nc)
+}
+
+func (c *conn) close(reason string) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.closed = true
+	c.mu.Unlock()
+	_ = c.nc.Close()
+	l := c.lease
+	l.pool.metrics.ConnsClosed.WithLabelValues(l.backend.Addr, reason).Inc()
+	if ce := l.logger.Check(zap.DebugLevel, "upstream connection closed"); ce != nil {
+		ce.Write(zap.Uint64("session", l.sessionID), zap.Uint64("conn", c.id),
+			zap.String("backend", l.backend.Addr), zap.String("reason", reason))
+	}
+}
+
+// abort makes every pending read and write on the connection fail at once.
+func (c *conn) abort(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.abortErr == nil {
+		c.abortErr = err
+	}
+	_ = c.nc.SetDeadline(aLongTimeAgo)
+}
+
+// setReadDeadline sets a read deadline unless the round trip was aborted
+// (whose deadline in the past must stay).
+func (c *conn) setReadDeadline(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.abortErr == nil {
+		_ = c.nc.SetReadDeadline(t)
+	}
+}
+
+func (c *conn) aborted() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.abortErr
+}
+
+// roundTrip writes req and reads the response header. On error the
+// connection has been released (closed); on success it stays reserved until
+// the response body ends.
+func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
+	reused := c.used
+	c.used = true
+	startRead := c.nread
+	ctx := req.Context()
+	stop := context.AfterFunc(ctx, func() { c.abort(ctx.Err()) })
+
+	hasBody := req.Body != nil && req.Body != http.NoBody
+	chunked := hasBody && req.ContentLength < 0
+	var wdone chan error
+	err := writeRequestHeader(c.bw, req, hasBody, chunked)
+	if err == nil {
+		if hasBody {
+			// The body is written concurrently with reading the response:
+			// a backend may answer (and stop reading) before the body ends,
+			// and a streaming body must not wait for the response.
+			wdone = make(chan error, 1)
+			go func() {
+				err := c.writeBody(req, chunked)
+				if err != nil {
+					// The request cannot be completed: fail the response read
+					// too, with the writer's reason.
+					c.abort(err)
+				}
+				wdone <- err
+			}()
+		} else {
+			err = c.bw.Flush()
+		}
+	}
+
+	var resp *http.Response
+	if err == nil {
+		timeout := c.lease.pool.cfg.ResponseHeaderTimeout
+		if timeout > 0 {
+			c.setReadDeadline(time.Now().Add(timeout))
+		}
+		resp, err = c.readResponse(req)
+		if timeout > 0 {
+			c.setReadDeadline(time.Time{})
+		}
+	}
+	if err != nil {
+		stop()
+		c.abandonWrite(req, wdone)
+		err = c.classify(err, reused && c.nread == startRead)
+		reason := reasonError
+		if errors.Is(err, errConnLost) {
+			reason = reasonBackendClosed
+		} else if ctx.Err() != nil {
+			reason = reasonAborted
+		}
+		if wdone == nil {
+			closeBody(req)
+		}
+		c.lease.release(c, false, reason)
+		return nil, err
+	}
+
+	resp.Body = &body{c: c, rc: resp.Body, req: req, wdone: wdone, stop: stop, connClose: resp.Close}
+	return resp, nil
+}
+
+// readResponse reads the final response header; 1xx informational responses
+// other than 101 are skipped (RFC 9110 §15.2).
+func (c *conn) readResponse(req *http.Request) (*http.Response, error) {
+	for {
+		resp, err := http.ReadResponse(c.br, req)
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols || resp.StatusCode < 100 {
+			return resp, nil
+		}
+	}
+}
+
+// classify turns a round-trip error into the one the caller acts on.
+func (c *conn) classify(err error, nothingReceived bool) error {
+	if aerr := c.aborted(); aerr != nil {
+		return aerr
+	}
+	backend := c.lease.backend.Addr
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("upstream %s: %w", backend, ErrResponseHeaderTimeout)
+	}
+	if nothingReceived {
+		return fmt.Errorf("upstream %s: %w: %w", backend, errConnLost, err)
+	}
+	return fmt.Errorf("upstream %s: %w", backend, err)
+}
+
+// abandonWrite stops a body writer that is still running and waits for it:
+// the connection is closed so writes fail, and the client body is closed so
+// a read blocked on the client returns.
+func (c *conn) abandonWrite(req *http.Request, wdone chan error) {
+	if wdone == nil {
+		return
+	}
+	select {
+	case <-wdone:
+		return
+	default:
+	}
+	_ = c.nc.Close()
+	closeBody(req)
+	<-wdone
+}
+
+// writeBody copies the request body upstream, flushing after each read so
+// a streaming body flows as it arrives, then closes it.
+func (c *conn) writeBody(req *http.Request, chunked bool) (err error) {
+	defer func() {
+		if cerr := req.Body.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+	}()
+	bufp := copyBufPool.Get().(*[]byte)
+	defer copyBufPool.Put(bufp)
+	buf := *bufp
+
+	var dst io.Writer = c.bw
+	var cw io.WriteCloser
+	if chunked {
+		cw = newChunkedWriter(c.bw)
+		dst = cw
+	}
+	var written int64
+	for {
+		n, rerr := req.Body.Read(buf)
+		if n > 0 {
+			if !chunked && written+int64(n) > req.ContentLength {
+				return fmt.Errorf("request body longer than its Content-Length %d", req.ContentLength)
+			}
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return err
+			}
+			written += int64(n)
+			if err := c.bw.Flush(); err != nil {
+				return err
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return fmt.Errorf("read request body: %w", rerr)
+		}
+	}
+	if !chunked {
+		if written != req.ContentLength {
+			return fmt.Errorf("request body of %d bytes shorter than its Content-Length %d: %w", written, req.ContentLength, io.ErrUnexpectedEOF)
+		}
+		return nil
+	}
+	if err := cw.Close(); err != nil {
+		return err
+	}
+	if err := writeTrailer(c.bw, req.Trailer); err != nil {
+		return err
+	}
+	return c.bw.Flush()
+}
+
+var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// body is a response body streaming from a lease's connection. When it ends
+// cleanly (EOF, the backend keeps the connection, the request body was fully
+// written) the connection goes back to the lease.
+type body struct {
+	c         *conn
+	rc        io.ReadCloser
+	req       *http.Request
+	wdone     chan error
+	stop      func() bool // stops the context.AfterFunc of the round trip
+	connClose bool        // the backend said Connection: close
+	done      bool
+	err       error // returned after done
+}
+
+// Read reads the response body.
+func (b *body) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, b.err
+	}
+	n, err := b.rc.Read(p)
+	switch {
+	case err == io.EOF:
+		b.finish(true)
+		b.err = io.EOF
+	case err != nil:
+		if aerr := b.c.aborted(); aerr != nil {
+			err = aerr
+		}
+		b.finish(false)
+		b.err = err
+	}
+	return n, b.errIfDone(err)
+}
+
+func (b *body) errIfDone(err error) error {
+	if b.done {
+		return b.err
+	}
+	return err
+}
+
+// Buffered reports how many body bytes can be read without waiting on the
+// network (an upper bound: framing bytes count too). The proxy flushes its
+// client only when this is zero, so bursts go out together and a trickle
+// (server-sent events) goes out at once.
+func (b *body) Buffered() int {
+	if b.done {
+		return 0
+	}
+	return b.c.br.Buffered()
+}
+
+// Close ends the body. An unread rest is drained (within drainLimit and
+// drainTimeout) to keep the connection; otherwise the connection is closed.
+func (b *body) Close() error {
+	if b.done {
+		return nil
+	}
+	if b.c.aborted() == nil && b.c.drain(b.rc) {
+		b.finish(true)
+	} else {
+		b.finish(false)
+	}
+	b.err = errors.New("read on closed response body")
+	return nil
+}
+
+// finish releases the connection once the response is over.
+func (b *body) finish(clean bool) {
+	b.done = true
+	reuse := clean && !b.connClose && !b.req.Close
+	if !b.stop() {
+		reuse = false // the round trip was aborted: its deadline poisons the conn
+	}
+	if b.wdone != nil {
+		select {
+		case err := <-b.wdone:
+			if err != nil {
+				reuse = false
+			}
+		default:
+			// The backend answered before the request body was written:
+			// the connection cannot carry another request.
+			reuse = false
+			b.c.abandonWrite(b.req, b.wdone)
+		}
+	} else {
+		closeBody(b.req)
+	}
+	reason := reasonError
+	switch {
+	case clean && (b.connClose || b.req.Close):
+		reason = reasonBackendClosed
+	case b.c.aborted() != nil:
+		reason = reasonAborted
+	}
+	b.c.lease.release(b.c, reuse, reason)
+}
+
+// drain reads and discards the rest of a response body so its connection can
+// be reused, and reports whether it reached the end in bounds.
+func (c *conn) drain(rc io.Reader) bool {
+	c.setReadDeadline(time.Now().Add(drainTimeout))
+	n, err := io.CopyN(io.Discard, rc, drainLimit+1)
+	c.setReadDeadline(time.Time{})
+	return err == io.EOF && n <= drainLimit
+}
