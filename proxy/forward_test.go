@@ -27,6 +27,7 @@ type echoed struct {
 	ContentLength    int64
 	Body             string
 	Proto            string
+	Trailer          http.Header
 }
 
 // headerEcho answers with what it received, and sends hop-by-hop fields of
@@ -39,7 +40,7 @@ func headerEcho(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Alt-Svc", `h2=":9999"`)
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(echoed{Host: r.Host, Header: r.Header, TransferEncoding: r.TransferEncoding,
-		ContentLength: r.ContentLength, Body: string(body), Proto: r.Proto})
+		ContentLength: r.ContentLength, Body: string(body), Proto: r.Proto, Trailer: r.Trailer})
 }
 
 func decodeEcho(t *testing.T, body string) echoed {
@@ -340,6 +341,48 @@ func TestRequestBodies(t *testing.T) {
 	}
 	if n := len(app.Requests()); n != 2 {
 		t.Fatalf("backend got %d requests", n)
+	}
+}
+
+// TestTrailersBothWays: an HTTP/3 client's request trailer reaches the
+// HTTP/1.1 backend (chunked), and the backend's response trailer reaches the
+// client.
+func TestTrailersBothWays(t *testing.T) {
+	app := startApp(t, "app", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		w.Header().Set("Trailer", "X-Response-Sum")
+		io.WriteString(w, string(body)+" / request trailer "+r.Trailer.Get("X-Request-Sum"))
+		w.(http.Flusher).Flush()
+		w.Header().Set("X-Response-Sum", "after-body")
+	}))
+	h := startProxy(t, siteFor("", app.Addr()), nil)
+	c := h.dial(t)
+	pr, pw := io.Pipe()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "POST", "https://localhost:"+strconv.Itoa(h.port)+"/", pr)
+	req.Trailer = http.Header{"X-Request-Sum": nil}
+	go func() {
+		pw.Write([]byte("part one,"))
+		time.Sleep(10 * time.Millisecond)
+		pw.Write([]byte(" part two"))
+		req.Trailer.Set("X-Request-Sum", "42")
+		pw.Close()
+	}()
+	resp, err := c.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "part one, part two / request trailer 42"; string(body) != want {
+		t.Fatalf("body %q, want %q", body, want)
+	}
+	if got := resp.Trailer.Get("X-Response-Sum"); got != "after-body" {
+		t.Fatalf("response trailer %q, want after-body (trailer %v)", got, resp.Trailer)
 	}
 }
 

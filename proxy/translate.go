@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"io"
+	"maps"
 	"net/http"
 	"net/textproto"
 	"strings"
@@ -98,11 +99,15 @@ func outRequest(w http.ResponseWriter, r *http.Request, s *session) (*http.Reque
 	out.Proto, out.ProtoMajor, out.ProtoMinor = "HTTP/1.1", 1, 1
 	out.Close = false
 	out.TransferEncoding = nil
-	body, n, err := upstreamBody(w, r)
+	body, n, eof, err := upstreamBody(r)
 	if err != nil {
 		return nil, err
 	}
-	out.Body, out.ContentLength = body, n
+	out.Body, out.ContentLength = nil, n
+	if body != nil {
+		out.Trailer = maps.Clone(r.Trailer) // the announced names; values arrive at the end
+		out.Body = &clientBody{Reader: body, client: r, upstream: out, rc: http.NewResponseController(w), eof: eof}
+	}
 	return out, nil
 }
 
@@ -139,44 +144,41 @@ func requestTarget(r *http.Request) string {
 // unknown length.
 var prefetchPool = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
 
-// upstreamBody decides how the request body goes upstream. A body of
-// unknown length (HTTP/3 without Content-Length, HTTP/1.1 chunked) is read
-// once: if it ends at once the backend gets a Content-Length (what legacy
-// backends like best), or no body at all, so a GET never turns into a
-// chunked request; otherwise it streams chunked. Expect: 100-continue is
-// not read ahead, since the client waits for the interim response.
-func upstreamBody(w http.ResponseWriter, r *http.Request) (io.ReadCloser, int64, error) {
-	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
-		return nil, 0, nil
-	}
-	if r.ContentLength > 0 {
-		return &clientBody{Reader: r.Body, body: r.Body, rc: http.NewResponseController(w)}, r.ContentLength, nil
-	}
-	if httpguts.HeaderValuesContainsToken(r.Header["Expect"], "100-continue") {
-		return &clientBody{Reader: r.Body, body: r.Body, rc: http.NewResponseController(w)}, -1, nil
+// upstreamBody decides how the request body goes upstream: its reader, its
+// length (-1: unknown, sent chunked) and whether it was read to the end
+// already. A body of unknown length (HTTP/3 without Content-Length, HTTP/1.1
+// chunked) is read once: if it ends at once the backend gets a
+// Content-Length (what legacy backends like best), or no body at all, so a
+// GET never turns into a chunked request; otherwise it streams chunked.
+// Expect: 100-continue is not read ahead, since the client waits for the
+// interim response.
+func upstreamBody(r *http.Request) (body io.Reader, n int64, eof bool, err error) {
+	switch {
+	case r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0:
+		return nil, 0, true, nil
+	case r.ContentLength > 0:
+		return r.Body, r.ContentLength, false, nil
+	case httpguts.HeaderValuesContainsToken(r.Header["Expect"], "100-continue"):
+		return r.Body, -1, false, nil
 	}
 	bufp := prefetchPool.Get().(*[]byte)
+	defer prefetchPool.Put(bufp)
 	buf := *bufp
-	var n int
-	var err error
-	for n == 0 && err == nil {
-		n, err = r.Body.Read(buf)
+	var rerr error
+	for n == 0 && rerr == nil {
+		var m int
+		m, rerr = r.Body.Read(buf)
+		n = int64(m)
 	}
 	switch {
-	case err == io.EOF && n == 0:
-		prefetchPool.Put(bufp)
-		return nil, 0, nil
-	case err == io.EOF:
-		data := bytes.Clone(buf[:n])
-		prefetchPool.Put(bufp)
-		return &clientBody{Reader: bytes.NewReader(data), body: r.Body, eof: true}, int64(n), nil
-	case err != nil:
-		prefetchPool.Put(bufp)
-		return nil, 0, &clientGoneError{err}
+	case rerr == io.EOF && n == 0:
+		return nil, 0, true, nil
+	case rerr == io.EOF:
+		return bytes.NewReader(bytes.Clone(buf[:n])), n, true, nil
+	case rerr != nil:
+		return nil, 0, false, &clientGoneError{rerr}
 	}
-	head := bytes.Clone(buf[:n])
-	prefetchPool.Put(bufp)
-	return &clientBody{Reader: io.MultiReader(bytes.NewReader(head), r.Body), body: r.Body, rc: http.NewResponseController(w)}, -1, nil
+	return io.MultiReader(bytes.NewReader(bytes.Clone(buf[:n])), r.Body), -1, false, nil
 }
 
 // clientGoneError is a failure reading from the client: nothing useful can
@@ -186,30 +188,43 @@ type clientGoneError struct{ err error }
 func (e *clientGoneError) Error() string { return "read client request: " + e.err.Error() }
 func (e *clientGoneError) Unwrap() error { return e.err }
 
-// clientBody is the request body handed to the upstream lease. Its Close,
-// when the body was not read to the end, first makes a read blocked on the
-// client return (a read deadline in the past), so the lease can abandon an
-// upload whose response is already over.
+// clientBody is the request body handed to the upstream lease.
+//
+// At the end of the body it copies the client's trailer fields into the
+// upstream request (http3 sets them on the request it parsed, which the
+// upstream request only copied). Its Close, when the body was not read to
+// the end, first makes a read blocked on the client return (a read
+// deadline in the past), so the lease can abandon an upload whose response
+// is already over.
 type clientBody struct {
 	io.Reader
-	body io.ReadCloser
-	rc   *http.ResponseController // of the client's response, to interrupt a read
-	eof  bool
+	client   *http.Request            // the request as the client sent it
+	upstream *http.Request            // the request going upstream
+	rc       *http.ResponseController // of the client's response, to interrupt a read
+	eof      bool
 }
 
 func (b *clientBody) Read(p []byte) (int, error) {
 	n, err := b.Reader.Read(p)
-	if err == io.EOF {
+	if err == io.EOF && !b.eof {
 		b.eof = true
+		if len(b.client.Trailer) > 0 {
+			if b.upstream.Trailer == nil {
+				b.upstream.Trailer = make(http.Header, len(b.client.Trailer))
+			}
+			for k, vv := range b.client.Trailer {
+				b.upstream.Trailer[k] = vv
+			}
+		}
 	}
 	return n, err
 }
 
 func (b *clientBody) Close() error {
-	if !b.eof && b.rc != nil {
+	if !b.eof {
 		_ = b.rc.SetReadDeadline(time.Unix(1, 0))
 	}
-	return b.body.Close()
+	return b.client.Body.Close()
 }
 
 // copyResponseHeader copies a backend's response header for the client,

@@ -32,12 +32,7 @@ func reverseProxyCmd(ctx context.Context, args []string, _, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	logger, err := newLogger(cfg.Log, stderr)
-	if err != nil {
-		return err
-	}
-	defer logger.Sync()
-	return serve(ctx, cfg, serveOptions{dataDir: *dataDir, grace: *grace, logger: logger})
+	return serveLogged(ctx, cfg, serveOptions{dataDir: *dataDir, grace: *grace}, stderr)
 }
 
 // reverseProxyConfig writes the flags as a Roamfile and parses it, so the

@@ -34,12 +34,18 @@ func runCmd(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	return serveLogged(ctx, cfg, serveOptions{dataDir: *dataDir, grace: *grace}, stderr)
+}
+
+// serveLogged serves cfg with the logger its log block asks for, on stderr.
+func serveLogged(ctx context.Context, cfg *configs.Config, o serveOptions, stderr io.Writer) error {
 	logger, err := newLogger(cfg.Log, stderr)
 	if err != nil {
 		return err
 	}
 	defer logger.Sync()
-	return serve(ctx, cfg, serveOptions{dataDir: *dataDir, grace: *grace, logger: logger})
+	o.logger = logger
+	return serve(ctx, cfg, o)
 }
 
 // serveOptions are the parts of serving that do not come from the Roamfile.
