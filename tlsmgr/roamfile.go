@@ -8,14 +8,15 @@ import "github.com/roamgate/roamgate/configs"
 var catchAllNames = []string{"localhost", "127.0.0.1", "::1"}
 
 // ConfigFor derives a Manager's configuration from a Roamfile's: one Site
-// per site block (its names and tls directive), the data directory (the
-// Roamfile's data_dir, else dataDir, else DefaultDataDir), and "localhost"
+// per site block (its names and tls directive), the data directory (dataDir,
+// the command line's --data-dir, else the Roamfile's data_dir, else
+// DefaultDataDir), and "localhost"
 // as the default server name when some site is a catch-all, so a handshake
 // with an unknown or missing SNI still gets a certificate.
 func ConfigFor(cfg *configs.Config, dataDir string) Config {
-	out := Config{DataDir: cfg.DataDir}
+	out := Config{DataDir: dataDir}
 	if out.DataDir == "" {
-		out.DataDir = dataDir
+		out.DataDir = cfg.DataDir
 	}
 	if out.DataDir == "" {
 		out.DataDir = DefaultDataDir()

@@ -25,7 +25,7 @@ const defaultGrace = 10 * time.Second
 func runCmd(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	config := fs.String("config", "Roamfile", "the Roamfile to serve")
-	dataDir := fs.String("data-dir", "", "where certificates and the local CA live (default: the Roamfile's data_dir, else "+tlsmgr.DefaultDataDir()+")")
+	dataDir := fs.String("data-dir", "", "where certificates and the local CA live (overrides the Roamfile's data_dir; default "+tlsmgr.DefaultDataDir()+")")
 	grace := fs.Duration("grace", defaultGrace, "how long in-flight requests may finish on shutdown")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
