@@ -44,6 +44,7 @@ func Parse(filename string, src []byte, env func(string) (string, bool)) (*Confi
 			Log:       Log{Level: "info", Format: "console"},
 		},
 		addrs: make(map[string]Position),
+		ports: make(map[string]Position),
 	}
 	if global != nil {
 		b.global(global)
@@ -65,6 +66,11 @@ type builder struct {
 	cfg   *Config
 	errs  []error
 	addrs map[string]Position // "host:port" of each site address → where first used
+	ports map[string]Position // http_port and https_port, when read without error → where the number is
+	// onDemandTLS is set when the global on_demand_tls option is written,
+	// valid or not: a site's on_demand needs it, and an error in it is
+	// reported once, there.
+	onDemandTLS bool
 }
 
 func (b *builder) report(err error) {
@@ -91,14 +97,44 @@ func (b *builder) global(blk *Block) {
 		case !setOnce(c, seen):
 			b.report(c.Errf("already set at %s", seen[name]))
 		default:
+			if ex, ok := exclusiveOptions[name]; ok {
+				if first, dup := seen[ex.other]; dup {
+					b.report(c.Errf("%s already set by %s at %s", ex.setting, ex.other, first))
+					continue
+				}
+			}
 			b.run(c, func() error { return opt(b, c) })
 		}
 	}
+	b.checkPorts(seen)
+}
+
+// checkPorts reports http_port and https_port that are equal, after
+// defaults, at the later of the two. Port 0 is exempt: each listener gets
+// its own ephemeral port. seen holds the global options written.
+func (b *builder) checkPorts(seen map[string]Position) {
+	port := b.cfg.HTTPPort
+	if port != b.cfg.HTTPSPort || port == 0 {
+		return
+	}
+	var name string
+	var pos Position
+	for _, n := range []string{"http_port", "https_port"} {
+		p, ok := b.ports[n]
+		if _, written := seen[n]; written && !ok {
+			return // an invalid port, already reported, left the default
+		}
+		if ok && (name == "" || p.Line > pos.Line || p.Line == pos.Line && p.Col > pos.Col) {
+			name, pos = n, p
+		}
+	}
+	b.report(newError(pos, name, nil, fmt.Sprintf("http_port and https_port must differ (both are %d)", port)))
 }
 
 // site adds the site of blk.
 func (b *builder) site(blk Block) {
 	site := Site{Pos: blk.Keys[0].Pos()}
+	site.TLS.Pos = site.Pos // until a tls directive says more
 	for _, k := range blk.Keys {
 		a, err := parseSiteAddress(k, b.cfg.HTTPSPort)
 		if err != nil {

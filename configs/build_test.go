@@ -77,6 +77,7 @@ func TestParse(t *testing.T) {
 			want: defaults(Site{
 				Pos:          at(1, 1),
 				Addresses:    []Address{{Pos: at(1, 1), Host: "example.com", Port: 443, Text: "example.com"}},
+				TLS:          TLS{Pos: at(1, 1)},
 				ReverseProxy: proxy(at(2, 2), Upstream{Pos: at(2, 16), Addr: "localhost:8080", Text: "localhost:8080"}),
 			}),
 		},
@@ -86,6 +87,7 @@ func TestParse(t *testing.T) {
 			want: defaults(Site{
 				Pos:          at(2, 1),
 				Addresses:    []Address{{Pos: at(2, 1), Host: "localhost", Port: 8443, Text: "localhost:8443"}},
+				TLS:          TLS{Pos: at(2, 1)},
 				ReverseProxy: proxy(at(3, 1), Upstream{Pos: at(3, 15), Addr: "localhost:8080", Text: ":8080"}),
 			}),
 		},
@@ -120,10 +122,12 @@ Example.COM:0 {
 					{
 						Pos:          at(12, 1),
 						Addresses:    []Address{{Pos: at(12, 1), Host: "example.com", Port: 0, Text: "Example.COM:0"}},
+						TLS:          TLS{Pos: at(12, 1)},
 						ReverseProxy: proxy(at(13, 2), Upstream{Pos: at(13, 16), Addr: "10.0.0.5:8080", Text: "10.0.0.5:8080"}),
 					},
 					{
 						Pos: at(15, 1),
+						TLS: TLS{Pos: at(15, 1)},
 						Addresses: []Address{
 							{Pos: at(15, 1), Host: "", Port: 9000, Text: ":9000"},
 							{Pos: at(15, 8), Host: "::1", Port: 8443, Text: "[::1]"},
@@ -135,12 +139,61 @@ Example.COM:0 {
 			},
 		},
 		{
+			name: "ACME global options",
+			src: `{
+	email ops@example.com
+	acme_ca https://acme-staging-v02.api.letsencrypt.org/directory
+	acme_ca_root /etc/roamgate/acme-ca.pem
+	storage file_system /var/lib/roamgate
+	on_demand_tls {
+		ask http://localhost:9123/check?x=1
+	}
+	https_port 8443
+	http_port 443
+}
+a {
+	reverse_proxy b
+}`,
+			want: &Config{
+				File:        "Roamfile",
+				HTTPSPort:   8443,
+				HTTPPort:    443,
+				DataDir:     "/var/lib/roamgate",
+				Email:       "ops@example.com",
+				ACMECA:      "https://acme-staging-v02.api.letsencrypt.org/directory",
+				ACMECARoot:  "/etc/roamgate/acme-ca.pem",
+				OnDemandAsk: "http://localhost:9123/check?x=1",
+				Log:         Log{Level: "info", Format: "console"},
+				Sites: []Site{{
+					Pos:          at(12, 1),
+					Addresses:    []Address{{Pos: at(12, 1), Host: "a", Port: 8443, Text: "a"}},
+					TLS:          TLS{Pos: at(12, 1)},
+					ReverseProxy: proxy(at(13, 2), Upstream{Pos: at(13, 16), Addr: "b:80", Text: "b"}),
+				}},
+			},
+		},
+		{
+			name: "storage block and ephemeral ports",
+			src:  "{\n\tstorage file_system {\n\t\troot \"/srv/roam gate\"\n\t}\n\thttp_port 0; https_port 0\n}\na { reverse_proxy b }",
+			want: func() *Config {
+				c := defaults(Site{
+					Pos:          at(7, 1),
+					Addresses:    []Address{{Pos: at(7, 1), Host: "a", Port: 0, Text: "a"}},
+					TLS:          TLS{Pos: at(7, 1)},
+					ReverseProxy: proxy(at(7, 5), Upstream{Pos: at(7, 19), Addr: "b:80", Text: "b"}),
+				})
+				c.DataDir, c.HTTPPort, c.HTTPSPort = "/srv/roam gate", 0, 0
+				return c
+			}(),
+		},
+		{
 			name: "one-line global block",
 			src:  "{ log { format json }; admin off }\na { reverse_proxy b }",
 			want: func() *Config {
 				c := defaults(Site{
 					Pos:          at(2, 1),
 					Addresses:    []Address{{Pos: at(2, 1), Host: "a", Port: 443, Text: "a"}},
+					TLS:          TLS{Pos: at(2, 1)},
 					ReverseProxy: proxy(at(2, 5), Upstream{Pos: at(2, 19), Addr: "b:80", Text: "b"}),
 				})
 				c.Log.Format = "json"
@@ -161,6 +214,7 @@ Example.COM:0 {
 			want: defaults(Site{
 				Pos:       at(1, 1),
 				Addresses: []Address{{Pos: at(1, 1), Host: "example.com", Port: 8443, Text: "https://example.com:8443"}},
+				TLS:       TLS{Pos: at(1, 1)},
 				ReverseProxy: &ReverseProxy{
 					Pos: at(2, 2),
 					Upstreams: []Upstream{
@@ -181,6 +235,7 @@ Example.COM:0 {
 			want: defaults(Site{
 				Pos:          at(1, 1),
 				Addresses:    []Address{{Pos: at(1, 1), Host: "a", Port: 443, Text: "a"}},
+				TLS:          TLS{Pos: at(1, 1)},
 				ReverseProxy: proxy(at(2, 2), Upstream{Pos: at(3, 6), Addr: "b:1", Text: "b:1"}),
 			}),
 		},
@@ -207,6 +262,7 @@ Example.COM:0 {
 			src:  "a, a:8443, :443 {\n\treverse_proxy b\n}",
 			want: defaults(Site{
 				Pos: at(1, 1),
+				TLS: TLS{Pos: at(1, 1)},
 				Addresses: []Address{
 					{Pos: at(1, 1), Host: "a", Port: 443, Text: "a"},
 					{Pos: at(1, 4), Host: "a", Port: 8443, Text: "a:8443"},
@@ -221,6 +277,7 @@ Example.COM:0 {
 			want: defaults(Site{
 				Pos:          at(1, 1),
 				Addresses:    []Address{{Pos: at(1, 1), Host: "example.com", Port: 8080, Text: "example.com:8080"}},
+				TLS:          TLS{Pos: at(1, 1)},
 				ReverseProxy: proxy(at(2, 2), Upstream{Pos: at(2, 25), Addr: "localhost:3000", Text: "localhost:3000"}),
 			}),
 		},
@@ -291,6 +348,55 @@ func TestParseErrors(t *testing.T) {
 		{"log level twice", global("log {\n\t\tlevel info\n\t\tlevel warn\n\t}"), `Roamfile:4:3: log: level: already set at Roamfile:3:3`},
 		{"log level extra", global("log { level info warn }"), `Roamfile:2:19: log: level: unexpected argument "warn"`},
 
+		// ACME, storage and port options.
+		{"email missing", global("email"), `Roamfile:2:2: email: missing argument`},
+		{"email without at", global("email ops"), `Roamfile:2:8: email: invalid email address "ops" (want NAME@DOMAIN, as in ops@example.com)`},
+		{"email two ats", global("email a@b@c"), `Roamfile:2:8: email: invalid email address "a@b@c" (want NAME@DOMAIN, as in ops@example.com)`},
+		{"email empty name", global("email @example.com"), `Roamfile:2:8: email: invalid email address "@example.com" (want NAME@DOMAIN, as in ops@example.com)`},
+		{"email empty domain", global("email ops@"), `Roamfile:2:8: email: invalid email address "ops@" (want NAME@DOMAIN, as in ops@example.com)`},
+		{"email space", global(`email "o ps@example.com"`), `Roamfile:2:8: email: invalid email address "o ps@example.com" (want NAME@DOMAIN, as in ops@example.com)`},
+		{"email twice", global("email a@b\n\temail c@d"), `Roamfile:3:2: email: already set at Roamfile:2:2`},
+		{"acme_ca missing", global("acme_ca"), `Roamfile:2:2: acme_ca: missing argument`},
+		{"acme_ca extra", global("acme_ca https://a/dir https://b/dir"), `Roamfile:2:24: acme_ca: unexpected argument "https://b/dir"`},
+		{"acme_ca not a URL", global("acme_ca letsencrypt"), `Roamfile:2:10: acme_ca: invalid URL "letsencrypt" (want an https:// URL, as in https://acme-v02.api.letsencrypt.org/directory)`},
+		{"acme_ca plain http", global("acme_ca http://ca.example.net/dir"), `Roamfile:2:10: acme_ca: URL "http://ca.example.net/dir": http:// is allowed only for localhost, 127.0.0.1 and ::1 (want https://)`},
+		{"acme_ca_root missing", global("acme_ca_root"), `Roamfile:2:2: acme_ca_root: missing argument`},
+		{"acme_ca_root empty", global(`acme_ca_root ""`), `Roamfile:2:15: acme_ca_root: empty path`},
+		{"storage missing", global("storage"), `Roamfile:2:2: storage: missing argument`},
+		{"storage unknown module", global("storage redis localhost:6379"), `Roamfile:2:10: storage: unknown storage module "redis" (want file_system)`},
+		{"storage misspelt module", global("storage file_sytem /a"), `Roamfile:2:10: storage: unknown storage module "file_sytem" (want file_system)`},
+		{"storage without path", global("storage file_system"), `Roamfile:2:10: storage: file_system needs a path (want storage file_system PATH or storage file_system { root PATH })`},
+		{"storage empty block", global("storage file_system {\n\t}"), `Roamfile:2:10: storage: file_system needs a path (want storage file_system PATH or storage file_system { root PATH })`},
+		{"storage empty path", global(`storage file_system ""`), `Roamfile:2:22: storage: empty path`},
+		{"storage extra", global("storage file_system /a /b"), `Roamfile:2:25: storage: unexpected argument "/b"`},
+		{"storage path and block", global("storage file_system /a {\n\t\troot /b\n\t}"), `Roamfile:2:25: storage: unexpected block`},
+		{"storage unknown subdirective", global("storage file_system {\n\t\tpath /a\n\t}"), "Roamfile:2:10: storage: file_system needs a path (want storage file_system PATH or storage file_system { root PATH })\n" +
+			`Roamfile:3:3: storage: unknown subdirective "path"`},
+		{"storage misspelt subdirective", global("storage file_system {\n\t\troto /a\n\t}"), "Roamfile:2:10: storage: file_system needs a path (want storage file_system PATH or storage file_system { root PATH })\n" +
+			`Roamfile:3:3: storage: unknown subdirective "roto" (did you mean root?)`},
+		{"storage root missing", global("storage file_system {\n\t\troot\n\t}"), `Roamfile:3:3: storage: root: missing argument`},
+		{"storage root empty", global("storage file_system { root \"\" }"), `Roamfile:2:29: storage: root: empty path`},
+		{"storage root twice", global("storage file_system {\n\t\troot /a\n\t\troot /b\n\t}"), `Roamfile:4:3: storage: root: already set at Roamfile:3:3`},
+		{"storage after data_dir", global("data_dir /a\n\tstorage file_system /b"), `Roamfile:3:2: storage: data directory already set by data_dir at Roamfile:2:2`},
+		{"data_dir after storage", global("storage file_system { root /b }\n\tdata_dir /a"), `Roamfile:3:2: data_dir: data directory already set by storage at Roamfile:2:2`},
+		{"on_demand_tls without block", global("on_demand_tls"), `Roamfile:2:2: on_demand_tls: ask is required (roamgate never issues certificates without asking)`},
+		{"on_demand_tls empty block", global("on_demand_tls {\n\t}"), `Roamfile:2:2: on_demand_tls: ask is required (roamgate never issues certificates without asking)`},
+		{"on_demand_tls argument", global("on_demand_tls http://localhost:9123/check"), `Roamfile:2:16: on_demand_tls: unexpected argument "http://localhost:9123/check"`},
+		{"on_demand_tls unknown subdirective", global("on_demand_tls {\n\t\tinterval 2m\n\t}"), "Roamfile:2:2: on_demand_tls: ask is required (roamgate never issues certificates without asking)\n" +
+			`Roamfile:3:3: on_demand_tls: unknown subdirective "interval"`},
+		{"on_demand_tls misspelt subdirective", global("on_demand_tls {\n\t\tak http://localhost:9123/check\n\t}"), "Roamfile:2:2: on_demand_tls: ask is required (roamgate never issues certificates without asking)\n" +
+			`Roamfile:3:3: on_demand_tls: unknown subdirective "ak" (did you mean ask?)`},
+		{"on_demand_tls ask missing", global("on_demand_tls {\n\t\task\n\t}"), `Roamfile:3:3: on_demand_tls: ask: missing argument`},
+		{"on_demand_tls ask twice", global("on_demand_tls {\n\t\task http://a/1\n\t\task http://a/2\n\t}"), `Roamfile:4:3: on_demand_tls: ask: already set at Roamfile:3:3`},
+		{"on_demand_tls ask not a URL", global("on_demand_tls { ask localhost:9123 }"), `Roamfile:2:22: on_demand_tls: ask: invalid URL "localhost:9123" (want an http:// or https:// URL, as in http://localhost:9123/check)`},
+		{"on_demand_tls twice", global("on_demand_tls { ask http://a/1 }\n\ton_demand_tls { ask http://a/2 }"), `Roamfile:3:2: on_demand_tls: already set at Roamfile:2:2`},
+		{"on_demand_tls in site", site("reverse_proxy b\n\ton_demand_tls { ask http://a/1 }"), `Roamfile:3:2: on_demand_tls is a global option; set it in the global options block at the top of the file`},
+		{"http_port on default https_port", global("http_port 443"), `Roamfile:2:12: http_port: http_port and https_port must differ (both are 443)`},
+		{"https_port on default http_port", global("https_port 80"), `Roamfile:2:13: https_port: http_port and https_port must differ (both are 80)`},
+		{"same ports, http_port later", global("https_port 8443\n\thttp_port 8443"), `Roamfile:3:12: http_port: http_port and https_port must differ (both are 8443)`},
+		{"same ports, https_port later", global("http_port 8443; https_port 8443"), `Roamfile:2:29: https_port: http_port and https_port must differ (both are 8443)`},
+		{"same port after an invalid one", global("https_port 80x\n\thttp_port 443"), `Roamfile:2:13: https_port: invalid port "80x" (want 0-65535)`},
+
 		// Site addresses.
 		{"http site", "http://a.com {\n\treverse_proxy b\n}", `Roamfile:1:1: site address "http://a.com": plain HTTP sites are not supported (HTTP/3 needs TLS); leave out the scheme or use https://`},
 		{"other scheme", "ftp://a.com {\n\treverse_proxy b\n}", `Roamfile:1:1: site address "ftp://a.com": unsupported scheme "ftp"`},
@@ -333,12 +439,45 @@ func TestParseErrors(t *testing.T) {
 		// tls.
 		{"tls missing", site("reverse_proxy b\n\ttls"), `Roamfile:3:2: tls: missing argument`},
 		{"tls misspelt", site("reverse_proxy b\n\ttls interal"), `Roamfile:3:6: tls: unknown mode "interal" (did you mean internal?)`},
-		{"tls one file", site("reverse_proxy b\n\ttls cert.pem"), `Roamfile:3:6: tls: missing key file after "cert.pem" (want tls internal or tls CERT_FILE KEY_FILE)`},
+		{"tls one file", site("reverse_proxy b\n\ttls cert.pem"), `Roamfile:3:6: tls: missing key file after "cert.pem" (want tls internal, tls EMAIL or tls CERT_FILE KEY_FILE)`},
 		{"tls internal extra", site("reverse_proxy b\n\ttls internal x"), `Roamfile:3:15: tls: unexpected argument "x"`},
 		{"tls three", site("reverse_proxy b\n\ttls a b c"), `Roamfile:3:10: tls: unexpected argument "c"`},
 		{"tls empty cert", site("reverse_proxy b\n\ttls \"\" k"), `Roamfile:3:6: tls: empty certificate file name`},
 		{"tls empty key", site("reverse_proxy b\n\ttls c \"\""), `Roamfile:3:8: tls: empty key file name`},
-		{"tls block", site("reverse_proxy b\n\ttls internal {\n\t}"), `Roamfile:3:15: tls: unexpected block`},
+		{"tls internal with block", site("reverse_proxy b\n\ttls internal x {\n\t}"), `Roamfile:3:15: tls: unexpected argument "x"`},
+		{"tls not an email", site("reverse_proxy b\n\ttls a@b@c"), `Roamfile:3:6: tls: invalid email address "a@b@c" (want NAME@DOMAIN, as in ops@example.com)`},
+		{"tls email empty domain", site("reverse_proxy b\n\ttls ops@ {\n\t\tissuer acme\n\t}"), `Roamfile:3:6: tls: invalid email address "ops@" (want NAME@DOMAIN, as in ops@example.com)`},
+		{"tls file with block", site("reverse_proxy b\n\ttls cert.pem {\n\t\tissuer acme\n\t}"), `Roamfile:3:6: tls: missing key file after "cert.pem" (want tls internal, tls EMAIL or tls CERT_FILE KEY_FILE)`},
+		{"tls unknown subdirective", site("reverse_proxy b\n\ttls {\n\t\tprotocols tls1.3\n\t}"), `Roamfile:4:3: tls: unknown subdirective "protocols"`},
+		{"tls misspelt subdirective", site("reverse_proxy b\n\ttls {\n\t\ton_demnad\n\t}"), `Roamfile:4:3: tls: unknown subdirective "on_demnad" (did you mean on_demand?)`},
+		{"tls issuer missing", site("reverse_proxy b\n\ttls {\n\t\tissuer\n\t}"), `Roamfile:4:3: tls: issuer: missing argument`},
+		{"tls issuer misspelt", site("reverse_proxy b\n\ttls { issuer acm }"), `Roamfile:3:15: tls: issuer: unknown issuer "acm" (did you mean acme?)`},
+		{"tls issuer unknown", site("reverse_proxy b\n\ttls { issuer zerossl }"), `Roamfile:3:15: tls: issuer: unknown issuer "zerossl" (want acme, internal)`},
+		{"tls issuer extra", site("reverse_proxy b\n\ttls { issuer acme internal }"), `Roamfile:3:20: tls: issuer: unexpected argument "internal"`},
+		{"tls issuer twice", site("reverse_proxy b\n\ttls {\n\t\tissuer acme\n\t\tissuer internal\n\t}"), `Roamfile:5:3: tls: issuer: already set at Roamfile:4:3`},
+		{"tls internal and issuer", site("reverse_proxy b\n\ttls internal {\n\t\tissuer acme\n\t}"), `Roamfile:4:3: tls: issuer: already set at Roamfile:3:6`},
+		{"tls ca not a URL", site("reverse_proxy b\n\ttls { ca ca.example.net }"), `Roamfile:3:11: tls: ca: invalid URL "ca.example.net" (want an https:// URL, as in https://acme-v02.api.letsencrypt.org/directory)`},
+		{"tls ca plain http", site("reverse_proxy b\n\ttls { ca http://ca.example.net/dir }"), `Roamfile:3:11: tls: ca: URL "http://ca.example.net/dir": http:// is allowed only for localhost, 127.0.0.1 and ::1 (want https://)`},
+		{"tls ca twice", site("reverse_proxy b\n\ttls {\n\t\tca https://a/dir\n\t\tca https://b/dir\n\t}"), `Roamfile:5:3: tls: ca: already set at Roamfile:4:3`},
+		{"tls ca_root missing", site("reverse_proxy b\n\ttls {\n\t\tca_root\n\t}"), `Roamfile:4:3: tls: ca_root: missing argument`},
+		{"tls ca_root empty", site("reverse_proxy b\n\ttls { ca_root \"\" }"), `Roamfile:3:16: tls: ca_root: empty path`},
+		{"tls email invalid", site("reverse_proxy b\n\ttls { email ops }"), `Roamfile:3:14: tls: email: invalid email address "ops" (want NAME@DOMAIN, as in ops@example.com)`},
+		{"tls email twice", site("reverse_proxy b\n\ttls ops@example.com {\n\t\temail dev@example.com\n\t}"), `Roamfile:4:3: tls: email: already set at Roamfile:3:6`},
+		{"tls internal with ca", site("reverse_proxy b\n\ttls internal {\n\t\tca https://ca.example.net/dir\n\t}"), `Roamfile:4:3: tls: ca: only applies to ACME, not to the internal issuer`},
+		{"tls internal with ca_root", site("reverse_proxy b\n\ttls internal {\n\t\tca_root ca.pem\n\t}"), `Roamfile:4:3: tls: ca_root: only applies to ACME, not to the internal issuer`},
+		{"tls internal with email", site("reverse_proxy b\n\ttls internal {\n\t\temail ops@example.com\n\t}"), `Roamfile:4:3: tls: email: only applies to ACME, not to the internal issuer`},
+		{"tls email argument with issuer internal", site("reverse_proxy b\n\ttls ops@example.com {\n\t\tissuer internal\n\t}"), `Roamfile:3:6: tls: email: only applies to ACME, not to the internal issuer`},
+		{"tls issuer internal after ACME settings", site("reverse_proxy b\n\ttls {\n\t\tca_root ca.pem\n\t\temail ops@example.com\n\t\tissuer internal\n\t}"),
+			"Roamfile:4:3: tls: ca_root: only applies to ACME, not to the internal issuer\n" +
+				`Roamfile:5:3: tls: email: only applies to ACME, not to the internal issuer`},
+		{"tls on_demand without on_demand_tls", site("reverse_proxy b\n\ttls {\n\t\ton_demand\n\t}"), `Roamfile:4:3: tls: on_demand needs the global on_demand_tls { ask URL } (roamgate never issues certificates without asking)`},
+		{"tls internal on_demand without on_demand_tls", site("reverse_proxy b\n\ttls internal { on_demand }"), `Roamfile:3:17: tls: on_demand needs the global on_demand_tls { ask URL } (roamgate never issues certificates without asking)`},
+		{"tls on_demand with a broken on_demand_tls", "{\n\ton_demand_tls\n}\na.com {\n\treverse_proxy b\n\ttls { on_demand }\n}", `Roamfile:2:2: on_demand_tls: ask is required (roamgate never issues certificates without asking)`},
+		{"tls on_demand argument", site("reverse_proxy b\n\ttls {\n\t\ton_demand yes\n\t}"), `Roamfile:4:13: tls: on_demand: unexpected argument "yes"`},
+		{"tls on_demand block", site("reverse_proxy b\n\ttls {\n\t\ton_demand {\n\t\t}\n\t}"), `Roamfile:4:13: tls: on_demand: unexpected block`},
+		{"tls on_demand twice", onDemandGlobal + site("reverse_proxy b\n\ttls {\n\t\ton_demand\n\t\ton_demand\n\t}"), `Roamfile:10:3: tls: on_demand: already set at Roamfile:9:3`},
+		{"email in site", site("reverse_proxy b\n\temail ops@example.com"), `Roamfile:3:2: email is a global option; set it in the global options block at the top of the file`},
+		{"tls files block", site("reverse_proxy b\n\ttls c k {\n\t\ton_demand\n\t}"), `Roamfile:3:10: tls: unexpected block`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -406,7 +545,7 @@ c.com {
 func TestParseReportsErrorsInFileOrder(t *testing.T) {
 	src := "a.com {\n\ttls x\n}\nb.com:1 {\n\treverse_proxy c\n}"
 	want := "Roamfile:1:1: site has no reverse_proxy\n" +
-		`Roamfile:2:6: tls: missing key file after "x" (want tls internal or tls CERT_FILE KEY_FILE)`
+		`Roamfile:2:6: tls: missing key file after "x" (want tls internal, tls EMAIL or tls CERT_FILE KEY_FILE)`
 	if _, err := Parse("Roamfile", []byte(src), testEnv); err == nil || err.Error() != want {
 		t.Errorf("Parse error\n got %v\nwant %s", err, want)
 	}
@@ -523,6 +662,10 @@ func addSeeds(f *testing.F) {
 		"a, b:1, [::1]:2, https://c:3 {\n\treverse_proxy http://d:4 [::1] :5\n\ttls x y\n}",
 		"a {\n\tb {\n\t\tc {\n\t\t\td\n\t\t}\n\t}\n}",
 		"http://a {\n}\nb/c {\n}\n{\n}",
+		"{ email a@b; acme_ca http://[::1]:1/d; acme_ca_root r; storage file_system /s; on_demand_tls { ask http://x/a } }\n" +
+			"a { reverse_proxy b; tls c@d { issuer acme; ca https://e/f; ca_root g; on_demand } }\n" +
+			"h { reverse_proxy i; tls internal { on_demand } }",
+		"{ storage file_system { root /s }; http_port 443 }\na { reverse_proxy b; tls { email c@d; issuer internal } }",
 	} {
 		f.Add([]byte(s))
 	}
@@ -542,9 +685,18 @@ func FuzzParse(f *testing.F) {
 		if len(cfg.Sites) == 0 {
 			t.Fatal("valid Config without sites")
 		}
+		if cfg.HTTPPort == cfg.HTTPSPort && cfg.HTTPPort != 0 {
+			t.Fatalf("http_port and https_port are both %d in a valid Config", cfg.HTTPPort)
+		}
+		if cfg.Email != "" && !validEmail(cfg.Email) {
+			t.Fatalf("invalid email %q in a valid Config", cfg.Email)
+		}
 		for _, s := range cfg.Sites {
 			if len(s.Addresses) == 0 || s.ReverseProxy == nil || len(s.ReverseProxy.Upstreams) == 0 {
 				t.Fatalf("invalid site in a valid Config: %+v", s)
+			}
+			if !validTLS(s.TLS, cfg) {
+				t.Fatalf("invalid tls in a valid Config: %+v", s.TLS)
 			}
 			for _, a := range s.Addresses {
 				if a.Port < 0 || a.Port > 65535 || canonicalHost(a.Host) != a.Host {
@@ -553,6 +705,28 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// validTLS reports whether tls, of a site of cfg, holds together: it has a
+// position, its settings suit its mode, and on-demand TLS has an ask
+// endpoint.
+func validTLS(tls TLS, cfg *Config) bool {
+	acme := tls.Email != "" || tls.CA != "" || tls.CARoot != ""
+	switch {
+	case tls.Pos.Line < 1,
+		tls.Email != "" && !validEmail(tls.Email),
+		tls.OnDemand && cfg.OnDemandAsk == "":
+		return false
+	}
+	switch tls.Mode {
+	case TLSAuto, TLSACME:
+		return tls.CertFile == "" && tls.KeyFile == ""
+	case TLSInternal:
+		return !acme && tls.CertFile == "" && tls.KeyFile == ""
+	case TLSFiles:
+		return !acme && !tls.OnDemand && tls.CertFile != "" && tls.KeyFile != ""
+	}
+	return false
 }
 
 func BenchmarkParse(b *testing.B) {

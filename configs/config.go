@@ -35,12 +35,29 @@ type Config struct {
 	// HTTPSPort is the global https_port option: the port of sites whose
 	// address names no port. Default 443.
 	HTTPSPort int
-	// HTTPPort is the global http_port option. Default 80. (Used for ACME
-	// HTTP-01 challenges and redirects once those exist.)
+	// HTTPPort is the global http_port option: the plain-HTTP port that
+	// answers ACME HTTP-01 challenges and redirects everything else to
+	// HTTPS. Default 80. It differs from HTTPSPort unless both are 0.
 	HTTPPort int
-	// DataDir is the global data_dir option: where certificates and the local
-	// CA are stored. Empty means the platform default (tlsmgr.DefaultDataDir).
+	// DataDir is the global data_dir option (or "storage file_system PATH"):
+	// where certificates, ACME accounts and the local CA are stored. Empty
+	// means the platform default (tlsmgr.DefaultDataDir).
 	DataDir string
+	// Email is the global email option: the ACME account email. Empty
+	// means none.
+	Email string
+	// ACMECA is the global acme_ca option: the ACME directory URL, as
+	// written; https:// (http:// only on localhost, 127.0.0.1 or ::1).
+	// Empty means Let's Encrypt's production directory.
+	ACMECA string
+	// ACMECARoot is the global acme_ca_root option: a PEM file of roots to
+	// trust for the ACME CA's own TLS, as written (Parse does not read it).
+	// Empty means the system roots.
+	ACMECARoot string
+	// OnDemandAsk is the URL of the global "on_demand_tls { ask URL }": it
+	// must answer 200 for a name (?domain=NAME) before an on-demand
+	// certificate is obtained for it. Empty means on-demand TLS is off.
+	OnDemandAsk string
 	// DefaultBind is the global default_bind option: the host addresses
 	// listeners bind to. Empty means all interfaces.
 	DefaultBind []string
@@ -90,17 +107,20 @@ type Address struct {
 type TLSMode int
 
 const (
-	// TLSAuto picks the issuer from the name. For now every automatic site
-	// uses the local CA; ACME for public names comes later.
+	// TLSAuto picks the issuer from the name: ACME for names a public CA
+	// would sign (certmagic.SubjectQualifiesForPublicCert), the local CA for
+	// the rest (localhost, IPs, *.local, *.internal, single labels).
 	TLSAuto TLSMode = iota
 	// TLSInternal forces the local CA ("tls internal").
 	TLSInternal
 	// TLSFiles uses a certificate and key from files ("tls CERT KEY").
 	TLSFiles
+	// TLSACME forces an ACME CA ("tls { issuer acme }"), whatever the name.
+	TLSACME
 )
 
 // String returns the mode as the Roamfile spells it: "auto" (no tls
-// directive), "internal" or "files".
+// directive), "internal", "files" or "acme".
 func (m TLSMode) String() string {
 	switch m {
 	case TLSAuto:
@@ -109,16 +129,46 @@ func (m TLSMode) String() string {
 		return "internal"
 	case TLSFiles:
 		return "files"
+	case TLSACME:
+		return "acme"
 	}
 	return "TLSMode(" + strconv.Itoa(int(m)) + ")"
 }
 
-// TLS is a site's tls directive.
+// TLS is a site's tls directive:
+//
+//	tls internal [{ on_demand }]
+//	tls CERT_FILE KEY_FILE
+//	tls EMAIL
+//	tls [EMAIL] {
+//		issuer acme|internal
+//		email EMAIL
+//		ca URL
+//		ca_root PEM_FILE
+//		on_demand
+//	}
+//
+// Email, CA and CARoot are ACME settings: Parse rejects them with the
+// internal issuer. With TLSAuto they apply to the names that get ACME
+// certificates.
 type TLS struct {
-	Pos      Position
+	Pos      Position // the directive; the site's position when there is none
 	Mode     TLSMode
 	CertFile string // TLSFiles only; as written, relative to the working directory
 	KeyFile  string // TLSFiles only
+	// Email is the ACME account email for this site; empty means the global
+	// email.
+	Email string
+	// CA is the ACME directory URL for this site; empty means the global
+	// acme_ca.
+	CA string
+	// CARoot is a PEM file of roots to trust for this site's ACME CA's own
+	// TLS (a private or test CA); empty means the global acme_ca_root.
+	CARoot string
+	// OnDemand obtains certificates at the first TLS handshake for a name,
+	// after the global on_demand_tls ask endpoint allowed it. Validation
+	// requires the ask endpoint.
+	OnDemand bool
 }
 
 // ReverseProxy is a reverse_proxy directive.

@@ -71,8 +71,7 @@ func (c *Cursor) NextLine() bool {
 //	}
 func (c *Cursor) NextBlock(nesting int) bool {
 	if c.nesting <= nesting {
-		j := c.i + 1
-		if c.i < 0 || j >= len(c.seg) || !isOpen(c.seg[j]) || startsLine(c.seg[c.i], c.seg[j]) {
+		if !c.opensBlock() {
 			return false
 		}
 		c.Next()
@@ -137,16 +136,22 @@ func (c *Cursor) ArgErr() error {
 // endOfLine returns an error if arguments or a block follow the cursor on
 // its line; for a block it moves the cursor onto the "{".
 func (c *Cursor) endOfLine() error {
-	j := c.i + 1
 	switch {
-	case c.isArg(j):
+	case c.isArg(c.i + 1):
 		return c.ArgErr()
-	case c.i >= 0 && j < len(c.seg) && isOpen(c.seg[j]) && !startsLine(c.seg[c.i], c.seg[j]):
+	case c.opensBlock():
 		prefix := c.linePrefix()
 		c.Next()
 		return c.Err(prefix + "unexpected block")
 	}
 	return nil
+}
+
+// opensBlock reports whether a block opens right after the current token,
+// on its line.
+func (c *Cursor) opensBlock() bool {
+	j := c.i + 1
+	return c.i >= 0 && j < len(c.seg) && isOpen(c.seg[j]) && !startsLine(c.seg[c.i], c.seg[j])
 }
 
 // Errf returns an *Error at the current token naming the directive being

@@ -11,12 +11,24 @@ import (
 // called with the cursor on the option's name and returns the first error
 // that stops it; errors it can read past go to b.report.
 var globalOptions = map[string]func(b *builder, c *Cursor) error{
-	"admin":        admin,
-	"data_dir":     dataDir,
-	"default_bind": defaultBind,
-	"http_port":    func(b *builder, c *Cursor) error { return portArg(c, &b.cfg.HTTPPort) },
-	"https_port":   func(b *builder, c *Cursor) error { return portArg(c, &b.cfg.HTTPSPort) },
-	"log":          logOption,
+	"acme_ca":       acmeCA,
+	"acme_ca_root":  acmeCARoot,
+	"admin":         admin,
+	"data_dir":      dataDir,
+	"default_bind":  defaultBind,
+	"email":         emailOption,
+	"http_port":     func(b *builder, c *Cursor) error { return b.portArg(c, &b.cfg.HTTPPort) },
+	"https_port":    func(b *builder, c *Cursor) error { return b.portArg(c, &b.cfg.HTTPSPort) },
+	"log":           logOption,
+	"on_demand_tls": onDemandTLSOption,
+	"storage":       storage,
+}
+
+// exclusiveOptions maps a global option to the other option that makes the
+// same setting, and names the setting: only one of the two may be written.
+var exclusiveOptions = map[string]struct{ other, setting string }{
+	"data_dir": {"storage", "data directory"},
+	"storage":  {"data_dir", "data directory"},
 }
 
 // siteDirectives read the directives of a site block into s, like
@@ -26,8 +38,9 @@ var siteDirectives = map[string]func(b *builder, c *Cursor, s *Site) error{
 	"tls":           tlsDirective,
 }
 
-// portArg reads "https_port N" or "http_port N" into *port.
-func portArg(c *Cursor, port *int) error {
+// portArg reads "https_port N" or "http_port N" into *port and records
+// where in b.ports.
+func (b *builder) portArg(c *Cursor, port *int) error {
 	t, err := oneArg(c)
 	if err != nil {
 		return err
@@ -37,6 +50,7 @@ func portArg(c *Cursor, port *int) error {
 		return c.Errf("invalid port %q (want 0-65535)", t.Text)
 	}
 	*port = p
+	b.ports[c.seg.Directive()] = t.Pos()
 	return nil
 }
 
@@ -48,6 +62,60 @@ func dataDir(b *builder, c *Cursor) error {
 	}
 	if t.Text == "" {
 		return c.Err("empty path")
+	}
+	b.cfg.DataDir = t.Text
+	return nil
+}
+
+var storageOptions = []string{"root"}
+
+// storage reads "storage file_system PATH" or
+//
+//	storage file_system {
+//		root PATH
+//	}
+//
+// into DataDir. file_system is the only storage module.
+func storage(b *builder, c *Cursor) error {
+	if !c.NextArg() {
+		return c.ArgErr()
+	}
+	module := c.Token()
+	if module.Text != "file_system" {
+		return c.Errf("unknown storage module %q (want file_system)", module.Text)
+	}
+	if c.NextArg() {
+		if c.Val() == "" {
+			return c.Err("empty path")
+		}
+		b.cfg.DataDir = c.Val()
+		return nil
+	}
+	seen := make(map[string]Position)
+	for c.NextBlock(0) {
+		b.report(storageSubdirective(b, c, seen))
+	}
+	if _, ok := seen["root"]; !ok {
+		return newError(module.Pos(), "storage", nil,
+			"file_system needs a path (want storage file_system PATH or storage file_system { root PATH })")
+	}
+	return nil
+}
+
+func storageSubdirective(b *builder, c *Cursor, seen map[string]Position) error {
+	name := c.Val()
+	if !slices.Contains(storageOptions, name) {
+		return c.Errf("unknown subdirective %q%s", name, didYouMean(name, storageOptions))
+	}
+	if !setOnce(c, seen) {
+		return c.Errf("%s: already set at %s", name, seen[name])
+	}
+	t, err := oneArg(c)
+	if err != nil {
+		return err
+	}
+	if t.Text == "" {
+		return c.Errf("%s: empty path", name)
 	}
 	b.cfg.DataDir = t.Text
 	return nil
@@ -216,37 +284,6 @@ func reverseProxySubdirective(c *Cursor, rp *ReverseProxy, seen map[string]Posit
 	default:
 		rp.ResponseHeaderTimeout = d
 	}
-	return nil
-}
-
-// tlsDirective reads "tls internal" or "tls CERT_FILE KEY_FILE".
-func tlsDirective(b *builder, c *Cursor, s *Site) error {
-	pos := c.Token().Pos()
-	if !c.NextArg() {
-		return c.ArgErr()
-	}
-	cert := c.Val()
-	switch n := c.CountRemainingArgs(); {
-	case cert == "internal" && n == 0:
-		s.TLS = TLS{Pos: pos, Mode: TLSInternal}
-		return nil
-	case cert == "internal":
-		return c.ArgErr()
-	case n > 1:
-		c.NextArg()
-		return c.ArgErr()
-	case n == 0 && suggest(cert, []string{"internal"}) != "":
-		return c.Errf("unknown mode %q (did you mean internal?)", cert)
-	case n == 0:
-		return c.Errf("missing key file after %q (want tls internal or tls CERT_FILE KEY_FILE)", cert)
-	case cert == "":
-		return c.Err("empty certificate file name")
-	}
-	c.NextArg()
-	if c.Val() == "" {
-		return c.Err("empty key file name")
-	}
-	s.TLS = TLS{Pos: pos, Mode: TLSFiles, CertFile: cert, KeyFile: c.Val()}
 	return nil
 }
 

@@ -96,8 +96,9 @@ func BenchmarkH3Plain(b *testing.B) {
 // migration (dialing, a warm-up request and the migration itself are not
 // timed). The path switch resets congestion control and the RTT estimate
 // (RFC 9002 §9.4), so this is what a roaming client's next request costs.
-// Each iteration uses a fresh connection: a quic-go v0.65.0 client runs out
-// of connection IDs after two active migrations (see the README).
+// Each iteration uses a fresh connection, so the client does not pile up
+// one UDP socket per path (quic-go keeps every path's transport registered
+// until the connection closes).
 func BenchmarkFirstRequestAfterMigration(b *testing.B) {
 	app := startApp(b, "app", http.HandlerFunc(oneK))
 	h := startProxy(b, siteFor("", app.Addr()), nil)

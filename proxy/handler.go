@@ -53,14 +53,22 @@ func (rt *router) match(hostport string) *site {
 	if s := rt.exact[host]; s != nil {
 		return s
 	}
-	if len(rt.wildcard) > 0 {
-		if i := strings.IndexByte(host, '.'); i > 0 {
-			if s := rt.wildcard[host[i+1:]]; s != nil {
-				return s
-			}
-		}
+	if s := rt.matchWildcard(host); s != nil {
+		return s
 	}
 	return rt.catchAll
+}
+
+// matchWildcard finds the "*.parent" site for host: one label deep, as TLS
+// wildcards match (RFC 6125 §6.4.3).
+func (rt *router) matchWildcard(host string) *site {
+	if len(rt.wildcard) == 0 {
+		return nil
+	}
+	if i := strings.IndexByte(host, '.'); i > 0 {
+		return rt.wildcard[host[i+1:]]
+	}
+	return nil
 }
 
 // hostOnly strips the port, IPv6 brackets and a trailing dot from a Host

@@ -40,10 +40,10 @@ func checkSameView(t *testing.T, reqs []legacyapp.Request, startPort int) {
 }
 
 // TestActiveMigration: a client does requests, moves its QUIC connection to
-// a new UDP socket (AddPath → Probe → Switch) and does more. No new
-// handshake happens, every response is right, and the backend sees the same
-// upstream TCP connection and the same forwarding headers throughout; the
-// proxy reports the path change once.
+// a new UDP socket (AddPath → Probe → Switch) and does more, three times
+// over. No new handshake happens, every response is right, and the backend
+// sees the same upstream TCP connection and the same forwarding headers
+// throughout; the proxy reports each path change once.
 func TestActiveMigration(t *testing.T) {
 	app := startApp(t, "app", nil)
 	h := startProxy(t, siteFor("", app.Addr()), nil)
@@ -54,33 +54,42 @@ func TestActiveMigration(t *testing.T) {
 	for range 3 {
 		reqs = append(reqs, seen(t, c, h, "c1"))
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := c.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if c.LocalAddr().Port == start.Port {
-		t.Fatal("migration kept the local port")
-	}
-	for range 3 {
-		reqs = append(reqs, seen(t, c, h, "c1"))
+	var path []string // the client's addresses, in order
+	path = append(path, start.String())
+	for i := range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := c.Migrate(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("migration %d: %v", i+1, err)
+		}
+		if c.LocalAddr().String() == path[len(path)-1] {
+			t.Fatal("migration kept the local address")
+		}
+		path = append(path, c.LocalAddr().String())
+		for range 2 {
+			reqs = append(reqs, seen(t, c, h, "c1"))
+		}
+		want := float64(i + 1)
+		eventually(t, fmt.Sprintf("%v path changes counted", want), func() bool { return h.pathChanges() == want })
 	}
 
 	checkSameView(t, reqs, start.Port)
-	if got := len(app.Requests()); got != 6 {
-		t.Fatalf("backend saw %d requests, want 6", got)
+	if got := len(app.Requests()); got != 9 {
+		t.Fatalf("backend saw %d requests, want 9", got)
 	}
 	if got := h.sessionsOpened("h3"); got != 1 {
 		t.Fatalf("sessions opened = %v, want 1 (a new handshake happened)", got)
 	}
-	eventually(t, "one path change counted", func() bool { return h.pathChanges() == 1 })
 	entries := h.logged("client path changed")
-	if len(entries) != 1 {
-		t.Fatalf("%d path change log lines, want 1", len(entries))
+	if len(entries) != 3 {
+		t.Fatalf("%d path change log lines, want 3", len(entries))
 	}
-	f := entries[0].ContextMap()
-	if f["from"] != start.String() || f["to"] != c.LocalAddr().String() {
-		t.Fatalf("path change logged %v → %v, want %v → %v", f["from"], f["to"], start, c.LocalAddr())
+	for i, e := range entries {
+		f := e.ContextMap()
+		if f["from"] != path[i] || f["to"] != path[i+1] {
+			t.Fatalf("path change %d logged %v → %v, want %v → %v", i+1, f["from"], f["to"], path[i], path[i+1])
+		}
 	}
 }
 

@@ -61,6 +61,7 @@ type Server struct {
 	metrics   *metrics
 	quicConf  *quic.Config
 	ports     []*portServer
+	http      *httpPort // nil unless some certificate comes from ACME
 	admin     *adminServer
 	sessions  sync.WaitGroup // one per open session
 	serving   sync.WaitGroup // the Serve goroutines
@@ -195,6 +196,9 @@ func (s *Server) Start() (err error) {
 		}
 		ps.bound = port
 	}
+	if err := s.listenHTTP(hosts); err != nil {
+		return err
+	}
 	if s.admin != nil {
 		if err := s.admin.listen(); err != nil {
 			return err
@@ -205,6 +209,7 @@ func (s *Server) Start() (err error) {
 			return err
 		}
 	}
+	s.serveHTTP()
 	if s.admin != nil {
 		s.serving.Go(s.admin.serve)
 	}
@@ -329,6 +334,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			_ = ln.Close()
 		}
 	}
+	if s.http != nil {
+		wg.Go(func() { record(s.http.srv.Shutdown(ctx)) })
+	}
 	if s.admin != nil {
 		wg.Go(func() { record(s.admin.srv.Shutdown(ctx)) })
 	}
@@ -370,6 +378,11 @@ func (s *Server) closeListeners() {
 		}
 		for _, t := range ps.tcp {
 			_ = t.Close()
+		}
+	}
+	if s.http != nil {
+		for _, ln := range s.http.lns {
+			_ = ln.Close()
 		}
 	}
 	if s.admin != nil && s.admin.ln != nil {

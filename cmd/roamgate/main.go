@@ -6,6 +6,7 @@
 //	roamgate validate [--config Roamfile]   check a Roamfile and its certificate files
 //	roamgate reverse-proxy --from HOST:PORT --to UPSTREAM[,UPSTREAM...]
 //	roamgate demo                           the proxy, a legacy app and a migrating client
+//	roamgate trust [--install]              print or install the local CA's root
 //	roamgate version
 //
 // main only parses the command line and wires the packages together.
@@ -47,6 +48,7 @@ Usage:
   roamgate validate [--config Roamfile]
   roamgate reverse-proxy --from HOST:PORT --to UPSTREAM[,UPSTREAM...] [--bind HOST] [--data-dir DIR]
   roamgate demo [--listen 127.0.0.1:8443] [--data-dir DIR] [--once]
+  roamgate trust [--install] [--config Roamfile] [--data-dir DIR]
   roamgate version
 `
 
@@ -66,6 +68,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return reverseProxyCmd(ctx, rest, stdout, stderr)
 	case "demo":
 		return demoCmd(ctx, rest, stdout, stderr)
+	case "trust":
+		return trustCmd(rest, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "roamgate", version())
 		return nil

@@ -164,9 +164,16 @@ func getThrough(t *testing.T, addr, dataDir string) legacyapp.Request {
 	pool.AppendCertsFromPEM(pem)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := h3client.Dial(ctx, addr, &tls.Config{RootCAs: pool, ServerName: "localhost"}, nil)
-	if err != nil {
-		t.Fatal(err)
+	// Listeners open before certificates load: retry until the handshake
+	// finds one, as a client would.
+	var c *h3client.Conn
+	for c == nil {
+		if c, err = h3client.Dial(ctx, addr, &tls.Config{RootCAs: pool, ServerName: "localhost"}, nil); err != nil {
+			if ctx.Err() != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 	defer c.Close()
 	req, _ := http.NewRequestWithContext(ctx, "GET", "https://localhost/", nil)

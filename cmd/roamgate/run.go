@@ -72,17 +72,20 @@ func serve(ctx context.Context, cfg *configs.Config, o serveOptions) error {
 		return err
 	}
 	defer certs.Stop()
-	if err := certs.Start(ctx); err != nil {
-		return err
-	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv, err := proxy.New(cfg, certs, proxy.Options{Logger: logger, Registry: reg, AccessLogger: o.accessLogger})
 	if err != nil {
 		return err
 	}
+	// Listeners first, certificates second: certmagic takes a busy
+	// challenge port for one whose owner answers its challenges, and ACME
+	// certificates are obtained in the background while the others serve.
 	if err := srv.Start(); err != nil {
 		return err
+	}
+	if err := certs.Start(ctx); err != nil {
+		return errors.Join(err, shutdown(srv, o.grace, logger))
 	}
 	var startErr error
 	if o.started != nil {

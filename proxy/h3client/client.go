@@ -123,8 +123,9 @@ func (c *Conn) Migrate(ctx context.Context) error {
 	c.migrations++
 	c.mu.Unlock()
 	if prev != nil {
-		// Abandon the path left behind, which gives back its connection ID:
-		// without this a client runs out after a few migrations.
+		// Abandon the path left behind so its connection ID is retired and
+		// the server can issue a fresh one. (Its transport stays: closing
+		// it would destroy the connection, which is still registered there.)
 		_ = prev.Close()
 	}
 	return nil

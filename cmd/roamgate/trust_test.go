@@ -1,0 +1,55 @@
+package main
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/roamgate/roamgate/tlsmgr"
+)
+
+func TestTrustPrintsTheRoot(t *testing.T) {
+	dir := t.TempDir()
+	var out, errOut bytes.Buffer
+	if err := run(t.Context(), []string{"trust", "--data-dir", dir}, &out, &errOut); err != nil {
+		t.Fatal(err)
+	}
+	stored, err := os.ReadFile(tlsmgr.RootCertPath(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(out.Bytes(), stored) || !strings.HasPrefix(out.String(), "-----BEGIN CERTIFICATE-----") {
+		t.Fatalf("printed %q, stored %q", out.String(), stored)
+	}
+	// The same CA every time.
+	var again bytes.Buffer
+	if err := run(t.Context(), []string{"trust", "--data-dir", dir}, &again, io.Discard); err != nil || !bytes.Equal(again.Bytes(), out.Bytes()) {
+		t.Fatalf("second run: %v, same root: %v", err, bytes.Equal(again.Bytes(), out.Bytes()))
+	}
+}
+
+func TestInstallRoot(t *testing.T) {
+	anchors := t.TempDir()
+	stores := []trustStore{
+		{name: "missing dir", dir: filepath.Join(anchors, "nope"), file: "x.crt", cmd: []string{"true"}},
+		{name: "missing command", dir: anchors, file: "x.crt", cmd: []string{"roamgate-no-such-command"}},
+		{name: "fake store", dir: anchors, file: "roamgate-local-ca.crt", cmd: []string{"true"}},
+	}
+	where, err := installRoot([]byte("PEM"), stores, io.Discard)
+	if err != nil || where != "fake store" {
+		t.Fatalf("installRoot = %q, %v", where, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(anchors, "roamgate-local-ca.crt")); err != nil || string(b) != "PEM" {
+		t.Fatalf("anchor file %q, %v", b, err)
+	}
+	if _, err := installRoot([]byte("PEM"), stores[:2], io.Discard); err == nil || !strings.Contains(err.Error(), "no supported system trust store") {
+		t.Fatalf("no usable store: %v", err)
+	}
+	failing := []trustStore{{name: "failing", dir: anchors, file: "y.crt", cmd: []string{"false"}}}
+	if _, err := installRoot([]byte("PEM"), failing, io.Discard); err == nil {
+		t.Fatal("a failing update command was not reported")
+	}
+}

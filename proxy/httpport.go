@@ -1,0 +1,139 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// HTTPChallenger is implemented by certificate sources that obtain
+// certificates from an ACME CA (*tlsmgr.Manager): they answer ACME HTTP-01
+// challenges on the plain-HTTP port.
+type HTTPChallenger interface {
+	// UsesACME reports whether any site's certificates come from ACME, so
+	// the HTTP port is needed.
+	UsesACME() bool
+	// HTTPChallengeHandler answers HTTP-01 challenge requests and passes
+	// everything else to next.
+	HTTPChallengeHandler(next http.Handler) http.Handler
+}
+
+// httpPort is the plain-HTTP listener (http_port): ACME HTTP-01 challenges
+// first, a redirect to HTTPS for everything else. It runs only when some
+// site's certificates come from ACME; HTTP/3 needs TLS, and a sidecar with
+// a local or file certificate has no use for port 80.
+type httpPort struct {
+	srv *http.Server
+	lns []net.Listener
+}
+
+// listenHTTP binds the HTTP port on every bind host, when it is needed.
+func (s *Server) listenHTTP(hosts []string) error {
+	ch, ok := s.certs.(HTTPChallenger)
+	if !ok || !ch.UsesACME() {
+		return nil
+	}
+	hp := &httpPort{}
+	port := s.cfg.HTTPPort
+	for _, host := range hosts {
+		ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+		if err != nil {
+			for _, l := range hp.lns {
+				l.Close()
+			}
+			return fmt.Errorf("listen http: %w", err)
+		}
+		hp.lns = append(hp.lns, ln)
+		port = ln.Addr().(*net.TCPAddr).Port // several hosts share one ephemeral port
+	}
+	hp.srv = &http.Server{
+		Handler:           ch.HTTPChallengeHandler(&redirectHandler{srv: s}),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       time.Minute,
+		ErrorLog:          zap.NewStdLog(s.logger.Named("http").WithOptions(zap.IncreaseLevel(zap.WarnLevel))),
+	}
+	s.http = hp
+	return nil
+}
+
+func (s *Server) serveHTTP() {
+	if s.http == nil {
+		return
+	}
+	for _, ln := range s.http.lns {
+		s.serving.Go(func() {
+			if err := s.http.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.logger.Error("http serving stopped", zap.Stringer("addr", ln.Addr()), zap.Error(err))
+			}
+		})
+		s.logger.Info("listening", zap.Stringer("http", ln.Addr()), zap.Strings("protocols", []string{"http/1.1 (acme, redirect)"}))
+	}
+}
+
+// HTTPAddrs reports the addresses of the plain-HTTP port, or nil when it is
+// not running.
+func (s *Server) HTTPAddrs() []net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.http == nil {
+		return nil
+	}
+	out := make([]net.Addr, len(s.http.lns))
+	for i, ln := range s.http.lns {
+		out[i] = ln.Addr()
+	}
+	return out
+}
+
+// redirectHandler sends plain-HTTP requests to HTTPS with 308 Permanent
+// Redirect (RFC 9110 §15.4.9: the method and body are kept), to the same
+// host and path, on the port of the site that serves the host (the global
+// https_port when none does), omitting :443.
+type redirectHandler struct{ srv *Server }
+
+func (h *redirectHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	host := hostOnly(r.Host)
+	if host == "" {
+		http.Error(w, "a Host header is required", http.StatusBadRequest)
+		return
+	}
+	port := h.srv.httpsPortFor(host)
+	target := "https://" + bracketIPv6(host)
+	if port != 443 {
+		target += ":" + strconv.Itoa(port)
+	}
+	target += r.URL.RequestURI()
+	w.Header().Set("Location", target)
+	w.Header().Set("Connection", "close")
+	w.WriteHeader(http.StatusPermanentRedirect)
+}
+
+// httpsPortFor is the bound port of the site that serves host by name
+// (exact or wildcard), else of a catch-all site, else the global https_port.
+func (s *Server) httpsPortFor(host string) int {
+	catchAll := 0
+	for _, ps := range s.ports {
+		if ps.rt.exact[host] != nil || ps.rt.matchWildcard(host) != nil {
+			return ps.bound
+		}
+		if ps.rt.catchAll != nil && catchAll == 0 {
+			catchAll = ps.bound
+		}
+	}
+	if catchAll != 0 {
+		return catchAll
+	}
+	return s.cfg.HTTPSPort
+}
+
+func bracketIPv6(host string) string {
+	if ip := net.ParseIP(host); ip != nil && ip.To4() == nil {
+		return "[" + host + "]"
+	}
+	return host
+}
