@@ -18,24 +18,20 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/roamgate/roamgate/configs"
 	"github.com/roamgate/roamgate/examples/legacyapp"
 	"github.com/roamgate/roamgate/proxy/h3client"
 	"github.com/roamgate/roamgate/tlsmgr"
+	"github.com/roamgate/roamgate/tlsmgr/acmetest"
 )
 
 func TestMain(m *testing.M) {
 	// Loopback CI machines often cap UDP buffers below what quic-go asks
 	// for; the warning is noise here (the README documents the sysctl).
 	os.Setenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING", "true")
-	goleak.VerifyTestMain(m,
-		// certmagic's FileStorage lock refresher sleeps 5 s before it
-		// notices its lock was released; it is certmagic's, not ours.
-		goleak.IgnoreAnyFunction("github.com/caddyserver/certmagic.keepLockfileFresh"))
+	goleak.VerifyTestMain(m, acmetest.IgnoreCertmagicGoroutines...)
 }
 
 // harness is a running roamgate (real listeners on loopback, real local CA)
@@ -61,8 +57,7 @@ func startProxy(t testing.TB, roamfile string, env map[string]string) *harness {
 	if err != nil {
 		t.Fatalf("parse Roamfile: %v", err)
 	}
-	core, logs := observer.New(zap.DebugLevel)
-	logger := zap.New(zapcore.NewTee(core, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)).Core()))
+	logger, logs := testLogger(t)
 	certs, err := tlsmgr.New(tlsmgr.ConfigFor(cfg, t.TempDir()), logger.WithOptions(zap.IncreaseLevel(zap.WarnLevel)))
 	if err != nil {
 		t.Fatal(err)
@@ -72,13 +67,30 @@ func startProxy(t testing.TB, roamfile string, env map[string]string) *harness {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	srv, err := New(cfg, certs, Options{Logger: logger, Registry: reg})
+	srv, err := New(cfg, Options{Logger: logger, Registry: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := srv.Start(); err != nil {
+	if err := srv.Start(certs); err != nil {
 		t.Fatal(err)
 	}
+	shutdownOnCleanup(t, srv)
+	h := &harness{srv: srv, certs: certs, reg: reg, logs: logs}
+	h.port = srv.Listeners()[0].Port
+	h.addr = srv.Listeners()[0].UDP[0].String()
+	return h
+}
+
+// testLogger logs to the test (warnings and up) and records everything for
+// assertions.
+func testLogger(t testing.TB) (*zap.Logger, *observer.ObservedLogs) {
+	core, logs := observer.New(zap.DebugLevel)
+	return acmetest.Logger(t, zap.WarnLevel, core), logs
+}
+
+// shutdownOnCleanup shuts srv down when the test ends, failing the test
+// when that takes over a second.
+func shutdownOnCleanup(t testing.TB, srv *Server) {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
@@ -87,10 +99,6 @@ func startProxy(t testing.TB, roamfile string, env map[string]string) *harness {
 			t.Errorf("shutdown: %v (after %v)", err, time.Since(start))
 		}
 	})
-	h := &harness{srv: srv, certs: certs, reg: reg, logs: logs}
-	h.port = srv.Listeners()[0].Port
-	h.addr = srv.Listeners()[0].UDP[0].String()
-	return h
 }
 
 // siteFor is the usual test Roamfile: one site on an ephemeral loopback port

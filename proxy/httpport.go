@@ -32,12 +32,9 @@ type httpPort struct {
 	lns []net.Listener
 }
 
-// listenHTTP binds the HTTP port on every bind host, when it is needed.
+// listenHTTP binds the HTTP port on every bind host. Serve installs its
+// handler.
 func (s *Server) listenHTTP(hosts []string) error {
-	ch, ok := s.certs.(HTTPChallenger)
-	if !ok || !ch.UsesACME() {
-		return nil
-	}
 	hp := &httpPort{}
 	port := s.cfg.HTTPPort
 	for _, host := range hosts {
@@ -52,7 +49,6 @@ func (s *Server) listenHTTP(hosts []string) error {
 		port = ln.Addr().(*net.TCPAddr).Port // several hosts share one ephemeral port
 	}
 	hp.srv = &http.Server{
-		Handler:           ch.HTTPChallengeHandler(&redirectHandler{srv: s}),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       time.Minute,
 		ErrorLog:          zap.NewStdLog(s.logger.Named("http").WithOptions(zap.IncreaseLevel(zap.WarnLevel))),
@@ -88,6 +84,21 @@ func (s *Server) HTTPAddrs() []net.Addr {
 		out[i] = ln.Addr()
 	}
 	return out
+}
+
+// ChallengePorts reports the bound ports where ACME challenges are answered:
+// HTTP-01 on the plain-HTTP port (0 when it is not listening), TLS-ALPN-01
+// on the TCP listener of the global https_port (that port as configured
+// when no site listens on it). Call it after Listen.
+func (s *Server) ChallengePorts() (httpPort, tlsPort int) {
+	if addrs := s.HTTPAddrs(); len(addrs) > 0 {
+		httpPort = addrs[0].(*net.TCPAddr).Port
+	}
+	tlsPort = s.BoundPort(s.cfg.HTTPSPort)
+	if tlsPort == 0 {
+		tlsPort = s.cfg.HTTPSPort
+	}
+	return httpPort, tlsPort
 }
 
 // redirectHandler sends plain-HTTP requests to HTTPS with 308 Permanent

@@ -52,26 +52,26 @@ type Options struct {
 // HTTP/3 on UDP through a quic.Transport of its own, and HTTP/1.1 and HTTP/2
 // over TLS on the TCP port of the same number.
 type Server struct {
-	cfg       *configs.Config
-	certs     CertSource
-	logger    *zap.Logger
-	errLog    *zap.Logger // per-request failures, rate-limited
-	access    *zap.Logger
-	registry  *prometheus.Registry
-	metrics   *metrics
-	quicConf  *quic.Config
-	ports     []*portServer
-	http      *httpPort // nil unless some certificate comes from ACME
-	admin     *adminServer
-	sessions  sync.WaitGroup // one per open session
-	serving   sync.WaitGroup // the Serve goroutines
-	startOnce sync.Once
+	cfg      *configs.Config
+	certs    CertSource
+	logger   *zap.Logger
+	errLog   *zap.Logger // per-request failures, rate-limited
+	access   *zap.Logger
+	registry *prometheus.Registry
+	metrics  *metrics
+	quicConf *quic.Config
+	ports    []*portServer
+	http     *httpPort // nil unless some certificate comes from ACME
+	admin    *adminServer
+	sessions sync.WaitGroup // one per open session
+	serving  sync.WaitGroup // the Serve goroutines
 
 	nextSessionID atomic.Uint64
 
-	mu       sync.Mutex // guards the following
-	started  bool
-	shutdown bool
+	mu        sync.Mutex // guards the following
+	listening bool
+	served    bool
+	shutdown  bool
 }
 
 // portServer is everything listening on one port number.
@@ -96,10 +96,10 @@ type Listener struct {
 }
 
 // New builds a Server for cfg: a pool per reverse_proxy and a router per
-// port. It does not listen yet; see Start.
-func New(cfg *configs.Config, certs CertSource, opts Options) (*Server, error) {
-	if cfg == nil || certs == nil {
-		return nil, errors.New("proxy: nil config or certificate source")
+// port. It does not listen yet; see Listen and Serve, or Start.
+func New(cfg *configs.Config, opts Options) (*Server, error) {
+	if cfg == nil {
+		return nil, errors.New("proxy: nil config")
 	}
 	logger := opts.Logger
 	if logger == nil {
@@ -119,7 +119,6 @@ func New(cfg *configs.Config, certs CertSource, opts Options) (*Server, error) {
 	}
 	s := &Server{
 		cfg:    cfg,
-		certs:  certs,
 		logger: logger,
 		// A flood of failing requests must not become a flood of log lines:
 		// per message, the first 20 a second, then every 100th.
@@ -165,15 +164,30 @@ func New(cfg *configs.Config, certs CertSource, opts Options) (*Server, error) {
 	return s, nil
 }
 
-// Start binds every listener and starts serving. On error nothing stays
-// bound.
-func (s *Server) Start() (err error) {
+// Start binds every listener and serves with certs: Listen, with the HTTP
+// port when certs obtains certificates from ACME, then Serve.
+func (s *Server) Start(certs CertSource) error {
+	ch, ok := certs.(HTTPChallenger)
+	if err := s.Listen(ok && ch.UsesACME()); err != nil {
+		return err
+	}
+	return s.Serve(certs)
+}
+
+// Listen binds every socket: UDP and TCP on each site port and bind host,
+// the plain-HTTP port (http_port) when withHTTP is set (ACME HTTP-01
+// challenges and redirects; it needs a certs that is an HTTPChallenger),
+// and the admin endpoint. Nothing is served yet, so the bound ports can be
+// read (Listeners, HTTPAddrs) and handed to the certificate manager, which
+// must find its challenge ports taken by their owner. On error nothing
+// stays bound.
+func (s *Server) Listen(withHTTP bool) (err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.started || s.shutdown {
-		return errors.New("proxy: server already started")
+	if s.listening || s.shutdown {
+		return errors.New("proxy: server already listening")
 	}
-	s.started = true
+	s.listening = true
 	defer func() {
 		if err != nil {
 			s.closeListeners()
@@ -196,13 +210,45 @@ func (s *Server) Start() (err error) {
 		}
 		ps.bound = port
 	}
-	if err := s.listenHTTP(hosts); err != nil {
-		return err
+	if withHTTP {
+		if err := s.listenHTTP(hosts); err != nil {
+			return err
+		}
 	}
 	if s.admin != nil {
 		if err := s.admin.listen(); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// Serve starts serving on the sockets Listen bound, with certificates from
+// certs. On error the sockets are closed.
+func (s *Server) Serve(certs CertSource) (err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case certs == nil:
+		return errors.New("proxy: nil certificate source")
+	case !s.listening:
+		return errors.New("proxy: Serve before Listen")
+	case s.served || s.shutdown:
+		return errors.New("proxy: server already serving")
+	}
+	s.served = true
+	s.certs = certs
+	defer func() {
+		if err != nil {
+			s.closeListeners()
+		}
+	}()
+	if s.http != nil {
+		ch, ok := certs.(HTTPChallenger)
+		if !ok {
+			return errors.New("proxy: the HTTP port needs a certificate source that answers ACME challenges")
+		}
+		s.http.srv.Handler = ch.HTTPChallengeHandler(&redirectHandler{srv: s})
 	}
 	for _, ps := range s.ports {
 		if err := s.serve(ps); err != nil {
@@ -214,6 +260,19 @@ func (s *Server) Start() (err error) {
 		s.serving.Go(s.admin.serve)
 	}
 	return nil
+}
+
+// BoundPort returns the port the sites configured on port listen on (they
+// differ when the configuration says 0), or 0 when no site uses port.
+func (s *Server) BoundPort(port int) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ps := range s.ports {
+		if ps.port == port {
+			return ps.bound
+		}
+	}
+	return 0
 }
 
 // serve starts HTTP/3 and TCP serving on a port's bound sockets.
@@ -306,9 +365,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	s.shutdown = true
-	started := s.started
+	listening := s.listening
 	s.mu.Unlock()
-	if !started {
+	if !listening {
 		return nil
 	}
 

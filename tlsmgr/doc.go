@@ -1,6 +1,8 @@
-// Package tlsmgr owns roamgate's certificates: one certmagic cache and config
-// per process (never certmagic.Default), a local certificate authority for
-// development names, and certificate/key files named in the Roamfile.
+// Package tlsmgr owns roamgate's certificates: one certmagic cache per
+// process (never certmagic.Default) with one certmagic config per way of
+// issuing; automatic HTTPS with ACME (HTTP-01 and TLS-ALPN-01, on-demand TLS
+// vetted by an ask endpoint); a local certificate authority for development
+// and internal names; and certificate/key files named in the Roamfile.
 //
 // In the data flow
 //
@@ -8,5 +10,7 @@
 //
 // it sits between the parsed configuration and the listeners: the proxy asks a
 // [Manager] for one tls.Config for TCP (h2, http/1.1, and acme-tls/1 so ACME's
-// TLS-ALPN-01 challenge can be answered) and one for QUIC (h3 only).
+// TLS-ALPN-01 challenge can be answered) and one for QUIC (h3 only), and for
+// the handler of its plain-HTTP port ([Manager.HTTPChallengeHandler]).
+// Tests run a real ACME CA with the acmetest sub-package.
 package tlsmgr

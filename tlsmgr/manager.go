@@ -6,12 +6,10 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net/netip"
 	"slices"
 	"strings"
 	"sync"
 	"time"
-	"unicode"
 
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
@@ -37,113 +35,81 @@ const (
 	acmeTLS1Protocol = "acme-tls/1"
 )
 
-// Issuer selects where the certificates of a site's names come from.
-type Issuer int
-
-const (
-	// IssuerAuto chooses per name. Today every name gets the local CA; once
-	// ACME is supported, public names will get ACME and the rest (localhost,
-	// IP addresses, *.internal, ...) the local CA, as Caddy does.
-	IssuerAuto Issuer = iota
-	// IssuerLocal issues every name from the local CA.
-	IssuerLocal
-)
-
-// String returns the issuer's Roamfile spelling.
-func (i Issuer) String() string {
-	switch i {
-	case IssuerAuto:
-		return "auto"
-	case IssuerLocal:
-		return "local"
-	default:
-		return fmt.Sprintf("Issuer(%d)", int(i))
-	}
-}
-
-// Config configures a Manager.
-type Config struct {
-	// DataDir is the root of certmagic's FileStorage: issued certificates
-	// (certificates/), the local CA (local_ca/) and storage locks (locks/).
-	// Processes that share it share certificates and the CA. Required; see
-	// DefaultDataDir.
-	DataDir string
-
-	// Sites lists what to serve. Each name may appear in one site only.
-	Sites []Site
-
-	// DefaultServerName is the name whose certificate answers handshakes
-	// with no SNI (when no certificate matches the local IP address either)
-	// or with an SNI that matches nothing. Empty: such handshakes fail.
-	DefaultServerName string
-
-	// LeafLifetime is the validity of local-CA leaf certificates; at least
-	// one hour. Zero means DefaultLeafLifetime (7 days).
-	LeafLifetime time.Duration
-}
-
-// Site is one group of names with one certificate source.
-type Site struct {
-	// Names are host names (possibly "*.example.com"), "localhost" and IP
-	// literals. Matching is case-insensitive.
-	Names []string
-
-	// Issuer chooses who issues certificates for Names. The zero value is
-	// IssuerAuto.
-	Issuer Issuer
-
-	// CertFile and KeyFile, when both set, name a PEM certificate chain and
-	// its private key to serve instead of issuing; Names are then
-	// informative only (a warning is logged if the certificate does not
-	// cover one). Setting only one of them is an error.
-	CertFile, KeyFile string
-}
-
-// Manager owns one certmagic cache and config (never certmagic.Default), the
-// local CA, and the certificate files of a Config. It hands the proxy a TLS
-// config for TCP and one for QUIC that serve the same certificates.
+// Manager owns one certmagic cache (never certmagic.Default), the local CA,
+// the certificate files of a Config and its ACME accounts. It hands the
+// proxy a TLS config for TCP and one for QUIC that serve the same
+// certificates.
+//
+// Every way of issuing (the local CA; each distinct ACME setup of CA, email,
+// CA roots and challenges; each of them again for on-demand names) is one
+// certmagic.Config on the one cache. Handshakes are dispatched by SNI to
+// the Config of the site that lists the name (exactly, then by wildcard),
+// then to an on-demand catch-all site, then to the local CA's, which also
+// serves handshakes without SNI.
+//
+// Certificates are renewed in the background, in the last
+// Config.RenewalWindowRatio of their life or when the CA's renewal
+// information says so. A failed renewal never takes a certificate away: the
+// one in hand is served until it expires while certmagic retries with
+// backoff (1 minute, growing to 6 hours, for up to 30 days); each failure
+// is logged and counted.
+//
+// OCSP stapling is left on (certmagic.OCSPConfig's zero value): certmagic
+// staples a fresh response to every certificate that names an OCSP
+// responder, and renews a certificate whose staple says revoked. Let's
+// Encrypt ended its OCSP service in 2025, so its certificates carry no
+// responder and get no staple; other CAs' still may.
+//
+// Metrics (Config.Registerer), by issuer (the local CA's "local", or the
+// ACME CA's host and path) and renewal:
+//
+//	roamgate_tls_certificates_obtained_total{issuer,renewal}
+//	roamgate_tls_certificate_failures_total{issuer,renewal}
+//	roamgate_tls_on_demand_decisions_total{result="allowed|denied"}
 //
 // Create it with New, load and issue certificates with Start, and release
 // the cache's goroutines with Stop. The TLS configs may be handed out before
 // Start; handshakes fail until certificates are loaded.
 type Manager struct {
-	logger      *zap.Logger
-	storage     certmagic.Storage
-	ca          *LocalCA
-	plan        plan
-	defaultName string            // normalized Config.DefaultServerName
-	cache       *certmagic.Cache  // owned; Stop stops it
-	magic       *certmagic.Config // serves every certificate in cache; issues local-CA names
-	tcpTLS      *tls.Config       // template of TLSConfig
-	quicTLS     *tls.Config       // template of QUICTLSConfig
+	logger    *zap.Logger
+	denialLog *zap.Logger // on-demand denials, sampled: anyone can cause them
+	storage   certmagic.Storage
+	ca        *LocalCA
+	plan      *plan
+	cache     *certmagic.Cache  // owned; Stop stops it
+	local     *certmagic.Config // plan.issuances[0].magic
+	ask       *asker            // vets on-demand names; nil without Config.OnDemandAsk
+	metrics   *metrics
+	tcpTLS    *tls.Config // template of TLSConfig
+	quicTLS   *tls.Config // template of QUICTLSConfig
+
+	// acmeCtx bounds the background ACME work that Start begins (obtaining,
+	// and retrying with backoff); Stop cancels it.
+	acmeCtx  context.Context
+	stopACME context.CancelFunc
 
 	mu      sync.Mutex // guards the following
 	started bool
 	stopped bool
 }
 
-// plan is what Start does, derived once from a validated Config.
-type plan struct {
-	files []certFiles // served as they are
-	local []string    // normalized names issued by the local CA
-}
-
-// certFiles is a certificate/key file pair from a Site.
-type certFiles struct {
-	cert, key string
-	names     []string // normalized; informative
-}
-
-// New validates cfg, opens the local CA in cfg.DataDir (creating it if
-// absent) and builds the certmagic cache and config. It issues nothing and
-// reads no certificate files; Start does. A nil logger discards logs.
+// New validates cfg (see Validate), opens the local CA in cfg.DataDir
+// (creating it if absent), registers the metrics and builds the certmagic
+// cache and configs. It issues nothing, contacts no CA and reads no
+// certificate files; Start does. A nil logger discards logs.
 func New(cfg Config, logger *zap.Logger) (*Manager, error) {
 	if logger == nil {
 		logger = zap.NewNop()
 	}
-	p, defaultName, err := cfg.plan()
+	p, err := cfg.plan()
 	if err != nil {
 		return nil, err
+	}
+	var ask *asker
+	if cfg.OnDemandAsk != "" {
+		if ask, err = newAsker(cfg.OnDemandAsk); err != nil {
+			return nil, err
+		}
 	}
 	lifetime := cfg.LeafLifetime
 	if lifetime == 0 {
@@ -158,37 +124,66 @@ func New(cfg Config, logger *zap.Logger) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
+	metrics, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
 
-	m := &Manager{logger: log, storage: storage, ca: ca, plan: p, defaultName: defaultName}
-	var magic *certmagic.Config
+	m := &Manager{
+		logger:    log,
+		denialLog: sampled(log),
+		storage:   storage,
+		ca:        ca,
+		plan:      p,
+		ask:       ask,
+		metrics:   metrics,
+	}
 	m.cache = certmagic.NewCache(certmagic.CacheOptions{
-		// One config serves and maintains every certificate today. When
-		// sites get different issuers (ACME), each issuer gets a Config on
-		// this same cache and this callback picks one by the cert's names.
-		GetConfigForCert: func(certmagic.Certificate) (*certmagic.Config, error) { return magic, nil },
-		Logger:           log,
-	})
-	magic = certmagic.New(m.cache, certmagic.Config{
-		Storage:            storage,
+		GetConfigForCert:   m.configForCert,
+		RenewCheckInterval: cfg.RenewCheckInterval, // certmagic's default when 0
+		OCSPCheckInterval:  cfg.OCSPCheckInterval,  // ditto
 		Logger:             log,
-		Issuers:            []certmagic.Issuer{ca},
-		DefaultServerName:  defaultName, // empty SNI
-		FallbackServerName: defaultName, // SNI that matches no certificate
 	})
-	m.magic = magic
+	for _, u := range p.issuances {
+		m.newMagic(u, cfg)
+	}
+	m.local = p.issuances[0].magic
+	m.acmeCtx, m.stopACME = context.WithCancel(context.Background())
 
-	m.tcpTLS = magic.TLSConfig() // GetCertificate, and NextProtos ["acme-tls/1"]
-	m.tcpTLS.NextProtos = []string{"h2", "http/1.1", acmeTLS1Protocol}
-	m.tcpTLS.MinVersion = tls.VersionTLS12
-	m.quicTLS = magic.TLSConfig()
-	m.quicTLS.NextProtos = []string{"h3"}   // RFC 9114 §3.1; acme-tls/1 is TCP-only
-	m.quicTLS.MinVersion = tls.VersionTLS13 // RFC 9001 §4.2
+	m.tcpTLS = &tls.Config{
+		GetCertificate: m.getCertificate,
+		// acme-tls/1 must stay: certmagic answers a TLS-ALPN-01 challenge
+		// only to a ClientHello that offers it alone and a server that
+		// lists it (RFC 8737 §3).
+		NextProtos: []string{"h2", "http/1.1", acmeTLS1Protocol},
+		MinVersion: tls.VersionTLS12,
+	}
+	m.quicTLS = &tls.Config{
+		GetCertificate: m.getCertificate,
+		NextProtos:     []string{"h3"},   // RFC 9114 §3.1; acme-tls/1 is TCP-only
+		MinVersion:     tls.VersionTLS13, // RFC 9001 §4.2
+	}
 	return m, nil
 }
 
-// Start loads every certificate/key file pair, then loads or issues the
-// local-CA certificates of all local names, synchronously (milliseconds per
-// name). The errors of all file pairs are joined; each names its path.
+// Start loads every certificate/key file pair and loads or issues the
+// local-CA certificates, synchronously (milliseconds per name), then starts
+// managing the ACME certificates in the background: it never waits for an
+// ACME CA. Those already in storage are loaded within milliseconds (in the
+// background, as loading staples OCSP, which may need the network); until a
+// name's certificate arrives, its handshakes get the default server name's
+// certificate, if any, or fail. On-demand names are left to their first
+// handshakes. The errors of all file pairs are joined;
+// each names its path. ctx bounds the synchronous part only; the background
+// work lasts until Stop.
+//
+// The proxy must open its listeners before calling Start: the plain-HTTP
+// one (Config.HTTPPort, serving HTTPChallengeHandler) and the TCP TLS one
+// (Config.TLSPort, serving TLSConfig). certmagic takes a busy challenge
+// port for one whose owner answers the challenges; were the port free, it
+// would bind the port itself for the challenge, and the proxy's own
+// listener could fail with "address already in use".
+//
 // Start may be called once, and not after Stop.
 func (m *Manager) Start(ctx context.Context) error {
 	m.mu.Lock()
@@ -209,20 +204,39 @@ func (m *Manager) Start(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	if err := m.manageLocal(ctx, m.plan.local); err != nil {
+	if err := m.manageLocal(ctx, m.plan.issuances[0].names); err != nil {
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	if m.defaultName != "" && !m.hasCertFor(m.defaultName) {
+
+	var acmeNames []string
+	for _, u := range m.plan.issuances {
+		if !u.key.acme || u.key.onDemand || len(u.names) == 0 {
+			continue
+		}
+		// Obtained and retried in the background, bounded by the
+		// manager's lifetime rather than by ctx.
+		if err := u.magic.ManageAsync(m.acmeCtx, u.names); err != nil {
+			return fmt.Errorf("manage acme certificates: %w", err)
+		}
+		acmeNames = append(acmeNames, u.names...)
+		m.logger.Info("managing acme certificates in the background",
+			zap.String("ca", caOrDefault(u.key.settings.CA)),
+			zap.Strings("identifiers", u.names))
+	}
+
+	if d := m.plan.defaultName; d != "" && m.issuanceFor(d) == m.plan.issuances[0] && !m.hasCertFor(d) {
 		// certmagic looks the default name up exactly, not through wildcards.
 		m.logger.Warn("no certificate carries the default server name; handshakes without a matching SNI will fail",
-			zap.String("default_server_name", m.defaultName))
+			zap.String("default_server_name", d))
 	}
 	m.logger.Info("certificates ready",
 		zap.Int("cert_files", len(m.plan.files)),
-		zap.Strings("local_ca_names", m.plan.local))
+		zap.Strings("local_ca_names", m.plan.issuances[0].names),
+		zap.Strings("acme_names_pending", acmeNames),
+		zap.Bool("on_demand", m.ask != nil))
 	return nil
 }
 
@@ -246,10 +260,11 @@ func cloneTLSConfig(c *tls.Config) *tls.Config {
 // LocalCA returns the manager's local certificate authority.
 func (m *Manager) LocalCA() *LocalCA { return m.ca }
 
-// Stop stops the certificate cache's maintenance goroutine (renewals, OCSP
-// refreshes) and waits for it to exit. TLS configs already handed out keep
-// serving the cached certificates, which are no longer renewed. Stop is
-// idempotent and safe for concurrent use.
+// Stop cancels the background ACME work, stops the certificate cache's
+// maintenance goroutine (renewals, OCSP refreshes) and waits for it to
+// exit. certmagic's workers notice the cancellation at their next step. TLS
+// configs already handed out keep serving the cached certificates, which
+// are no longer renewed. Stop is idempotent and safe for concurrent use.
 func (m *Manager) Stop() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -257,7 +272,52 @@ func (m *Manager) Stop() {
 		return
 	}
 	m.stopped = true
+	m.stopACME()
 	m.cache.Stop()
+	if m.ask != nil {
+		m.ask.close()
+	}
+}
+
+// getCertificate is the TLS configs' GetCertificate: the Config of the
+// server name's issuance answers, so that on-demand decisions and
+// TLS-ALPN-01 challenges are those of the right setup.
+func (m *Manager) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return m.issuanceFor(hello.ServerName).magic.GetCertificate(hello)
+}
+
+// configForCert is the cache's GetConfigForCert: the Config that renews a
+// certificate is the one its name is routed to.
+func (m *Manager) configForCert(c certmagic.Certificate) (*certmagic.Config, error) {
+	if len(c.Names) == 0 {
+		return m.local, nil
+	}
+	return m.issuanceFor(c.Names[0]).magic, nil
+}
+
+// issuanceFor returns the issuance that serves a server name: the site that
+// lists it, else the site with a matching wildcard (one label, RFC 6125
+// §6.4.3), else the on-demand catch-all, else the local CA's.
+func (m *Manager) issuanceFor(serverName string) *issuance {
+	name := strings.ToLower(strings.TrimSuffix(serverName, "."))
+	if name == "" {
+		return m.plan.issuances[0]
+	}
+	if u := m.plan.routes[name]; u != nil {
+		return u
+	}
+	if i := strings.IndexByte(name, '.'); i > 0 {
+		if u := m.plan.routes["*"+name[i:]]; u != nil {
+			return u
+		}
+	}
+	if ca := m.plan.catchAll; ca[0] != nil {
+		if ca[0] == ca[1] || !qualifiesForACME(name) {
+			return ca[0]
+		}
+		return ca[1]
+	}
+	return m.plan.issuances[0]
 }
 
 // cacheFiles loads one certificate/key file pair into the cache.
@@ -269,7 +329,7 @@ func (m *Manager) cacheFiles(ctx context.Context, f certFiles) error {
 	if err != nil {
 		return err
 	}
-	if _, err := m.magic.CacheUnmanagedCertificatePEMBytes(ctx, pair.certPEM, pair.keyPEM, nil); err != nil {
+	if _, err := m.local.CacheUnmanagedCertificatePEMBytes(ctx, pair.certPEM, pair.keyPEM, nil); err != nil {
 		return fmt.Errorf("tls certificate %q: %w", f.cert, err)
 	}
 	log := m.logger.With(zap.String("cert_file", f.cert))
@@ -292,7 +352,7 @@ func (m *Manager) manageLocal(ctx context.Context, names []string) error {
 	for _, name := range names {
 		m.dropForeignLeaf(ctx, name)
 	}
-	if err := m.magic.ManageSync(ctx, names); err != nil {
+	if err := m.local.ManageSync(ctx, names); err != nil {
 		return fmt.Errorf("local ca certificates: %w", err)
 	}
 	return nil
@@ -335,144 +395,4 @@ func certCovers(leaf *x509.Certificate, name string) bool {
 		return true
 	}
 	return slices.ContainsFunc(leaf.DNSNames, func(dns string) bool { return strings.EqualFold(dns, name) })
-}
-
-// plan validates cfg and returns what Start has to do, and the normalized
-// default server name. All problems are reported together.
-func (cfg Config) plan() (plan, string, error) {
-	var p plan
-	var errs []error
-	if cfg.DataDir == "" {
-		errs = append(errs, errors.New("tls data directory is required"))
-	}
-	if cfg.LeafLifetime != 0 && cfg.LeafLifetime < minLeafLifetime {
-		errs = append(errs, fmt.Errorf("tls leaf lifetime %s is shorter than the minimum %s", cfg.LeafLifetime, minLeafLifetime))
-	}
-
-	siteOf := make(map[string]int) // issued name → 1-based site number
-	for i, s := range cfg.Sites {
-		n := i + 1
-		names, nameErrs := normalizeNames(s.Names)
-		for _, err := range nameErrs {
-			errs = append(errs, fmt.Errorf("tls site %d: %w", n, err))
-		}
-
-		if s.CertFile != "" || s.KeyFile != "" {
-			switch {
-			case s.CertFile == "":
-				errs = append(errs, fmt.Errorf("tls site %d: key file %q without a certificate file", n, s.KeyFile))
-			case s.KeyFile == "":
-				errs = append(errs, fmt.Errorf("tls site %d: certificate file %q without a key file", n, s.CertFile))
-			default:
-				p.files = append(p.files, certFiles{cert: s.CertFile, key: s.KeyFile, names: names})
-			}
-			continue
-		}
-
-		if len(s.Names) == 0 {
-			errs = append(errs, fmt.Errorf("tls site %d: no names and no certificate files", n))
-		}
-		if s.Issuer != IssuerAuto && s.Issuer != IssuerLocal {
-			errs = append(errs, fmt.Errorf("tls site %d: unknown issuer %s", n, s.Issuer))
-			continue
-		}
-		for _, name := range names {
-			if prev, dup := siteOf[name]; dup {
-				errs = append(errs, fmt.Errorf("tls site %d: name %q is already in site %d", n, name, prev))
-				continue
-			}
-			siteOf[name] = n
-			switch resolveIssuer(s.Issuer, name) {
-			case IssuerLocal:
-				p.local = append(p.local, name)
-			}
-		}
-	}
-
-	var defaultName string
-	if cfg.DefaultServerName != "" {
-		var err error
-		if defaultName, err = normalizeName(cfg.DefaultServerName); err != nil {
-			errs = append(errs, fmt.Errorf("tls default server name: %w", err))
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return plan{}, "", err
-	}
-	return p, defaultName, nil
-}
-
-// resolveIssuer returns the issuer that gets name's certificate in a site
-// configured with issuer. Today that is always the local CA; ACME will turn
-// IssuerAuto into ACME for names that qualify for a public certificate
-// (certmagic.SubjectQualifiesForPublicCert).
-func resolveIssuer(issuer Issuer, name string) Issuer {
-	switch issuer {
-	case IssuerAuto, IssuerLocal:
-		return IssuerLocal
-	default:
-		return issuer
-	}
-}
-
-// normalizeNames normalizes names, dropping duplicates, and returns the
-// errors of the invalid ones.
-func normalizeNames(names []string) ([]string, []error) {
-	var out []string
-	var errs []error
-	for _, name := range names {
-		n, err := normalizeName(name)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if !slices.Contains(out, n) {
-			out = append(out, n)
-		}
-	}
-	return out, errs
-}
-
-// normalizeName returns name as certmagic stores and matches it: lower case,
-// IP addresses in canonical form without brackets. It rejects names that no
-// certificate can carry.
-func normalizeName(name string) (string, error) {
-	n := strings.ToLower(strings.TrimSpace(name))
-	if len(n) > 1 && n[0] == '[' && n[len(n)-1] == ']' {
-		n = n[1 : len(n)-1]
-	}
-	if addr, err := netip.ParseAddr(n); err == nil {
-		if addr.Zone() != "" {
-			return "", fmt.Errorf("name %q: ip address with a zone", name)
-		}
-		return addr.Unmap().String(), nil
-	}
-	switch {
-	case n == "":
-		return "", errors.New("empty name")
-	case strings.Contains(n, ":"):
-		return "", fmt.Errorf("name %q: has a port or is not an ip address", name)
-	case strings.IndexFunc(n, notHostnameRune) >= 0:
-		r := n[strings.IndexFunc(n, notHostnameRune):]
-		return "", fmt.Errorf("name %q: invalid character %q", name, []rune(r)[0])
-	case strings.Contains(n, "*") && (!strings.HasPrefix(n, "*.") || strings.Contains(n[1:], "*")):
-		return "", fmt.Errorf("name %q: a wildcard must be the whole left-most label", name)
-	case !certmagic.SubjectQualifiesForCert(n):
-		return "", fmt.Errorf("name %q: not a valid certificate name", name)
-	}
-	return n, nil
-}
-
-// notHostnameRune reports whether r cannot appear in a host name: ASCII
-// other than letters, digits, '-', '.', '_' and the wildcard '*'. Non-ASCII
-// letters are allowed; certmagic converts such names to punycode.
-func notHostnameRune(r rune) bool {
-	switch {
-	case r >= 0x80:
-		return !unicode.IsLetter(r) && !unicode.IsDigit(r) && !unicode.Is(unicode.Mn, r)
-	case 'a' <= r && r <= 'z', '0' <= r && r <= '9':
-		return false
-	default:
-		return !strings.ContainsRune("-._*", r)
-	}
 }

@@ -15,24 +15,18 @@ import (
 	"github.com/quic-go/quic-go"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/roamgate/roamgate/tlsmgr/acmetest"
 )
 
-// ignoreLockRefresher ignores certmagic's FileStorage lock refresher. Every
-// FileStorage.Lock starts a goroutine that rewrites the lock file every 5s
-// and only notices the lock is released at its next wake-up, so it outlives
-// Unlock (and Cache.Stop) by up to 5s. It is certmagic's, unowned by any
-// Manager, and ends on its own.
-var ignoreLockRefresher = goleak.IgnoreAnyFunction("github.com/caddyserver/certmagic.keepLockfileFresh")
-
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, ignoreLockRefresher)
+	goleak.VerifyTestMain(m, acmetest.IgnoreCertmagicGoroutines...)
 }
 
-func testLogger(t *testing.T) *zap.Logger {
-	return zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
-}
+// testLogger returns a logger for a Manager of t: warnings and errors go to
+// t.Log.
+func testLogger(t testing.TB) *zap.Logger { return acmetest.Logger(t, zap.WarnLevel) }
 
 // newTestManager creates a Manager that is stopped when the test ends.
 func newTestManager(t *testing.T, cfg Config) *Manager {
@@ -64,6 +58,20 @@ func serveTLS(t *testing.T, cfg *tls.Config) string {
 	if err != nil {
 		t.Fatalf("listen: %v", err)
 	}
+	return serveHandshakes(t, ln)
+}
+
+// serveHandshakes completes one TLS handshake per connection of ln, each in
+// a goroutine of its own (an on-demand handshake waits for the CA, whose
+// TLS-ALPN-01 validation comes in on the same listener), and hangs up. It
+// returns ln's address; the test's end closes ln and the open connections.
+func serveHandshakes(t *testing.T, ln net.Listener) string {
+	t.Helper()
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns = make(map[net.Conn]struct{})
+	)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -72,15 +80,30 @@ func serveTLS(t *testing.T, cfg *tls.Config) string {
 			if err != nil {
 				return
 			}
-			_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-			_ = conn.(*tls.Conn).Handshake() // failures are the client's to report
-			_ = conn.Close()
+			mu.Lock()
+			conns[conn] = struct{}{}
+			mu.Unlock()
+			wg.Go(func() {
+				_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+				_ = conn.(*tls.Conn).Handshake() // failures are the client's to report
+				_ = conn.Close()
+				mu.Lock()
+				delete(conns, conn)
+				mu.Unlock()
+			})
 		}
 	}()
 	t.Cleanup(func() {
 		_ = ln.Close()
+		mu.Lock()
+		for conn := range conns {
+			_ = conn.Close()
+		}
+		mu.Unlock()
+		exited := make(chan struct{})
+		go func() { <-done; wg.Wait(); close(exited) }()
 		select {
-		case <-done:
+		case <-exited:
 		case <-time.After(time.Second):
 			t.Error("tls server did not exit within 1s of closing its listener")
 		}
@@ -426,7 +449,7 @@ func TestStartRunsOnce(t *testing.T) {
 }
 
 func TestStopIsIdempotentAndLeavesNoGoroutines(t *testing.T) {
-	opts := []goleak.Option{goleak.IgnoreCurrent(), ignoreLockRefresher}
+	opts := append([]goleak.Option{goleak.IgnoreCurrent()}, acmetest.IgnoreCertmagicGoroutines...)
 
 	m, err := New(Config{DataDir: t.TempDir(), Sites: []Site{{Names: []string{"localhost", "127.0.0.1"}}}}, testLogger(t))
 	if err != nil {
@@ -463,7 +486,7 @@ func TestManagerNilLogger(t *testing.T) {
 }
 
 func TestIssuerString(t *testing.T) {
-	for i, want := range map[Issuer]string{IssuerAuto: "auto", IssuerLocal: "local", 7: "Issuer(7)"} {
+	for i, want := range map[Issuer]string{IssuerAuto: "auto", IssuerLocal: "local", IssuerACME: "acme", 7: "Issuer(7)"} {
 		if got := i.String(); got != want {
 			t.Errorf("Issuer(%d).String() = %q, want %q", int(i), got, want)
 		}

@@ -3,49 +3,94 @@ package tlsmgr
 import "github.com/roamgate/roamgate/configs"
 
 // catchAllNames are the names a site without a host name (":443") gets
-// certificates for: a catch-all answers anything, but only the local names
-// can have a certificate without asking for one per name.
+// certificates for at start: a catch-all answers anything, but only the
+// local names can have a certificate without asking for one per name
+// (on-demand TLS asks, per name).
 var catchAllNames = []string{"localhost", "127.0.0.1", "::1"}
 
-// ConfigFor derives a Manager's configuration from a Roamfile's: one Site
-// per site block (its names and tls directive), the data directory (dataDir,
-// the command line's --data-dir, else the Roamfile's data_dir, else
-// DefaultDataDir), and "localhost"
-// as the default server name when some site is a catch-all, so a handshake
-// with an unknown or missing SNI still gets a certificate.
+// ConfigFor derives a Manager's configuration from a Roamfile's:
+//
+//   - one Site per site block: its names and its tls directive ("tls
+//     internal" → IssuerLocal, "issuer acme" → IssuerACME, "tls CERT KEY",
+//     email/ca/ca_root → Site.ACME, on_demand → Site.OnDemand);
+//   - a catch-all address (":443") adds the local names "localhost",
+//     "127.0.0.1" and "::1" (in a local site of their own, unless the
+//     block serves files), "localhost" as the default server name so that a
+//     handshake with an unknown or missing SNI still gets a certificate,
+//     and, with on_demand, makes the block's site a CatchAll;
+//   - the global email, acme_ca and acme_ca_root as Config.ACME, on_demand_tls's
+//     ask URL, http_port and https_port as the challenge ports (http_port 0,
+//     an ephemeral port for tests, leaves certmagic assuming 80), and
+//     default_bind's first host as ListenHost;
+//   - the data directory: dataDir (the command line's --data-dir), else
+//     the Roamfile's data_dir, else DefaultDataDir.
 func ConfigFor(cfg *configs.Config, dataDir string) Config {
-	out := Config{DataDir: dataDir}
+	out := Config{
+		DataDir: dataDir,
+		ACME: ACME{
+			CA:         cfg.ACMECA,
+			Email:      cfg.Email,
+			CARootFile: cfg.ACMECARoot,
+		},
+		OnDemandAsk: cfg.OnDemandAsk,
+		HTTPPort:    cfg.HTTPPort,
+		TLSPort:     cfg.HTTPSPort,
+	}
 	if out.DataDir == "" {
 		out.DataDir = cfg.DataDir
 	}
 	if out.DataDir == "" {
 		out.DataDir = DefaultDataDir()
 	}
+	if len(cfg.DefaultBind) > 0 {
+		out.ListenHost = cfg.DefaultBind[0]
+	}
+
 	seen := map[string]bool{} // a name in several blocks (other ports) is managed once
-	for _, sc := range cfg.Sites {
-		var names []string
-		for _, a := range sc.Addresses {
-			add := []string{a.Host}
-			if a.Host == "" {
-				add = catchAllNames
-				out.DefaultServerName = "localhost"
-			}
-			for _, n := range add {
-				if !seen[n] {
-					seen[n] = true
-					names = append(names, n)
-				}
-			}
+	add := func(names []string, name string) []string {
+		if seen[name] {
+			return names
 		}
-		site := Site{Names: names}
+		seen[name] = true
+		return append(names, name)
+	}
+	for _, sc := range cfg.Sites {
+		site := Site{
+			ACME:     ACME{CA: sc.TLS.CA, Email: sc.TLS.Email, CARootFile: sc.TLS.CARoot},
+			OnDemand: sc.TLS.OnDemand,
+		}
 		switch sc.TLS.Mode {
 		case configs.TLSFiles:
 			site.CertFile, site.KeyFile = sc.TLS.CertFile, sc.TLS.KeyFile
 		case configs.TLSInternal:
 			site.Issuer = IssuerLocal
+		case configs.TLSACME:
+			site.Issuer = IssuerACME
 		}
-		if len(site.Names) > 0 || site.CertFile != "" {
+		local := Site{Issuer: site.Issuer} // the catch-all's local names
+		if site.Issuer == IssuerACME {
+			local.Issuer = IssuerAuto // which keeps them local
+		}
+		for _, a := range sc.Addresses {
+			if a.Host != "" {
+				site.Names = add(site.Names, a.Host)
+				continue
+			}
+			out.DefaultServerName = "localhost"
+			site.CatchAll = site.OnDemand
+			for _, n := range catchAllNames {
+				if sc.TLS.Mode == configs.TLSFiles {
+					site.Names = add(site.Names, n) // informative: the files serve them
+				} else {
+					local.Names = add(local.Names, n)
+				}
+			}
+		}
+		if len(site.Names) > 0 || site.CertFile != "" || site.CatchAll {
 			out.Sites = append(out.Sites, site)
+		}
+		if len(local.Names) > 0 {
+			out.Sites = append(out.Sites, local)
 		}
 	}
 	return out

@@ -2,6 +2,7 @@ package tlsmgr
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/roamgate/roamgate/configs"
@@ -11,7 +12,7 @@ func TestConfigFor(t *testing.T) {
 	cfg, err := configs.Parse("Roamfile", []byte(`{
 	data_dir /from/roamfile
 }
-example.com, *.example.com {
+app.internal, *.svc.internal {
 	reverse_proxy 127.0.0.1:1
 }
 :8443 {
@@ -33,8 +34,10 @@ files.test {
 	want := Config{
 		DataDir:           "/from/roamfile",
 		DefaultServerName: "localhost",
+		HTTPPort:          80,
+		TLSPort:           443,
 		Sites: []Site{
-			{Names: []string{"example.com", "*.example.com"}},
+			{Names: []string{"app.internal", "*.svc.internal"}},
 			{Names: []string{"localhost", "127.0.0.1", "::1"}, Issuer: IssuerLocal},
 			// The catch-all names are managed once, by the first site.
 			{Names: []string{"files.test"}, CertFile: "site.pem", KeyFile: "site-key.pem"},
@@ -55,4 +58,89 @@ files.test {
 		t.Fatalf("the derived config does not validate: %v", err)
 	}
 	m.Stop()
+}
+
+// TestConfigForACME maps the Roamfile's ACME settings. It builds the
+// configs.Config by hand, as the parser would.
+func TestConfigForACME(t *testing.T) {
+	cfg := &configs.Config{
+		HTTPSPort:   8443,
+		HTTPPort:    8080,
+		Email:       "ops@example.com",
+		ACMECA:      "https://ca.example.net/dir",
+		ACMECARoot:  "/etc/roamgate/roots.pem",
+		OnDemandAsk: "http://localhost:9123/check",
+		DefaultBind: []string{"192.0.2.1", "2001:db8::1"},
+		Sites: []configs.Site{
+			{Addresses: []configs.Address{{Host: "example.com"}}},
+			{
+				Addresses: []configs.Address{{Host: "www.example.com"}},
+				TLS:       configs.TLS{Email: "web@example.com"},
+			},
+			{
+				Addresses: []configs.Address{{Host: "shop.example.com"}},
+				TLS: configs.TLS{Mode: configs.TLSACME, Email: "shop@example.com",
+					CA: "https://private.example.net/acme/directory", CARoot: "/etc/roamgate/private.pem"},
+			},
+			{
+				Addresses: []configs.Address{{Host: "*.tenants.example.com"}},
+				TLS:       configs.TLS{Mode: configs.TLSACME, OnDemand: true},
+			},
+			{
+				Addresses: []configs.Address{{Host: "internal.example.com"}},
+				TLS:       configs.TLS{Mode: configs.TLSInternal},
+			},
+			{
+				// A catch-all with on_demand: any name the ask endpoint
+				// allows; its local names stay managed at start.
+				Addresses: []configs.Address{{Host: ""}},
+				TLS:       configs.TLS{Mode: configs.TLSACME, OnDemand: true},
+			},
+		},
+	}
+	got := ConfigFor(cfg, "/data")
+	want := Config{
+		DataDir:           "/data",
+		DefaultServerName: "localhost",
+		ACME:              ACME{CA: "https://ca.example.net/dir", Email: "ops@example.com", CARootFile: "/etc/roamgate/roots.pem"},
+		OnDemandAsk:       "http://localhost:9123/check",
+		HTTPPort:          8080,
+		TLSPort:           8443,
+		ListenHost:        "192.0.2.1",
+		Sites: []Site{
+			{Names: []string{"example.com"}},
+			{Names: []string{"www.example.com"}, ACME: ACME{Email: "web@example.com"}},
+			{Names: []string{"shop.example.com"}, Issuer: IssuerACME, ACME: ACME{
+				CA: "https://private.example.net/acme/directory", Email: "shop@example.com", CARootFile: "/etc/roamgate/private.pem"}},
+			{Names: []string{"*.tenants.example.com"}, Issuer: IssuerACME, OnDemand: true},
+			{Names: []string{"internal.example.com"}, Issuer: IssuerLocal},
+			{Issuer: IssuerACME, OnDemand: true, CatchAll: true},
+			{Names: []string{"localhost", "127.0.0.1", "::1"}}, // IssuerAuto keeps them local
+		},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("ConfigFor:\n got %+v\nwant %+v", got, want)
+	}
+
+	// The mapped config passes validation but for the CA root files,
+	// which do not exist here: the errors name them.
+	err := Validate(got)
+	if !errorsContain(err, `"/etc/roamgate/roots.pem"`, `"/etc/roamgate/private.pem"`) {
+		t.Fatalf("Validate: %v", err)
+	}
+	for _, line := range strings.Split(err.Error(), "\n") {
+		if !strings.HasPrefix(line, "tls acme ca root ") {
+			t.Errorf("unexpected problem: %s", line)
+		}
+	}
+}
+
+// TestConfigForWildcardNeedsOnDemand checks the error a Roamfile gets for
+// a public wildcard site without on_demand.
+func TestConfigForWildcardNeedsOnDemand(t *testing.T) {
+	cfg := &configs.Config{Sites: []configs.Site{{Addresses: []configs.Address{{Host: "*.example.com"}}}}}
+	err := Validate(ConfigFor(cfg, t.TempDir()))
+	if !errorsContain(err, "wildcard certificates need the DNS challenge", "tls { on_demand }") {
+		t.Fatalf("Validate: %v", err)
+	}
 }

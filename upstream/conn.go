@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -48,6 +49,11 @@ type conn struct {
 	// Owned by the goroutine holding the reservation:
 	used  bool  // has carried a request, so a reuse checks liveness first
 	nread int64 // bytes read from nc
+
+	// readingBody is set while the body writer waits on the client's body
+	// (as opposed to writing upstream): a response that ends then leaves a
+	// request that may never finish.
+	readingBody atomic.Bool
 
 	mu       sync.Mutex // guards the following
 	abortErr error      // why the current round trip was aborted
@@ -249,8 +255,10 @@ func (c *conn) writeBody(req *http.Request, chunked bool) (err error) {
 		dst = cw
 	}
 	var written int64
-	for {
+	for chunked || written < req.ContentLength {
+		c.readingBody.Store(true)
 		n, rerr := req.Body.Read(buf)
+		c.readingBody.Store(false)
 		if n > 0 {
 			if !chunked && written+int64(n) > req.ContentLength {
 				return fmt.Errorf("request body longer than its Content-Length %d", req.ContentLength)
@@ -271,6 +279,8 @@ func (c *conn) writeBody(req *http.Request, chunked bool) (err error) {
 		}
 	}
 	if !chunked {
+		// Read no further than Content-Length: the request is complete
+		// (the client's protocol layer enforces the length).
 		if written != req.ContentLength {
 			return fmt.Errorf("request body of %d bytes shorter than its Content-Length %d: %w", written, req.ContentLength, io.ErrUnexpectedEOF)
 		}
@@ -284,6 +294,11 @@ func (c *conn) writeBody(req *http.Request, chunked bool) (err error) {
 	}
 	return c.bw.Flush()
 }
+
+// writeGrace bounds the wait for a body writer that is still writing
+// upstream when the response ends: normally the last flush of a complete
+// body, done in microseconds; longer means the backend stopped reading.
+const writeGrace = time.Second
 
 var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
@@ -368,6 +383,13 @@ func (b *body) finish(clean bool) {
 				reuse = false
 			}
 		default:
+			if !b.c.readingBody.Load() {
+				// Most likely the writer is finishing its last write.
+				if done, err := b.waitWriter(); done {
+					reuse = reuse && err == nil
+					break
+				}
+			}
 			// The backend answered before the request body was written:
 			// the connection cannot carry another request.
 			reuse = false
@@ -384,6 +406,19 @@ func (b *body) finish(clean bool) {
 		reason = reasonAborted
 	}
 	b.c.lease.release(b.c, reuse, reason)
+}
+
+// waitWriter waits up to writeGrace for the body writer: done reports
+// whether it finished, err how.
+func (b *body) waitWriter() (done bool, err error) {
+	t := time.NewTimer(writeGrace)
+	defer t.Stop()
+	select {
+	case err := <-b.wdone:
+		return true, err
+	case <-t.C:
+		return false, nil
+	}
 }
 
 // drain reads and discards the rest of a response body so its connection can

@@ -22,11 +22,12 @@ import (
 	"github.com/roamgate/roamgate/examples/legacyapp"
 	"github.com/roamgate/roamgate/proxy/h3client"
 	"github.com/roamgate/roamgate/tlsmgr"
+	"github.com/roamgate/roamgate/tlsmgr/acmetest"
 )
 
 func TestMain(m *testing.M) {
 	os.Setenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING", "true")
-	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/caddyserver/certmagic.keepLockfileFresh"))
+	goleak.VerifyTestMain(m, acmetest.IgnoreCertmagicGoroutines...)
 }
 
 // syncBuffer is a bytes.Buffer safe for the logger and the test at once.

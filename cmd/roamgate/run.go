@@ -67,22 +67,32 @@ func serve(ctx context.Context, cfg *configs.Config, o serveOptions) error {
 	restore := zap.RedirectStdLog(logger.Named("stdlog")) // quic-go's socket buffer warnings
 	defer restore()
 
-	certs, err := tlsmgr.New(tlsmgr.ConfigFor(cfg, o.dataDir), logger)
-	if err != nil {
+	tcfg := tlsmgr.ConfigFor(cfg, o.dataDir)
+	if err := tlsmgr.Validate(tcfg); err != nil {
 		return err
 	}
-	defer certs.Stop()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	srv, err := proxy.New(cfg, certs, proxy.Options{Logger: logger, Registry: reg, AccessLogger: o.accessLogger})
+	srv, err := proxy.New(cfg, proxy.Options{Logger: logger, Registry: reg, AccessLogger: o.accessLogger})
 	if err != nil {
 		return err
 	}
-	// Listeners first, certificates second: certmagic takes a busy
-	// challenge port for one whose owner answers its challenges, and ACME
-	// certificates are obtained in the background while the others serve.
-	if err := srv.Start(); err != nil {
+	// Listeners first, certificates second: the certificate manager needs
+	// the bound challenge ports, certmagic takes a busy challenge port for
+	// one whose owner answers its challenges, and ACME certificates are
+	// obtained in the background while everything else serves.
+	if err := srv.Listen(tcfg.UsesACME()); err != nil {
 		return err
+	}
+	tcfg.HTTPPort, tcfg.TLSPort = srv.ChallengePorts()
+	tcfg.Registerer = reg
+	certs, err := tlsmgr.New(tcfg, logger)
+	if err != nil {
+		return errors.Join(err, srv.Close())
+	}
+	defer certs.Stop()
+	if err := srv.Serve(certs); err != nil {
+		return errors.Join(err, srv.Close())
 	}
 	if err := certs.Start(ctx); err != nil {
 		return errors.Join(err, shutdown(srv, o.grace, logger))

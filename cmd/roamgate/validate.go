@@ -31,6 +31,9 @@ func validateCmd(args []string, stdout, stderr io.Writer) error {
 			}
 		}
 	}
+	for _, e := range unjoin(tlsmgr.Validate(tlsmgr.ConfigFor(cfg, ""))) {
+		errs = append(errs, fmt.Errorf("%s: %w", *config, e))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
