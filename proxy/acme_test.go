@@ -41,8 +41,9 @@ shop.example.com {
 // build the certificate manager with the bound challenge ports, serve, then
 // manage certificates) against an in-process Pebble that validates through
 // roamgate's own listeners. tweak adjusts the certificate configuration
-// (to leave one challenge type out).
-func startACMEProxy(t *testing.T, app string, tweak func(*tlsmgr.Config)) (*harness, *acmetest.CA) {
+// (to leave one challenge type out); validity is the certificates' lifetime
+// (0: Pebble's default).
+func startACMEProxy(t *testing.T, app string, validity time.Duration, tweak func(*tlsmgr.Config)) (*harness, *acmetest.CA) {
 	t.Helper()
 	ca := acmetest.New(t)
 	cfg, err := configs.Parse("Roamfile", []byte(acmeRoamfile), func(k string) (string, bool) {
@@ -67,7 +68,7 @@ func startACMEProxy(t *testing.T, app string, tweak func(*tlsmgr.Config)) (*harn
 	shutdownOnCleanup(t, srv)
 	tcfg.HTTPPort, tcfg.TLSPort = srv.ChallengePorts()
 	tcfg.Registerer = reg
-	ca.Serve(t, acmetest.Options{HTTPPort: tcfg.HTTPPort, TLSPort: tcfg.TLSPort})
+	ca.Serve(t, acmetest.Options{HTTPPort: tcfg.HTTPPort, TLSPort: tcfg.TLSPort, Validity: validity})
 	certs, err := tlsmgr.New(tcfg, logger.WithOptions(zap.IncreaseLevel(zap.WarnLevel)))
 	if err != nil {
 		t.Fatal(err)
@@ -150,7 +151,7 @@ func checkServedOverH3AndH2(t *testing.T, h *harness, ca *acmetest.CA) {
 // that then serves HTTP/3 and HTTP/2.
 func TestACMEHTTP01ThroughOwnListeners(t *testing.T) {
 	app := startApp(t, "app", nil)
-	h, ca := startACMEProxy(t, app.Addr(), func(c *tlsmgr.Config) { c.ACME.DisableTLSALPNChallenge = true })
+	h, ca := startACMEProxy(t, app.Addr(), 0, func(c *tlsmgr.Config) { c.ACME.DisableTLSALPNChallenge = true })
 	leaf := awaitACMECertificate(t, h, ca)
 	if len(leaf.DNSNames) != 1 || leaf.DNSNames[0] != "shop.example.com" {
 		t.Fatalf("leaf names %v", leaf.DNSNames)
@@ -165,7 +166,7 @@ func TestACMEHTTP01ThroughOwnListeners(t *testing.T) {
 // test CA validates through roamgate's TCP listener (ALPN acme-tls/1).
 func TestACMETLSALPN01ThroughOwnListeners(t *testing.T) {
 	app := startApp(t, "app", nil)
-	h, ca := startACMEProxy(t, app.Addr(), func(c *tlsmgr.Config) { c.ACME.DisableHTTPChallenge = true })
+	h, ca := startACMEProxy(t, app.Addr(), 0, func(c *tlsmgr.Config) { c.ACME.DisableHTTPChallenge = true })
 	awaitACMECertificate(t, h, ca)
 	checkServedOverH3AndH2(t, h, ca)
 }
@@ -175,7 +176,10 @@ func TestACMETLSALPN01ThroughOwnListeners(t *testing.T) {
 // port (named, since it is not 443), method kept.
 func TestHTTPPortRedirectsToHTTPS(t *testing.T) {
 	app := startApp(t, "app", nil)
-	h, _ := startACMEProxy(t, app.Addr(), nil)
+	h, ca := startACMEProxy(t, app.Addr(), 0, nil)
+	// Let the background issuance finish: certmagic does not wait for it on
+	// Stop, and the test's data directory goes away with the test.
+	awaitACMECertificate(t, h, ca)
 	httpAddr := h.srv.HTTPAddrs()[0].String()
 	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	for _, tc := range []struct{ method, host, path, want string }{
@@ -197,5 +201,63 @@ func TestHTTPPortRedirectsToHTTPS(t *testing.T) {
 	}
 	if n := len(app.Requests()); n != 0 {
 		t.Fatalf("the backend got %d plain-HTTP requests", n)
+	}
+}
+
+// TestACMERenewalWhileServing: a short-lived certificate is renewed in the
+// background while a client keeps its HTTP/3 connection (and session) open;
+// the connection carries requests before and after, and a new handshake
+// gets the new certificate.
+func TestACMERenewalWhileServing(t *testing.T) {
+	app := startApp(t, "app", nil)
+	h, ca := startACMEProxy(t, app.Addr(), 20*time.Second, func(c *tlsmgr.Config) {
+		// Renew once 10% of the 20 s lifetime has passed, checked every
+		// 200 ms (Pebble's ARI window may make certmagic renew earlier).
+		c.RenewalWindowRatio = 0.9
+		c.RenewCheckInterval = 200 * time.Millisecond
+	})
+	first := awaitACMECertificate(t, h, ca)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := h3client.Dial(ctx, h.addr, shopTLS(ca), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	url := "https://shop.example.com:" + strconv.Itoa(h.port) + "/"
+	if resp, _ := do(t, c, "GET", url, nil, nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("before renewal: %d", resp.StatusCode)
+	}
+	servedSerial := c.QUIC().ConnectionState().TLS.PeerCertificates[0].SerialNumber
+	if servedSerial.Cmp(first.SerialNumber) != 0 {
+		t.Fatal("HTTP/3 and TCP served different certificates")
+	}
+
+	var renewed *x509.Certificate
+	deadline := time.Now().Add(20 * time.Second)
+	for renewed == nil || renewed.SerialNumber.Cmp(first.SerialNumber) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no renewed certificate served within 20s")
+		}
+		time.Sleep(100 * time.Millisecond)
+		renewed = awaitACMECertificate(t, h, ca)
+	}
+	// The connection made before the renewal still works, on its session.
+	for range 2 {
+		if resp, _ := do(t, c, "GET", url, nil, nil); resp.StatusCode != http.StatusOK {
+			t.Fatalf("after renewal: %d", resp.StatusCode)
+		}
+	}
+	if got := h.sessionsOpened("h3"); got != 1 {
+		t.Fatalf("HTTP/3 sessions opened = %v, want 1: the connection was dropped", got)
+	}
+	c2, err := h3client.Dial(ctx, h.addr, shopTLS(ca), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if s := c2.QUIC().ConnectionState().TLS.PeerCertificates[0].SerialNumber; s.Cmp(renewed.SerialNumber) != 0 {
+		t.Fatalf("a new HTTP/3 handshake got serial %v, want the renewed %v", s, renewed.SerialNumber)
 	}
 }

@@ -158,6 +158,11 @@ func (a ACME) override(site ACME) ACME {
 
 // Site is one group of names with one certificate source.
 type Site struct {
+	// Source says where the site was configured, for error messages (a
+	// Roamfile position such as "Roamfile:12:1"); empty means "tls site N",
+	// N counting from 1.
+	Source string
+
 	// Names are host names (possibly "*.example.com"), "localhost" and IP
 	// literals. Matching is case-insensitive.
 	Names []string
@@ -280,43 +285,51 @@ func (cfg Config) plan() (*plan, error) {
 	checked := make(map[ACME]bool)           // ACME settings checked already
 	siteOf := make(map[string]int)           // issued name → 1-based site number
 	catchAllSite := 0
+	labels := make([]string, len(cfg.Sites)+1) // 1-based: site n's name in errors
+	for i, s := range cfg.Sites {
+		labels[i+1] = s.Source
+		if labels[i+1] == "" {
+			labels[i+1] = fmt.Sprintf("tls site %d", i+1)
+		}
+	}
 	for i, s := range cfg.Sites {
 		n := i + 1
+		label := labels[n]
 		names, nameErrs := normalizeNames(s.Names)
 		for _, err := range nameErrs {
-			errs = append(errs, fmt.Errorf("tls site %d: %w", n, err))
+			errs = append(errs, fmt.Errorf("%s: %w", label, err))
 		}
 
 		if s.CertFile != "" || s.KeyFile != "" {
 			switch {
 			case s.CertFile == "":
-				errs = append(errs, fmt.Errorf("tls site %d: key file %q without a certificate file", n, s.KeyFile))
+				errs = append(errs, fmt.Errorf("%s: key file %q without a certificate file", label, s.KeyFile))
 			case s.KeyFile == "":
-				errs = append(errs, fmt.Errorf("tls site %d: certificate file %q without a key file", n, s.CertFile))
+				errs = append(errs, fmt.Errorf("%s: certificate file %q without a key file", label, s.CertFile))
 			default:
 				p.files = append(p.files, certFiles{cert: s.CertFile, key: s.KeyFile, names: names})
 			}
 			if s.OnDemand || s.CatchAll {
-				errs = append(errs, fmt.Errorf("tls site %d: certificate files leave nothing to obtain on demand", n))
+				errs = append(errs, fmt.Errorf("%s: certificate files leave nothing to obtain on demand", label))
 			}
 			continue
 		}
 
 		switch {
 		case len(s.Names) == 0 && !s.CatchAll:
-			errs = append(errs, fmt.Errorf("tls site %d: no names and no certificate files", n))
+			errs = append(errs, fmt.Errorf("%s: no names and no certificate files", label))
 		case s.CatchAll && !s.OnDemand:
-			errs = append(errs, fmt.Errorf("tls site %d: a catch-all site gets certificates on demand only (set OnDemand)", n))
+			errs = append(errs, fmt.Errorf("%s: a catch-all site gets certificates on demand only (set OnDemand)", label))
 		case s.CatchAll && catchAllSite != 0:
-			errs = append(errs, fmt.Errorf("tls site %d: a second on-demand catch-all site (site %d is one)", n, catchAllSite))
+			errs = append(errs, fmt.Errorf("%s: a second on-demand catch-all site (%s is one)", label, labels[catchAllSite]))
 		case s.CatchAll:
 			catchAllSite = n
 		}
 		if s.OnDemand && cfg.OnDemandAsk == "" {
-			errs = append(errs, fmt.Errorf("tls site %d: on_demand needs an ask endpoint (on_demand_tls { ask URL }) that vets each name", n))
+			errs = append(errs, fmt.Errorf("%s: on_demand needs an ask endpoint (on_demand_tls { ask URL }) that vets each name", label))
 		}
 		if s.Issuer != IssuerAuto && s.Issuer != IssuerLocal && s.Issuer != IssuerACME {
-			errs = append(errs, fmt.Errorf("tls site %d: unknown issuer %s", n, s.Issuer))
+			errs = append(errs, fmt.Errorf("%s: unknown issuer %s", label, s.Issuer))
 			continue
 		}
 
@@ -334,14 +347,14 @@ func (cfg Config) plan() (*plan, error) {
 		}
 		for _, name := range names {
 			if prev, dup := siteOf[name]; dup {
-				errs = append(errs, fmt.Errorf("tls site %d: name %q is already in site %d", n, name, prev))
+				errs = append(errs, fmt.Errorf("%s: name %q is already in %s", label, name, labels[prev]))
 				continue
 			}
 			siteOf[name] = n
 			iss := resolveIssuer(s.Issuer, name)
 			wildcard := strings.HasPrefix(name, "*.")
 			if iss == IssuerACME && wildcard && !s.OnDemand {
-				errs = append(errs, fmt.Errorf("tls site %d: name %q: wildcard certificates need the DNS challenge, which roamgate does not support; use tls { on_demand } or tls CERT KEY", n, name))
+				errs = append(errs, fmt.Errorf("%s: name %q: wildcard certificates need the DNS challenge, which roamgate does not support; use tls { on_demand } or tls CERT KEY", label, name))
 				continue
 			}
 			u := p.issuanceFor(keyFor(iss), roots)

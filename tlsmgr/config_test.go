@@ -126,7 +126,7 @@ func TestValidateRejects(t *testing.T) {
 		{
 			"two catch-alls",
 			Config{DataDir: dir, OnDemandAsk: ask, Sites: []Site{{CatchAll: true, OnDemand: true}, {CatchAll: true, OnDemand: true, Issuer: IssuerLocal}}},
-			[]string{"tls site 2: a second on-demand catch-all site (site 1 is one)"},
+			[]string{"tls site 2: a second on-demand catch-all site (tls site 1 is one)"},
 		},
 		{
 			"on-demand certificate files",

@@ -381,7 +381,7 @@ func TestNewRejectsInvalidConfig(t *testing.T) {
 		{"port", Config{DataDir: dir, Sites: []Site{{Names: []string{"localhost:8443"}}}}, []string{`name "localhost:8443": has a port`}},
 		{"zone", Config{DataDir: dir, Sites: []Site{{Names: []string{"fe80::1%eth0"}}}}, []string{"with a zone"}},
 		{"unknown issuer", Config{DataDir: dir, Sites: []Site{{Names: []string{"localhost"}, Issuer: 9}}}, []string{"unknown issuer Issuer(9)"}},
-		{"name in two sites", Config{DataDir: dir, Sites: []Site{{Names: []string{"localhost"}}, {Names: []string{"LOCALHOST"}}}}, []string{`tls site 2: name "localhost" is already in site 1`}},
+		{"name in two sites", Config{DataDir: dir, Sites: []Site{{Names: []string{"localhost"}}, {Names: []string{"LOCALHOST"}}}}, []string{`tls site 2: name "localhost" is already in tls site 1`}},
 		{"short lifetime", Config{DataDir: dir, LeafLifetime: time.Minute}, []string{"leaf lifetime 1m0s is shorter than the minimum 1h0m0s"}},
 		{"bad default name", Config{DataDir: dir, DefaultServerName: "a b"}, []string{"tls default server name"}},
 		{

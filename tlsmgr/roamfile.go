@@ -56,6 +56,7 @@ func ConfigFor(cfg *configs.Config, dataDir string) Config {
 	}
 	for _, sc := range cfg.Sites {
 		site := Site{
+			Source:   source(sc.TLS.Pos),
 			ACME:     ACME{CA: sc.TLS.CA, Email: sc.TLS.Email, CARootFile: sc.TLS.CARoot},
 			OnDemand: sc.TLS.OnDemand,
 		}
@@ -67,7 +68,7 @@ func ConfigFor(cfg *configs.Config, dataDir string) Config {
 		case configs.TLSACME:
 			site.Issuer = IssuerACME
 		}
-		local := Site{Issuer: site.Issuer} // the catch-all's local names
+		local := Site{Source: site.Source, Issuer: site.Issuer} // the catch-all's local names
 		if site.Issuer == IssuerACME {
 			local.Issuer = IssuerAuto // which keeps them local
 		}
@@ -94,4 +95,13 @@ func ConfigFor(cfg *configs.Config, dataDir string) Config {
 		}
 	}
 	return out
+}
+
+// source labels a site's errors with the Roamfile position of its tls
+// directive (of the site, when it has none).
+func source(pos configs.Position) string {
+	if pos.Line == 0 {
+		return ""
+	}
+	return pos.String() + ": tls"
 }

@@ -37,10 +37,10 @@ files.test {
 		HTTPPort:          80,
 		TLSPort:           443,
 		Sites: []Site{
-			{Names: []string{"app.internal", "*.svc.internal"}},
-			{Names: []string{"localhost", "127.0.0.1", "::1"}, Issuer: IssuerLocal},
+			{Source: "Roamfile:4:1: tls", Names: []string{"app.internal", "*.svc.internal"}},
+			{Source: "Roamfile:9:2: tls", Names: []string{"localhost", "127.0.0.1", "::1"}, Issuer: IssuerLocal},
 			// The catch-all names are managed once, by the first site.
-			{Names: []string{"files.test"}, CertFile: "site.pem", KeyFile: "site-key.pem"},
+			{Source: "Roamfile:16:2: tls", Names: []string{"files.test"}, CertFile: "site.pem", KeyFile: "site-key.pem"},
 		},
 	}
 	if !reflect.DeepEqual(got, want) {

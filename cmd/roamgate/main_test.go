@@ -94,6 +94,12 @@ func TestValidate(t *testing.T) {
 		t.Fatalf("error %q, want it to contain %q", err, want)
 	}
 
+	wild := writeFile(t, dir, "Wild", "*.example.com {\n\treverse_proxy 127.0.0.1:9000\n}\n")
+	err = run(context.Background(), []string{"validate", "--config", wild}, io.Discard, io.Discard)
+	if want := wild + `:1:1: tls: name "*.example.com": wildcard certificates need the DNS challenge`; err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("public wildcard: %v, want %q", err, want)
+	}
+
 	files := writeFile(t, dir, "Files", "localhost:8443 {\n\treverse_proxy 127.0.0.1:9000\n\ttls missing.pem missing.key\n}\n")
 	err = run(context.Background(), []string{"validate", "--config", files}, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), files+":3:2: tls: ") || !strings.Contains(err.Error(), "missing.pem") {

@@ -31,9 +31,8 @@ func validateCmd(args []string, stdout, stderr io.Writer) error {
 			}
 		}
 	}
-	for _, e := range unjoin(tlsmgr.Validate(tlsmgr.ConfigFor(cfg, ""))) {
-		errs = append(errs, fmt.Errorf("%s: %w", *config, e))
-	}
+	// Certificate settings: site errors carry their Roamfile position.
+	errs = append(errs, unjoin(tlsmgr.Validate(tlsmgr.ConfigFor(cfg, "")))...)
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
