@@ -38,10 +38,12 @@ func Parse(filename string, src []byte, env func(string) (string, bool)) (*Confi
 	}
 	b := &builder{
 		cfg: &Config{
-			File:      filename,
-			HTTPSPort: DefaultHTTPSPort,
-			HTTPPort:  DefaultHTTPPort,
-			Log:       Log{Level: "info", Format: "console"},
+			File:           filename,
+			HTTPSPort:      DefaultHTTPSPort,
+			HTTPPort:       DefaultHTTPPort,
+			ZeroRTT:        true,
+			MaxHeaderBytes: DefaultMaxHeaderBytes,
+			Log:            Log{Level: "info", Format: "console"},
 		},
 		addrs: make(map[string]Position),
 		ports: make(map[string]Position),
@@ -149,31 +151,111 @@ func (b *builder) site(blk Block) {
 		b.addrs[hp] = a.Pos
 		site.Addresses = append(site.Addresses, a)
 	}
-	seen := make(map[string]Position)
-	misspeltProxy := false // an unknown directive looks like reverse_proxy
-	for _, seg := range blk.Segments {
+	var implicit Route // the handler outside any handle block
+	sc := &scope{site: &site, route: &implicit, headers: &site.Headers}
+	b.directives(blk.Segments, sc)
+	if sc.handler != "" {
+		// It matches every path, so it comes after the handle blocks,
+		// wherever it is written.
+		implicit.Pos = sc.handlerPos
+		b.addRoute(sc, sc.handler, implicit)
+	}
+	if sc.handler == "" && sc.blocks == 0 && !sc.hidden {
+		b.report(newError(site.Pos, "", nil,
+			"site has no handler (want reverse_proxy, respond or redir, at site level or in a handle block)"))
+	}
+	b.cfg.Sites = append(b.cfg.Sites, site)
+}
+
+// scope is where site directives go: a site outside any handle block, or
+// one handle or handle_path block.
+type scope struct {
+	site    *Site
+	block   string      // "handle" or "handle_path" in a block; "" at site level
+	route   *Route      // receives the handler
+	headers *[]HeaderOp // receives header directives
+
+	handler    string   // the first handler directive read, if any
+	handlerPos Position // where
+	hidden     bool     // a misspelt or misplaced directive may hold the handler
+	// Site level only: blocks counts the handle blocks written, valid or
+	// not; routeNames holds the directive of each of site.Routes.
+	blocks     int
+	routeNames []string
+}
+
+// directives reads segs, the directives of sc, reporting each error on its
+// own.
+func (b *builder) directives(segs []Segment, sc *scope) {
+	seen := make(map[string]Position) // directives that may appear once → where
+	for _, seg := range segs {
 		c := NewCursor(seg)
 		c.Next()
 		name := c.Val()
 		dir, ok := siteDirectives[name]
 		switch {
 		case !ok && globalOptions[name] != nil:
-			b.report(errAtToken(c.Token(), fmt.Sprintf(
+			b.report(newError(c.Token().Pos(), sc.block, nil, fmt.Sprintf(
 				"%s is a global option; set it in the global options block at the top of the file", name)))
 		case !ok:
-			names := slices.Sorted(maps.Keys(siteDirectives))
-			misspeltProxy = misspeltProxy || suggest(name, names) == "reverse_proxy"
-			b.report(errAtToken(c.Token(), fmt.Sprintf("unknown directive %q%s", name, didYouMean(name, names))))
-		case !setOnce(c, seen):
+			names := blockDirectives
+			if sc.block == "" {
+				names = slices.Sorted(maps.Keys(siteDirectives))
+			}
+			s := suggest(name, names)
+			sc.hidden = sc.hidden || slices.Contains(handlers, s) || s == "handle" || s == "handle_path"
+			b.report(newError(c.Token().Pos(), sc.block, nil,
+				fmt.Sprintf("unknown directive %q%s", name, didYouMean(name, names))))
+		case sc.block != "" && !slices.Contains(blockDirectives, name):
+			why := "set it at site level"
+			if name == "handle" || name == "handle_path" {
+				why, sc.hidden = "handle blocks do not nest", true
+			}
+			b.report(newError(c.Token().Pos(), sc.block, nil,
+				fmt.Sprintf("%s is not allowed in a %s block (%s)", name, sc.block, why)))
+		case slices.Contains(handlers, name) && sc.handler != "":
+			hint := " (use handle blocks for more than one handler)"
+			if sc.block != "" {
+				hint = " (one handler per " + sc.block + " block)"
+			}
+			if name == sc.handler {
+				b.report(c.Errf("already set at %s%s", sc.handlerPos, hint))
+			} else {
+				b.report(c.Errf("handler already set by %s at %s%s", sc.handler, sc.handlerPos, hint))
+			}
+		case slices.Contains(handlers, name):
+			sc.handler, sc.handlerPos = name, c.Token().Pos()
+			b.run(c, func() error { return dir(b, c, sc) })
+		case !slices.Contains(repeatable, name) && !setOnce(c, seen):
 			b.report(c.Errf("already set at %s", seen[name]))
 		default:
-			b.run(c, func() error { return dir(b, c, &site) })
+			b.run(c, func() error { return dir(b, c, sc) })
 		}
 	}
-	if site.ReverseProxy == nil && !misspeltProxy {
-		b.report(newError(site.Pos, "", nil, "site has no reverse_proxy"))
+}
+
+// addRoute appends rt, read from the directive name, to the site of sc,
+// and reports it when an earlier route takes every request it would
+// match: routes match in order.
+func (b *builder) addRoute(sc *scope, name string, rt Route) {
+	for i, prev := range sc.site.Routes {
+		if !covers(prev.Path, rt.Path) {
+			continue
+		}
+		var msg string
+		if prev.Path == "" {
+			msg = fmt.Sprintf("unreachable: %s at %s matches every path first", sc.routeNames[i], prev.Pos)
+		} else {
+			msg = fmt.Sprintf("unreachable: %s %q at %s matches all of its paths first", sc.routeNames[i], prev.Path, prev.Pos)
+		}
+		if slices.Contains(handlers, name) {
+			msg += " (a handler outside handle blocks comes after them)"
+		}
+		b.report(newError(rt.Pos, name, nil, msg))
+		break
 	}
-	b.cfg.Sites = append(b.cfg.Sites, site)
+	sc.site.Routes = append(sc.site.Routes, rt)
+	sc.routeNames = append(sc.routeNames, name)
 }
 
 // run calls fn to read the directive at c and reports its error, or else

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -24,17 +25,30 @@ func proxy(pos Position, upstreams ...Upstream) *ReverseProxy {
 		MaxConnsPerSession:    DefaultMaxConnsPerSession,
 		DialTimeout:           DefaultDialTimeout,
 		ResponseHeaderTimeout: DefaultResponseHeaderTimeout,
+		LBTryDuration:         DefaultLBTryDuration,
+		LBTryInterval:         DefaultLBTryInterval,
+		HealthInterval:        DefaultHealthInterval,
+		HealthTimeout:         DefaultHealthTimeout,
+		HealthStatus:          200,
+		HealthStatusClass:     true,
+		MaxFails:              1,
 	}
 }
+
+// only returns the routes of a site whose one handler is rp, written
+// outside any handle block.
+func only(rp *ReverseProxy) []Route { return []Route{{Pos: rp.Pos, ReverseProxy: rp}} }
 
 // defaults returns the Config of a file with no global options and sites.
 func defaults(sites ...Site) *Config {
 	return &Config{
-		File:      "Roamfile",
-		HTTPSPort: DefaultHTTPSPort,
-		HTTPPort:  DefaultHTTPPort,
-		Log:       Log{Level: "info", Format: "console"},
-		Sites:     sites,
+		File:           "Roamfile",
+		HTTPSPort:      DefaultHTTPSPort,
+		HTTPPort:       DefaultHTTPPort,
+		ZeroRTT:        true,
+		MaxHeaderBytes: DefaultMaxHeaderBytes,
+		Log:            Log{Level: "info", Format: "console"},
+		Sites:          sites,
 	}
 }
 
@@ -54,15 +68,52 @@ func diffConfig(got, want *Config) string {
 	}
 	for i := range got.Sites {
 		gs, ws := got.Sites[i], want.Sites[i]
-		if !reflect.DeepEqual(gs.ReverseProxy, ws.ReverseProxy) {
-			return fmt.Sprintf("site %d reverse_proxy\n got %+v\nwant %+v", i, gs.ReverseProxy, ws.ReverseProxy)
+		if len(gs.Routes) != len(ws.Routes) {
+			return fmt.Sprintf("site %d: %d routes, want %d\n got %s", i, len(gs.Routes), len(ws.Routes), renderRoutes(gs.Routes))
 		}
-		gs.ReverseProxy, ws.ReverseProxy = nil, nil
+		for j := range gs.Routes {
+			if d := diffRoute(gs.Routes[j], ws.Routes[j]); d != "" {
+				return fmt.Sprintf("site %d route %d: %s", i, j, d)
+			}
+		}
+		gs.Routes, ws.Routes = nil, nil
 		if !reflect.DeepEqual(gs, ws) {
 			return fmt.Sprintf("site %d\n got %+v\nwant %+v", i, gs, ws)
 		}
 	}
 	return "configs differ"
+}
+
+// diffRoute describes the first difference between routes got and want,
+// or returns "" if they are equal.
+func diffRoute(got, want Route) string {
+	if reflect.DeepEqual(got, want) {
+		return ""
+	}
+	for _, h := range []struct {
+		name      string
+		got, want any
+	}{
+		{"reverse_proxy", got.ReverseProxy, want.ReverseProxy},
+		{"respond", got.Respond, want.Respond},
+		{"redir", got.Redir, want.Redir},
+	} {
+		if !reflect.DeepEqual(h.got, h.want) {
+			return fmt.Sprintf("%s\n got %+v\nwant %+v", h.name, h.got, h.want)
+		}
+	}
+	got.ReverseProxy, got.Respond, got.Redir = nil, nil, nil
+	want.ReverseProxy, want.Respond, want.Redir = nil, nil, nil
+	return fmt.Sprintf("\n got %+v\nwant %+v", got, want)
+}
+
+// renderRoutes renders routes as "path@line:col" words.
+func renderRoutes(routes []Route) string {
+	var s []string
+	for _, r := range routes {
+		s = append(s, fmt.Sprintf("%q@%d:%d", r.Path, r.Pos.Line, r.Pos.Col))
+	}
+	return strings.Join(s, " ")
 }
 
 func TestParse(t *testing.T) {
@@ -75,20 +126,20 @@ func TestParse(t *testing.T) {
 			name: "minimal",
 			src:  "example.com {\n\treverse_proxy localhost:8080\n}",
 			want: defaults(Site{
-				Pos:          at(1, 1),
-				Addresses:    []Address{{Pos: at(1, 1), Host: "example.com", Port: 443, Text: "example.com"}},
-				TLS:          TLS{Pos: at(1, 1)},
-				ReverseProxy: proxy(at(2, 2), Upstream{Pos: at(2, 16), Addr: "localhost:8080", Text: "localhost:8080"}),
+				Pos:       at(1, 1),
+				Addresses: []Address{{Pos: at(1, 1), Host: "example.com", Port: 443, Text: "example.com"}},
+				TLS:       TLS{Pos: at(1, 1)},
+				Routes:    only(proxy(at(2, 2), Upstream{Pos: at(2, 16), Addr: "localhost:8080", Text: "localhost:8080"})),
 			}),
 		},
 		{
 			name: "shorthand",
 			src:  "# sidecar\nlocalhost:8443\nreverse_proxy :{$PORT}\n",
 			want: defaults(Site{
-				Pos:          at(2, 1),
-				Addresses:    []Address{{Pos: at(2, 1), Host: "localhost", Port: 8443, Text: "localhost:8443"}},
-				TLS:          TLS{Pos: at(2, 1)},
-				ReverseProxy: proxy(at(3, 1), Upstream{Pos: at(3, 15), Addr: "localhost:8080", Text: ":8080"}),
+				Pos:       at(2, 1),
+				Addresses: []Address{{Pos: at(2, 1), Host: "localhost", Port: 8443, Text: "localhost:8443"}},
+				TLS:       TLS{Pos: at(2, 1)},
+				Routes:    only(proxy(at(3, 1), Upstream{Pos: at(3, 15), Addr: "localhost:8080", Text: ":8080"})),
 			}),
 		},
 		{
@@ -111,19 +162,21 @@ Example.COM:0 {
 	reverse_proxy 10.0.0.6
 }`,
 			want: &Config{
-				File:        "Roamfile",
-				HTTPSPort:   8443,
-				HTTPPort:    0,
-				DataDir:     "/var/lib/roam gate",
-				DefaultBind: []string{"127.0.0.1", "::1", "localhost"},
-				Admin:       "localhost:2019",
-				Log:         Log{Level: "debug", Format: "json"},
+				File:           "Roamfile",
+				ZeroRTT:        true,
+				MaxHeaderBytes: DefaultMaxHeaderBytes,
+				HTTPSPort:      8443,
+				HTTPPort:       0,
+				DataDir:        "/var/lib/roam gate",
+				DefaultBind:    []string{"127.0.0.1", "::1", "localhost"},
+				Admin:          "localhost:2019",
+				Log:            Log{Level: "debug", Format: "json"},
 				Sites: []Site{
 					{
-						Pos:          at(12, 1),
-						Addresses:    []Address{{Pos: at(12, 1), Host: "example.com", Port: 0, Text: "Example.COM:0"}},
-						TLS:          TLS{Pos: at(12, 1)},
-						ReverseProxy: proxy(at(13, 2), Upstream{Pos: at(13, 16), Addr: "10.0.0.5:8080", Text: "10.0.0.5:8080"}),
+						Pos:       at(12, 1),
+						Addresses: []Address{{Pos: at(12, 1), Host: "example.com", Port: 0, Text: "Example.COM:0"}},
+						TLS:       TLS{Pos: at(12, 1)},
+						Routes:    only(proxy(at(13, 2), Upstream{Pos: at(13, 16), Addr: "10.0.0.5:8080", Text: "10.0.0.5:8080"})),
 					},
 					{
 						Pos: at(15, 1),
@@ -133,7 +186,7 @@ Example.COM:0 {
 							{Pos: at(15, 8), Host: "::1", Port: 8443, Text: "[::1]"},
 							{Pos: at(15, 15), Host: "*.example.com", Port: 8443, Text: "*.Example.com"},
 						},
-						ReverseProxy: proxy(at(16, 2), Upstream{Pos: at(16, 16), Addr: "10.0.0.6:80", Text: "10.0.0.6"}),
+						Routes: only(proxy(at(16, 2), Upstream{Pos: at(16, 16), Addr: "10.0.0.6:80", Text: "10.0.0.6"})),
 					},
 				},
 			},
@@ -155,20 +208,22 @@ a {
 	reverse_proxy b
 }`,
 			want: &Config{
-				File:        "Roamfile",
-				HTTPSPort:   8443,
-				HTTPPort:    443,
-				DataDir:     "/var/lib/roamgate",
-				Email:       "ops@example.com",
-				ACMECA:      "https://acme-staging-v02.api.letsencrypt.org/directory",
-				ACMECARoot:  "/etc/roamgate/acme-ca.pem",
-				OnDemandAsk: "http://localhost:9123/check?x=1",
-				Log:         Log{Level: "info", Format: "console"},
+				File:           "Roamfile",
+				ZeroRTT:        true,
+				MaxHeaderBytes: DefaultMaxHeaderBytes,
+				HTTPSPort:      8443,
+				HTTPPort:       443,
+				DataDir:        "/var/lib/roamgate",
+				Email:          "ops@example.com",
+				ACMECA:         "https://acme-staging-v02.api.letsencrypt.org/directory",
+				ACMECARoot:     "/etc/roamgate/acme-ca.pem",
+				OnDemandAsk:    "http://localhost:9123/check?x=1",
+				Log:            Log{Level: "info", Format: "console"},
 				Sites: []Site{{
-					Pos:          at(12, 1),
-					Addresses:    []Address{{Pos: at(12, 1), Host: "a", Port: 8443, Text: "a"}},
-					TLS:          TLS{Pos: at(12, 1)},
-					ReverseProxy: proxy(at(13, 2), Upstream{Pos: at(13, 16), Addr: "b:80", Text: "b"}),
+					Pos:       at(12, 1),
+					Addresses: []Address{{Pos: at(12, 1), Host: "a", Port: 8443, Text: "a"}},
+					TLS:       TLS{Pos: at(12, 1)},
+					Routes:    only(proxy(at(13, 2), Upstream{Pos: at(13, 16), Addr: "b:80", Text: "b"})),
 				}},
 			},
 		},
@@ -177,10 +232,10 @@ a {
 			src:  "{\n\tstorage file_system {\n\t\troot \"/srv/roam gate\"\n\t}\n\thttp_port 0; https_port 0\n}\na { reverse_proxy b }",
 			want: func() *Config {
 				c := defaults(Site{
-					Pos:          at(7, 1),
-					Addresses:    []Address{{Pos: at(7, 1), Host: "a", Port: 0, Text: "a"}},
-					TLS:          TLS{Pos: at(7, 1)},
-					ReverseProxy: proxy(at(7, 5), Upstream{Pos: at(7, 19), Addr: "b:80", Text: "b"}),
+					Pos:       at(7, 1),
+					Addresses: []Address{{Pos: at(7, 1), Host: "a", Port: 0, Text: "a"}},
+					TLS:       TLS{Pos: at(7, 1)},
+					Routes:    only(proxy(at(7, 5), Upstream{Pos: at(7, 19), Addr: "b:80", Text: "b"})),
 				})
 				c.DataDir, c.HTTPPort, c.HTTPSPort = "/srv/roam gate", 0, 0
 				return c
@@ -191,14 +246,38 @@ a {
 			src:  "{ log { format json }; admin off }\na { reverse_proxy b }",
 			want: func() *Config {
 				c := defaults(Site{
-					Pos:          at(2, 1),
-					Addresses:    []Address{{Pos: at(2, 1), Host: "a", Port: 443, Text: "a"}},
-					TLS:          TLS{Pos: at(2, 1)},
-					ReverseProxy: proxy(at(2, 5), Upstream{Pos: at(2, 19), Addr: "b:80", Text: "b"}),
+					Pos:       at(2, 1),
+					Addresses: []Address{{Pos: at(2, 1), Host: "a", Port: 443, Text: "a"}},
+					TLS:       TLS{Pos: at(2, 1)},
+					Routes:    only(proxy(at(2, 5), Upstream{Pos: at(2, 19), Addr: "b:80", Text: "b"})),
 				})
 				c.Log.Format = "json"
 				return c
 			}(),
+		},
+		{
+			name: "zero_rtt off and max_header_bytes",
+			src:  "{\n\tzero_rtt off\n\tmax_header_bytes 64KiB\n}\na { respond 1 }",
+			want: func() *Config {
+				c := defaults(Site{
+					Pos:       at(5, 1),
+					Addresses: []Address{{Pos: at(5, 1), Host: "a", Port: 443, Text: "a"}},
+					TLS:       TLS{Pos: at(5, 1)},
+					Routes:    []Route{{Pos: at(5, 5), Respond: &Respond{Pos: at(5, 5), Status: 200, Body: "1"}}},
+				})
+				c.ZeroRTT, c.MaxHeaderBytes = false, 64<<10
+				return c
+			}(),
+		},
+		{
+			name: "zero_rtt on",
+			src:  "{\n\tzero_rtt on\n}\na { respond 1 }",
+			want: defaults(Site{
+				Pos:       at(4, 1),
+				Addresses: []Address{{Pos: at(4, 1), Host: "a", Port: 443, Text: "a"}},
+				TLS:       TLS{Pos: at(4, 1)},
+				Routes:    []Route{{Pos: at(4, 5), Respond: &Respond{Pos: at(4, 5), Status: 200, Body: "1"}}},
+			}),
 		},
 		{
 			name: "reverse_proxy block",
@@ -215,28 +294,28 @@ a {
 				Pos:       at(1, 1),
 				Addresses: []Address{{Pos: at(1, 1), Host: "example.com", Port: 8443, Text: "https://example.com:8443"}},
 				TLS:       TLS{Pos: at(1, 1)},
-				ReverseProxy: &ReverseProxy{
-					Pos: at(2, 2),
-					Upstreams: []Upstream{
-						{Pos: at(2, 16), Addr: "a:81", Text: "http://a:81"},
-						{Pos: at(3, 6), Addr: "[::1]:8080", Text: "[::1]:8080"},
-						{Pos: at(3, 17), Addr: "[fd00::1]:80", Text: "http://[fd00::1]"},
-						{Pos: at(4, 6), Addr: "b:80", Text: "b"},
-					},
-					MaxConnsPerSession:    1024,
-					DialTimeout:           time.Millisecond,
-					ResponseHeaderTimeout: 0,
-				},
+				Routes: only(func() *ReverseProxy {
+					rp := proxy(at(2, 2),
+						Upstream{Pos: at(2, 16), Addr: "a:81", Text: "http://a:81"},
+						Upstream{Pos: at(3, 6), Addr: "[::1]:8080", Text: "[::1]:8080"},
+						Upstream{Pos: at(3, 17), Addr: "[fd00::1]:80", Text: "http://[fd00::1]"},
+						Upstream{Pos: at(4, 6), Addr: "b:80", Text: "b"},
+					)
+					rp.MaxConnsPerSession = 1024
+					rp.DialTimeout = time.Millisecond
+					rp.ResponseHeaderTimeout = 0
+					return rp
+				}()),
 			}),
 		},
 		{
 			name: "upstreams only in block",
 			src:  "a {\n\treverse_proxy {\n\t\tto b:1\n\t}\n}",
 			want: defaults(Site{
-				Pos:          at(1, 1),
-				Addresses:    []Address{{Pos: at(1, 1), Host: "a", Port: 443, Text: "a"}},
-				TLS:          TLS{Pos: at(1, 1)},
-				ReverseProxy: proxy(at(2, 2), Upstream{Pos: at(3, 6), Addr: "b:1", Text: "b:1"}),
+				Pos:       at(1, 1),
+				Addresses: []Address{{Pos: at(1, 1), Host: "a", Port: 443, Text: "a"}},
+				TLS:       TLS{Pos: at(1, 1)},
+				Routes:    only(proxy(at(2, 2), Upstream{Pos: at(3, 6), Addr: "b:1", Text: "b:1"})),
 			}),
 		},
 		{
@@ -244,16 +323,16 @@ a {
 			src:  "a {\n\treverse_proxy b\n\ttls internal\n}\nc {\n\ttls ./c.pem \"./my key.pem\"\n\treverse_proxy d\n}",
 			want: defaults(
 				Site{
-					Pos:          at(1, 1),
-					Addresses:    []Address{{Pos: at(1, 1), Host: "a", Port: 443, Text: "a"}},
-					TLS:          TLS{Pos: at(3, 2), Mode: TLSInternal},
-					ReverseProxy: proxy(at(2, 2), Upstream{Pos: at(2, 16), Addr: "b:80", Text: "b"}),
+					Pos:       at(1, 1),
+					Addresses: []Address{{Pos: at(1, 1), Host: "a", Port: 443, Text: "a"}},
+					TLS:       TLS{Pos: at(3, 2), Mode: TLSInternal},
+					Routes:    only(proxy(at(2, 2), Upstream{Pos: at(2, 16), Addr: "b:80", Text: "b"})),
 				},
 				Site{
-					Pos:          at(5, 1),
-					Addresses:    []Address{{Pos: at(5, 1), Host: "c", Port: 443, Text: "c"}},
-					TLS:          TLS{Pos: at(6, 2), Mode: TLSFiles, CertFile: "./c.pem", KeyFile: "./my key.pem"},
-					ReverseProxy: proxy(at(7, 2), Upstream{Pos: at(7, 16), Addr: "d:80", Text: "d"}),
+					Pos:       at(5, 1),
+					Addresses: []Address{{Pos: at(5, 1), Host: "c", Port: 443, Text: "c"}},
+					TLS:       TLS{Pos: at(6, 2), Mode: TLSFiles, CertFile: "./c.pem", KeyFile: "./my key.pem"},
+					Routes:    only(proxy(at(7, 2), Upstream{Pos: at(7, 16), Addr: "d:80", Text: "d"})),
 				},
 			),
 		},
@@ -268,17 +347,17 @@ a {
 					{Pos: at(1, 4), Host: "a", Port: 8443, Text: "a:8443"},
 					{Pos: at(1, 12), Host: "", Port: 443, Text: ":443"},
 				},
-				ReverseProxy: proxy(at(2, 2), Upstream{Pos: at(2, 16), Addr: "b:80", Text: "b"}),
+				Routes: only(proxy(at(2, 2), Upstream{Pos: at(2, 16), Addr: "b:80", Text: "b"})),
 			}),
 		},
 		{
 			name: "env in address and empty env argument dropped",
 			src:  "{$HOST}:{$PORT} {\n\treverse_proxy {$UNSET} localhost:{$APP_PORT:3000}\n}",
 			want: defaults(Site{
-				Pos:          at(1, 1),
-				Addresses:    []Address{{Pos: at(1, 1), Host: "example.com", Port: 8080, Text: "example.com:8080"}},
-				TLS:          TLS{Pos: at(1, 1)},
-				ReverseProxy: proxy(at(2, 2), Upstream{Pos: at(2, 25), Addr: "localhost:3000", Text: "localhost:3000"}),
+				Pos:       at(1, 1),
+				Addresses: []Address{{Pos: at(1, 1), Host: "example.com", Port: 8080, Text: "example.com:8080"}},
+				TLS:       TLS{Pos: at(1, 1)},
+				Routes:    only(proxy(at(2, 2), Upstream{Pos: at(2, 25), Addr: "localhost:3000", Text: "localhost:3000"})),
 			}),
 		},
 	}
@@ -295,34 +374,66 @@ a {
 	}
 }
 
+// inSite wraps directives in a site block: its first directive is on line
+// 2 at column 2.
+func inSite(directives string) string { return "a.com {\n\t" + directives + "\n}" }
+
+// inGlobal wraps options in a global block and adds a site: the first
+// option is on line 2 at column 2.
+func inGlobal(options string) string { return "{\n\t" + options + "\n}\nb.com {\n\treverse_proxy c\n}" }
+
+// errorTest is a Roamfile and the error Parse returns for it, all lines.
+type errorTest struct {
+	name string
+	src  string
+	want string
+}
+
+// testParseErrors runs error tests.
+func testParseErrors(t *testing.T, tests []errorTest) {
+	t.Helper()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := Parse("Roamfile", []byte(tt.src), testEnv)
+			if err == nil {
+				t.Fatalf("Parse(%q) = %+v, want error", tt.src, cfg)
+			}
+			if cfg != nil {
+				t.Errorf("Parse returned a Config with an error")
+			}
+			if err.Error() != tt.want {
+				t.Errorf("Parse(%q) error\n got %s\nwant %s", tt.src, err, tt.want)
+			}
+			var e *Error
+			if !errors.As(err, &e) {
+				t.Errorf("error %T is not an *Error", err)
+			}
+			checkErrorPositions(t, []byte(tt.src), err)
+		})
+	}
+}
+
 func TestParseErrors(t *testing.T) {
-	// site wraps directives in a site block: its first directive is on line 2
-	// at column 2.
-	site := func(directives string) string { return "a.com {\n\t" + directives + "\n}" }
-	// global wraps options in a global block and adds a site.
-	global := func(options string) string { return "{\n\t" + options + "\n}\nb.com {\n\treverse_proxy c\n}" }
-	tests := []struct {
-		name string
-		src  string
-		want string
-	}{
+	site, global := inSite, inGlobal
+	tests := []errorTest{
 		// Structure.
 		{"empty file", "", "Roamfile:1:1: no site blocks"},
 		{"global only", "{\n\tadmin off\n}", "Roamfile:1:1: no site blocks"},
-		{"site without reverse_proxy", "a.com {\n\ttls internal\n}", "Roamfile:1:1: site has no reverse_proxy"},
+		{"site without handler", "a.com {\n\ttls internal\n}", "Roamfile:1:1: site has no handler (want reverse_proxy, respond or redir, at site level or in a handle block)"},
 		{"lexer error", site("reverse_proxy \"b"), "Roamfile:2:16: unterminated quoted string"},
 		{"block error", site("reverse_proxy b {"), `Roamfile:1:7: "{" has no matching "}"`},
 
 		// Directives.
 		{"unknown directive", site("revers_proxy b"), `Roamfile:2:2: unknown directive "revers_proxy" (did you mean reverse_proxy?)`},
 		{"unknown directive by prefix", site("rev b"), `Roamfile:2:2: unknown directive "rev" (did you mean reverse_proxy?)`},
-		{"unknown directive without suggestion", site("respond 200\n\treverse_proxy b"), `Roamfile:2:2: unknown directive "respond"`},
-		{"unknown directive and no reverse_proxy", site("respond 200"), "Roamfile:1:1: site has no reverse_proxy\n" + `Roamfile:2:2: unknown directive "respond"`},
+		{"unknown directive without suggestion", site("file_server\n\treverse_proxy b"), `Roamfile:2:2: unknown directive "file_server"`},
+		{"unknown directive and no handler", site("file_server"), "Roamfile:1:1: site has no handler (want reverse_proxy, respond or redir, at site level or in a handle block)\n" + `Roamfile:2:2: unknown directive "file_server"`},
+		{"misspelt respond and no handler", site("repsond 200"), `Roamfile:2:2: unknown directive "repsond" (did you mean respond?)`},
 		{"global option in site", site("https_port 1\n\treverse_proxy b"), `Roamfile:2:2: https_port is a global option; set it in the global options block at the top of the file`},
 		{"site directive in global", global("tls internal"), `Roamfile:2:2: tls is a site directive, not a global option`},
 		{"unknown global option", global("htps_port 1"), `Roamfile:2:2: unknown global option "htps_port" (did you mean https_port?)`},
 		{"duplicate global option", global("https_port 1\n\thttps_port 2"), `Roamfile:3:2: https_port: already set at Roamfile:2:2`},
-		{"duplicate reverse_proxy", site("reverse_proxy b\n\treverse_proxy c"), `Roamfile:3:2: reverse_proxy: already set at Roamfile:2:2`},
+		{"duplicate reverse_proxy", site("reverse_proxy b\n\treverse_proxy c"), `Roamfile:3:2: reverse_proxy: already set at Roamfile:2:2 (use handle blocks for more than one handler)`},
 		{"duplicate tls", site("reverse_proxy b\n\ttls internal\n\ttls internal"), `Roamfile:4:2: tls: already set at Roamfile:3:2`},
 
 		// Global options.
@@ -347,6 +458,22 @@ func TestParseErrors(t *testing.T) {
 		{"log level missing", global("log {\n\t\tlevel\n\t}"), `Roamfile:3:3: log: level: missing argument`},
 		{"log level twice", global("log {\n\t\tlevel info\n\t\tlevel warn\n\t}"), `Roamfile:4:3: log: level: already set at Roamfile:3:3`},
 		{"log level extra", global("log { level info warn }"), `Roamfile:2:19: log: level: unexpected argument "warn"`},
+
+		{"zero_rtt missing", global("zero_rtt"), `Roamfile:2:2: zero_rtt: missing argument`},
+		{"zero_rtt yes", global("zero_rtt yes"), `Roamfile:2:11: zero_rtt: unknown value "yes" (want on, off)`},
+		{"zero_rtt twice", global("zero_rtt on\n\tzero_rtt off"), `Roamfile:3:2: zero_rtt: already set at Roamfile:2:2`},
+		{"zero_rtt in site", site("zero_rtt off\n\trespond 1"), `Roamfile:2:2: zero_rtt is a global option; set it in the global options block at the top of the file`},
+		{"max_header_bytes missing", global("max_header_bytes"), `Roamfile:2:2: max_header_bytes: missing argument`},
+		{"max_header_bytes extra", global("max_header_bytes 1 MiB"), `Roamfile:2:21: max_header_bytes: unexpected argument "MiB"`},
+		{"max_header_bytes too small", global("max_header_bytes 1023"), `Roamfile:2:19: max_header_bytes: size "1023" out of range (want 1KiB-64MiB)`},
+		{"max_header_bytes decimal KB too small", global("max_header_bytes 1KB"), `Roamfile:2:19: max_header_bytes: size "1KB" out of range (want 1KiB-64MiB)`},
+		{"max_header_bytes too large", global("max_header_bytes 65MiB"), `Roamfile:2:19: max_header_bytes: size "65MiB" out of range (want 1KiB-64MiB)`},
+		{"max_header_bytes overflow", global("max_header_bytes 99999999999999999999"), `Roamfile:2:19: max_header_bytes: size "99999999999999999999" out of range (want 1KiB-64MiB)`},
+		{"max_header_bytes overflow with unit", global("max_header_bytes 9999999999999999MiB"), `Roamfile:2:19: max_header_bytes: size "9999999999999999MiB" out of range (want 1KiB-64MiB)`},
+		{"max_header_bytes fraction", global("max_header_bytes 1.5MiB"), `Roamfile:2:19: max_header_bytes: invalid size "1.5MiB" (want a number of bytes or a size such as 64KiB or 1MiB)`},
+		{"max_header_bytes unknown unit", global("max_header_bytes 1GiB"), `Roamfile:2:19: max_header_bytes: invalid size "1GiB" (want a number of bytes or a size such as 64KiB or 1MiB)`},
+		{"max_header_bytes negative", global("max_header_bytes -4096"), `Roamfile:2:19: max_header_bytes: invalid size "-4096" (want a number of bytes or a size such as 64KiB or 1MiB)`},
+		{"max_header_bytes unit only", global("max_header_bytes KiB"), `Roamfile:2:19: max_header_bytes: invalid size "KiB" (want a number of bytes or a size such as 64KiB or 1MiB)`},
 
 		// ACME, storage and port options.
 		{"email missing", global("email"), `Roamfile:2:2: email: missing argument`},
@@ -479,23 +606,38 @@ func TestParseErrors(t *testing.T) {
 		{"email in site", site("reverse_proxy b\n\temail ops@example.com"), `Roamfile:3:2: email is a global option; set it in the global options block at the top of the file`},
 		{"tls files block", site("reverse_proxy b\n\ttls c k {\n\t\ton_demand\n\t}"), `Roamfile:3:10: tls: unexpected block`},
 	}
+	testParseErrors(t, tests)
+}
+
+func TestParseSize(t *testing.T) {
+	tests := []struct {
+		s    string
+		want int64
+		ok   bool
+	}{
+		{"1024", 1024, true},
+		{"1024b", 1024, true},
+		{"1KiB", 1024, true},
+		{"64kib", 64 << 10, true},
+		{"2KB", 2000, true},
+		{"1MiB", 1 << 20, true},
+		{"64MIB", 64 << 20, true},
+		{"3mb", 3000000, true},
+		{"007", 7, true},
+		{"99999999999999999999", math.MaxInt64, true},
+		{"9223372036854775807KiB", math.MaxInt64, true},
+		{"", 0, false},
+		{"KiB", 0, false},
+		{"1 KiB", 0, false},
+		{"1.5MiB", 0, false},
+		{"+1", 0, false},
+		{"1k", 0, false},
+		{"1GiB", 0, false},
+	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			cfg, err := Parse("Roamfile", []byte(tt.src), testEnv)
-			if err == nil {
-				t.Fatalf("Parse(%q) = %+v, want error", tt.src, cfg)
-			}
-			if cfg != nil {
-				t.Errorf("Parse returned a Config with an error")
-			}
-			if err.Error() != tt.want {
-				t.Errorf("Parse(%q) error\n got %s\nwant %s", tt.src, err, tt.want)
-			}
-			var e *Error
-			if !errors.As(err, &e) {
-				t.Errorf("error %T is not an *Error", err)
-			}
-		})
+		if got, ok := parseSize(tt.s); got != tt.want || ok != tt.ok {
+			t.Errorf("parseSize(%q) = %d, %v; want %d, %v", tt.s, got, ok, tt.want, tt.ok)
+		}
 	}
 }
 
@@ -517,7 +659,7 @@ c.com {
 		`Roamfile:2:13: https_port: invalid port "70000" (want 0-65535)`,
 		`Roamfile:6:16: reverse_proxy: dial_timeout: invalid duration "5x"`,
 		`Roamfile:7:3: reverse_proxy: unknown subdirective "max_con" (did you mean max_conns_per_session?)`,
-		`Roamfile:10:1: site has no reverse_proxy`,
+		`Roamfile:10:1: site has no handler (want reverse_proxy, respond or redir, at site level or in a handle block)`,
 	}
 	_, err := Parse("Roamfile", []byte(src), testEnv)
 	if err == nil {
@@ -540,11 +682,11 @@ c.com {
 }
 
 // TestParseReportsErrorsInFileOrder checks that an error found late about
-// an early place (a site without reverse_proxy is noticed after its
+// an early place (a site without a handler is noticed after its
 // directives) is reported in file order.
 func TestParseReportsErrorsInFileOrder(t *testing.T) {
 	src := "a.com {\n\ttls x\n}\nb.com:1 {\n\treverse_proxy c\n}"
-	want := "Roamfile:1:1: site has no reverse_proxy\n" +
+	want := "Roamfile:1:1: site has no handler (want reverse_proxy, respond or redir, at site level or in a handle block)\n" +
 		`Roamfile:2:6: tls: missing key file after "x" (want tls internal, tls EMAIL or tls CERT_FILE KEY_FILE)`
 	if _, err := Parse("Roamfile", []byte(src), testEnv); err == nil || err.Error() != want {
 		t.Errorf("Parse error\n got %v\nwant %s", err, want)
@@ -597,7 +739,7 @@ func TestLoad(t *testing.T) {
 	if cfg.File != path || cfg.Sites[0].Pos.File != path {
 		t.Errorf("File = %q, site file %q; want %q", cfg.File, cfg.Sites[0].Pos.File, path)
 	}
-	if got := cfg.Sites[1].ReverseProxy.Upstreams[0].Addr; got != "localhost:4000" {
+	if got := cfg.Sites[1].Routes[0].ReverseProxy.Upstreams[0].Addr; got != "localhost:4000" {
 		t.Errorf("upstream from $APP_PORT = %q, want localhost:4000", got)
 	}
 }
@@ -642,91 +784,6 @@ func TestParseTestdata(t *testing.T) {
 			}
 		})
 	}
-}
-
-// addSeeds adds the testdata Roamfiles and the sources of the Parse tests'
-// cases to the seed corpus of f.
-func addSeeds(f *testing.F) {
-	files, _ := filepath.Glob(filepath.Join("testdata", "*.Roamfile"))
-	for _, file := range files {
-		src, err := os.ReadFile(file)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(src)
-	}
-	for _, s := range []string{
-		"",
-		"a.com\nreverse_proxy b",
-		"{ log { level debug; format json } }\na { reverse_proxy b { to c; dial_timeout 1s } }",
-		"a, b:1, [::1]:2, https://c:3 {\n\treverse_proxy http://d:4 [::1] :5\n\ttls x y\n}",
-		"a {\n\tb {\n\t\tc {\n\t\t\td\n\t\t}\n\t}\n}",
-		"http://a {\n}\nb/c {\n}\n{\n}",
-		"{ email a@b; acme_ca http://[::1]:1/d; acme_ca_root r; storage file_system /s; on_demand_tls { ask http://x/a } }\n" +
-			"a { reverse_proxy b; tls c@d { issuer acme; ca https://e/f; ca_root g; on_demand } }\n" +
-			"h { reverse_proxy i; tls internal { on_demand } }",
-		"{ storage file_system { root /s }; http_port 443 }\na { reverse_proxy b; tls { email c@d; issuer internal } }",
-	} {
-		f.Add([]byte(s))
-	}
-}
-
-func FuzzParse(f *testing.F) {
-	addSeeds(f)
-	f.Fuzz(func(t *testing.T, src []byte) {
-		cfg, err := Parse("Roamfile", src, testEnv)
-		if err != nil {
-			if cfg != nil {
-				t.Fatal("Parse returned a Config with an error")
-			}
-			checkErrorPositions(t, src, err)
-			return
-		}
-		if len(cfg.Sites) == 0 {
-			t.Fatal("valid Config without sites")
-		}
-		if cfg.HTTPPort == cfg.HTTPSPort && cfg.HTTPPort != 0 {
-			t.Fatalf("http_port and https_port are both %d in a valid Config", cfg.HTTPPort)
-		}
-		if cfg.Email != "" && !validEmail(cfg.Email) {
-			t.Fatalf("invalid email %q in a valid Config", cfg.Email)
-		}
-		for _, s := range cfg.Sites {
-			if len(s.Addresses) == 0 || s.ReverseProxy == nil || len(s.ReverseProxy.Upstreams) == 0 {
-				t.Fatalf("invalid site in a valid Config: %+v", s)
-			}
-			if !validTLS(s.TLS, cfg) {
-				t.Fatalf("invalid tls in a valid Config: %+v", s.TLS)
-			}
-			for _, a := range s.Addresses {
-				if a.Port < 0 || a.Port > 65535 || canonicalHost(a.Host) != a.Host {
-					t.Fatalf("invalid address in a valid Config: %+v", a)
-				}
-			}
-		}
-	})
-}
-
-// validTLS reports whether tls, of a site of cfg, holds together: it has a
-// position, its settings suit its mode, and on-demand TLS has an ask
-// endpoint.
-func validTLS(tls TLS, cfg *Config) bool {
-	acme := tls.Email != "" || tls.CA != "" || tls.CARoot != ""
-	switch {
-	case tls.Pos.Line < 1,
-		tls.Email != "" && !validEmail(tls.Email),
-		tls.OnDemand && cfg.OnDemandAsk == "":
-		return false
-	}
-	switch tls.Mode {
-	case TLSAuto, TLSACME:
-		return tls.CertFile == "" && tls.KeyFile == ""
-	case TLSInternal:
-		return !acme && tls.CertFile == "" && tls.KeyFile == ""
-	case TLSFiles:
-		return !acme && !tls.OnDemand && tls.CertFile != "" && tls.KeyFile != ""
-	}
-	return false
 }
 
 func BenchmarkParse(b *testing.B) {

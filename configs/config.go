@@ -13,6 +13,12 @@ const (
 	DefaultMaxConnsPerSession    = 8
 	DefaultDialTimeout           = 10 * time.Second
 	DefaultResponseHeaderTimeout = 60 * time.Second
+	DefaultLBTryDuration         = 0
+	DefaultLBTryInterval         = 250 * time.Millisecond
+	DefaultHealthInterval        = 30 * time.Second
+	DefaultHealthTimeout         = 5 * time.Second
+	DefaultMaxHeaderBytes        = 1 << 20
+	DefaultLBCookie              = "roamgate_lb"
 )
 
 // Position is a place in a Roamfile. File is the path as it was given to
@@ -54,6 +60,14 @@ type Config struct {
 	// trust for the ACME CA's own TLS, as written (Parse does not read it).
 	// Empty means the system roots.
 	ACMECARoot string
+	// ZeroRTT is the global zero_rtt option: accept 0-RTT (early data) from
+	// resumed HTTP/3 clients. Early requests with unsafe methods get 425
+	// Too Early (RFC 8470). Default true; "zero_rtt off" turns it off.
+	ZeroRTT bool
+	// MaxHeaderBytes is the global max_header_bytes option: the largest
+	// request header block accepted (HTTP/3, HTTP/2, HTTP/1.1); larger gets
+	// 431. Default 1 MiB (net/http's DefaultMaxHeaderBytes).
+	MaxHeaderBytes int
 	// OnDemandAsk is the URL of the global "on_demand_tls { ask URL }": it
 	// must answer 200 for a name (?domain=NAME) before an on-demand
 	// certificate is obtained for it. Empty means on-demand TLS is off.
@@ -82,9 +96,89 @@ type Site struct {
 	Pos       Position  // where the block's first address is
 	Addresses []Address // at least one
 	TLS       TLS
-	// ReverseProxy is the site's reverse_proxy directive. Validation requires
-	// exactly one per site for now.
+	// Routes are the site's handle and handle_path blocks in file order,
+	// then, when the site has a handler outside any block, one last route
+	// without a path pattern for it: last even when the handler is written
+	// before the blocks, so it is the fallback. The first route whose
+	// pattern matches a request handles it; a request no route matches gets
+	// 404. Validation requires at least one route, and refuses a route that
+	// an earlier one leaves no request to (after "handle /api/*", say,
+	// "handle /api/v2/*").
+	Routes []Route
+	// Headers are the site-level header directives: they apply to every
+	// response of the site, after the route's own.
+	Headers []HeaderOp
+}
+
+// Route is one handle or handle_path block (or the site's directives
+// outside any block): a path pattern and exactly one handler.
+type Route struct {
+	Pos Position // the handle/handle_path token, or the handler's for the implicit route
+	// Path is the pattern: "" matches every path ("handle" without a
+	// pattern, or "handle *"); "/api/*" or "/api*" a prefix ("/api/*" also
+	// matches "/api"); "*.php" a suffix; "*/admin/*" a substring; anything
+	// else, starting with "/", the exact path. A "*" appears only at the
+	// start or the end. Matching is on the cleaned, decoded path, ignoring
+	// case; Parse refuses exact and prefix patterns that cleaning would
+	// change (such as "/a/../b"), which could never match.
+	Path string
+	// StripPrefix is the prefix handle_path removes before the handler sees
+	// the path: the pattern up to its "*", without a trailing "/" ("/api"
+	// for "/api/*" and "/api*"); never "" for handle_path, always "" for
+	// handle and the site-level route.
+	StripPrefix string
+	// Headers are the header directives of a handle block, applied to its
+	// responses; always empty for the site-level route (Site.Headers has
+	// those).
+	Headers []HeaderOp
+
+	// Exactly one of these is set.
 	ReverseProxy *ReverseProxy
+	Respond      *Respond
+	Redir        *Redir
+}
+
+// HeaderOp is one header, header_up or header_down directive:
+//
+//	header NAME VALUE    set (replace)
+//	header +NAME VALUE   add a value
+//	header -NAME         delete
+//
+// Values may hold the placeholders {host} (the request's host),
+// {uri} (path and query), {path}, {query}, {scheme} and, in header_up,
+// {upstream_hostport} (the backend address); Parse refuses any other
+// "{name}" (letters, digits, '_', '.', '-', '>'), and other braces are
+// text. Names are RFC 9110 tokens. Parse refuses the hop-by-hop and
+// framing fields (Connection, Content-Length, Keep-Alive,
+// Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade) everywhere,
+// and Host except "header_up Host VALUE". Values hold no control
+// characters other than tab.
+type HeaderOp struct {
+	Pos    Position
+	Name   string // canonical form (textproto.CanonicalMIMEHeaderKey)
+	Value  string // empty for delete
+	Add    bool   // "+NAME"
+	Delete bool   // "-NAME"
+}
+
+// Respond is "respond [STATUS] [BODY]": a response the proxy writes itself.
+// A lone argument is the status if it is three digits and not quoted, else
+// the body; of two, the status is the one of three unquoted digits (Caddy
+// writes "respond BODY STATUS").
+type Respond struct {
+	Pos    Position
+	Status int    // 200-999; default 200
+	Body   string // may hold the placeholders of HeaderOp; empty for 1xx, 204 and 304
+}
+
+// Redir is "redir TO [CODE]": a redirect to TO (placeholders allowed, as
+// in "https://new.example.com{uri}").
+type Redir struct {
+	Pos Position
+	// To is a path starting with "/" (not "//") or an absolute http:// or
+	// https:// URL, once its placeholders are filled in.
+	To   string
+	Code int // 300-308; default 302; the words "permanent" (301) and "temporary" (302) are accepted
 }
 
 // Address is one site address such as "example.com", "localhost:8443",
@@ -171,6 +265,29 @@ type TLS struct {
 	OnDemand bool
 }
 
+// LBPolicy is how a session picks its backend (once, when it starts).
+type LBPolicy int
+
+const (
+	// LBRoundRobin takes the healthy backends in turn (the default).
+	LBRoundRobin LBPolicy = iota
+	// LBLeastConn takes the healthy backend with the fewest sessions.
+	LBLeastConn
+	// LBRandom takes a healthy backend at random.
+	LBRandom
+	// LBFirst takes the first healthy backend in file order.
+	LBFirst
+	// LBCookie keeps a client on the backend named in a signed cookie
+	// (LBKey is the cookie's name, default "roamgate_lb"), so a client
+	// that comes back on a new connection lands where it was; without a
+	// valid cookie it picks round robin and sets the cookie.
+	LBCookie
+	// LBHeader hashes the value of a request header (LBKey) onto the
+	// healthy backends (rendezvous hashing); without the header, round
+	// robin.
+	LBHeader
+)
+
 // ReverseProxy is a reverse_proxy directive.
 type ReverseProxy struct {
 	Pos       Position
@@ -183,6 +300,68 @@ type ReverseProxy struct {
 	// ResponseHeaderTimeout bounds the wait for a backend's response header
 	// after the request was written. 0 means no limit. Default 60s.
 	ResponseHeaderTimeout time.Duration
+	// KeepaliveIdle closes a session's upstream connection that has been
+	// idle this long (the next request dials a new one). 0 means never: a
+	// session keeps its connections for its whole life. Default 0.
+	KeepaliveIdle time.Duration
+
+	// LBPolicy and LBKey: lb_policy round_robin|least_conn|random|first|
+	// cookie [NAME]|header NAME. Default round_robin. LBKey is the cookie
+	// name as written (default DefaultLBCookie) or the header name in
+	// canonical form; "" for the other policies.
+	LBPolicy LBPolicy
+	LBKey    string
+	// LBTryDuration is how long a request that could not reach a backend
+	// (a failed dial; a replayable request whose connection died before any
+	// response byte) keeps trying the session's backend, LBTryInterval
+	// apart, while no other healthy backend is left to move to. Moving to
+	// another healthy backend needs no try duration: each backend gets one
+	// try at once. 0 (the default) means no waiting; LBTryInterval defaults
+	// to 250ms.
+	LBTryDuration time.Duration
+	LBTryInterval time.Duration
+
+	// Active health checks (health_uri, health_interval, health_timeout,
+	// health_status): when HealthURI is set, each backend gets a GET of it
+	// every HealthInterval (default 30s), failing after HealthTimeout
+	// (default 5s) or on a status other than HealthStatus (default: any
+	// 2xx; "2xx" style classes are stored as 200, 300, ... with
+	// HealthStatusClass set). The defaults are set even when HealthURI is
+	// empty; codes are 100-599.
+	HealthURI         string
+	HealthInterval    time.Duration
+	HealthTimeout     time.Duration
+	HealthStatus      int
+	HealthStatusClass bool
+
+	// Passive health checks (fail_duration, max_fails, unhealthy_status):
+	// when FailDuration is set, a backend with MaxFails (default 1)
+	// failures within FailDuration is unhealthy until they age out. A
+	// failure is a failed dial, a timeout, or a response whose status is in
+	// UnhealthyStatus (classes such as 5xx are stored as 500 with the class
+	// bit, see StatusMatcher). MaxFails is 1 even when FailDuration is 0.
+	FailDuration    time.Duration
+	MaxFails        int
+	UnhealthyStatus []StatusMatcher
+
+	// HeaderUp and HeaderDown modify the request to the backend and the
+	// backend's response (header_up, header_down).
+	HeaderUp   []HeaderOp
+	HeaderDown []HeaderOp
+}
+
+// StatusMatcher matches a status code ("503") or a class ("5xx").
+type StatusMatcher struct {
+	Code  int  // the code, or the class's first code (500 for 5xx)
+	Class bool // match Code/100 only
+}
+
+// Matches reports whether code matches.
+func (m StatusMatcher) Matches(code int) bool {
+	if m.Class {
+		return code/100 == m.Code/100
+	}
+	return code == m.Code
 }
 
 // Upstream is one backend of a reverse_proxy.

@@ -1,27 +1,30 @@
 package configs
 
 import (
+	"math"
 	"net"
 	"slices"
 	"strconv"
-	"time"
+	"strings"
 )
 
 // globalOptions read the options of the global block into b.cfg. Each is
 // called with the cursor on the option's name and returns the first error
 // that stops it; errors it can read past go to b.report.
 var globalOptions = map[string]func(b *builder, c *Cursor) error{
-	"acme_ca":       acmeCA,
-	"acme_ca_root":  acmeCARoot,
-	"admin":         admin,
-	"data_dir":      dataDir,
-	"default_bind":  defaultBind,
-	"email":         emailOption,
-	"http_port":     func(b *builder, c *Cursor) error { return b.portArg(c, &b.cfg.HTTPPort) },
-	"https_port":    func(b *builder, c *Cursor) error { return b.portArg(c, &b.cfg.HTTPSPort) },
-	"log":           logOption,
-	"on_demand_tls": onDemandTLSOption,
-	"storage":       storage,
+	"acme_ca":          acmeCA,
+	"acme_ca_root":     acmeCARoot,
+	"admin":            admin,
+	"data_dir":         dataDir,
+	"default_bind":     defaultBind,
+	"email":            emailOption,
+	"http_port":        func(b *builder, c *Cursor) error { return b.portArg(c, &b.cfg.HTTPPort) },
+	"https_port":       func(b *builder, c *Cursor) error { return b.portArg(c, &b.cfg.HTTPSPort) },
+	"log":              logOption,
+	"max_header_bytes": maxHeaderBytes,
+	"on_demand_tls":    onDemandTLSOption,
+	"storage":          storage,
+	"zero_rtt":         zeroRTT,
 }
 
 // exclusiveOptions maps a global option to the other option that makes the
@@ -31,12 +34,32 @@ var exclusiveOptions = map[string]struct{ other, setting string }{
 	"storage":  {"data_dir", "data directory"},
 }
 
-// siteDirectives read the directives of a site block into s, like
-// globalOptions.
-var siteDirectives = map[string]func(b *builder, c *Cursor, s *Site) error{
+// siteDirectives read the directives of a site block, or of one of its
+// handle blocks, into sc, like globalOptions. handle and handle_path are
+// added by init: they read their blocks with siteDirectives.
+var siteDirectives = map[string]func(b *builder, c *Cursor, sc *scope) error{
+	"header":        headerDirective,
+	"redir":         redir,
+	"respond":       respond,
 	"reverse_proxy": reverseProxy,
 	"tls":           tlsDirective,
 }
+
+func init() {
+	siteDirectives["handle"] = handle
+	siteDirectives["handle_path"] = handle
+}
+
+var (
+	// handlers are the site directives that answer requests. A handle
+	// block has one; a site has at most one outside its handle blocks.
+	handlers = []string{"reverse_proxy", "respond", "redir"}
+	// blockDirectives are the site directives a handle block may hold.
+	blockDirectives = []string{"header", "redir", "respond", "reverse_proxy"}
+	// repeatable are the site directives that may be written more than
+	// once in a scope; handlers are checked on their own.
+	repeatable = []string{"handle", "handle_path", "header"}
+)
 
 // portArg reads "https_port N" or "http_port N" into *port and records
 // where in b.ports.
@@ -199,92 +222,66 @@ func logSubdirective(b *builder, c *Cursor, seen map[string]Position) error {
 	return nil
 }
 
-var reverseProxyOptions = []string{"dial_timeout", "max_conns_per_session", "response_header_timeout", "to"}
-
-// reverseProxy reads
-//
-//	reverse_proxy UPSTREAM... {
-//		to UPSTREAM...
-//		max_conns_per_session N
-//		dial_timeout DURATION
-//		response_header_timeout DURATION
-//	}
-//
-// reporting each bad upstream and subdirective on its own.
-func reverseProxy(b *builder, c *Cursor, s *Site) error {
-	rp := &ReverseProxy{
-		Pos:                   c.Token().Pos(),
-		MaxConnsPerSession:    DefaultMaxConnsPerSession,
-		DialTimeout:           DefaultDialTimeout,
-		ResponseHeaderTimeout: DefaultResponseHeaderTimeout,
-	}
-	s.ReverseProxy = rp
-	written := false // some upstream was written, valid or not
-	upstreams := func() {
-		for c.NextArg() {
-			written = true
-			u, err := parseUpstream(c)
-			b.report(err)
-			if err == nil {
-				rp.Upstreams = append(rp.Upstreams, u)
-			}
-		}
-	}
-	upstreams()
-	seen := make(map[string]Position)
-	for c.NextBlock(0) {
-		b.report(reverseProxySubdirective(c, rp, seen, upstreams))
-	}
-	if !written {
-		return newError(rp.Pos, "reverse_proxy", nil, "missing upstream address")
-	}
-	return nil
-}
-
-func reverseProxySubdirective(c *Cursor, rp *ReverseProxy, seen map[string]Position, upstreams func()) error {
-	name := c.Val()
-	if !slices.Contains(reverseProxyOptions, name) {
-		return c.Errf("unknown subdirective %q%s", name, didYouMean(name, reverseProxyOptions))
-	}
-	if name == "to" {
-		if c.CountRemainingArgs() == 0 {
-			return c.ArgErr()
-		}
-		upstreams()
-		return c.endOfLine()
-	}
-	if !setOnce(c, seen) {
-		return c.Errf("%s: already set at %s", name, seen[name])
-	}
+// zeroRTT reads "zero_rtt on|off".
+func zeroRTT(b *builder, c *Cursor) error {
 	t, err := oneArg(c)
 	if err != nil {
 		return err
 	}
-	if name == "max_conns_per_session" {
-		n, err := strconv.Atoi(t.Text)
-		if err != nil {
-			return c.Wrapf(err, "%s: invalid number %q", name, t.Text)
-		}
-		if n < 1 || n > 1024 {
-			return c.Errf("%s: %d out of range (want 1-1024)", name, n)
-		}
-		rp.MaxConnsPerSession = n
-		return nil
-	}
-	d, err := time.ParseDuration(t.Text)
-	switch {
-	case err != nil:
-		return c.Wrapf(err, "%s: invalid duration %q", name, t.Text)
-	case name == "dial_timeout" && d <= 0:
-		return c.Errf("%s: duration %q must be positive", name, t.Text)
-	case d < 0:
-		return c.Errf("%s: duration %q must not be negative", name, t.Text)
-	case name == "dial_timeout":
-		rp.DialTimeout = d
+	switch t.Text {
+	case "on":
+		b.cfg.ZeroRTT = true
+	case "off":
+		b.cfg.ZeroRTT = false
 	default:
-		rp.ResponseHeaderTimeout = d
+		return c.Errf("unknown value %q (want on, off)", t.Text)
 	}
 	return nil
+}
+
+// Bounds of max_header_bytes.
+const (
+	minHeaderBytes = 1 << 10
+	maxHeaderLimit = 64 << 20
+)
+
+// maxHeaderBytes reads "max_header_bytes SIZE".
+func maxHeaderBytes(b *builder, c *Cursor) error {
+	t, err := oneArg(c)
+	if err != nil {
+		return err
+	}
+	n, ok := parseSize(t.Text)
+	switch {
+	case !ok:
+		return c.Errf("invalid size %q (want a number of bytes or a size such as 64KiB or 1MiB)", t.Text)
+	case n < minHeaderBytes || n > maxHeaderLimit:
+		return c.Errf("size %q out of range (want 1KiB-64MiB)", t.Text)
+	}
+	b.cfg.MaxHeaderBytes = int(n)
+	return nil
+}
+
+// sizeUnits are the units parseSize knows, lower-cased.
+var sizeUnits = map[string]int64{"": 1, "b": 1, "kb": 1000, "kib": 1 << 10, "mb": 1000 * 1000, "mib": 1 << 20}
+
+// parseSize parses a whole number of bytes with an optional unit, any case:
+// B, KB (1000), KiB (1024), MB or MiB. A number too large for an int64
+// after its unit gives math.MaxInt64, which no bound accepts.
+func parseSize(s string) (int64, bool) {
+	i := 0
+	for i < len(s) && isDigit(s[i]) {
+		i++
+	}
+	unit, ok := sizeUnits[strings.ToLower(s[i:])]
+	if i == 0 || !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(s[:i], 10, 64)
+	if err != nil || n > math.MaxInt64/unit {
+		return math.MaxInt64, true // only a range error is possible: s[:i] is digits
+	}
+	return n * unit, true
 }
 
 // oneArg reads the single argument of the current line.

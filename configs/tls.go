@@ -119,9 +119,9 @@ var (
 //
 // where "tls internal" stands for "issuer internal". A block after
 // CERT_FILE KEY_FILE is an error: there is nothing to obtain.
-func tlsDirective(b *builder, c *Cursor, s *Site) error {
-	s.TLS = TLS{Pos: c.Token().Pos()}
-	tls := &s.TLS
+func tlsDirective(b *builder, c *Cursor, sc *scope) error {
+	sc.site.TLS = TLS{Pos: c.Token().Pos()}
+	tls := &sc.site.TLS
 	seen := make(map[string]Position) // settings made, by argument or subdirective → where
 	switch n := c.CountRemainingArgs(); {
 	case n == 0 && !c.opensBlock():

@@ -3,11 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
-	"io"
-	"net"
 	"net/http"
-	"strings"
-	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -18,76 +14,6 @@ import (
 // statusClientClosed is logged (never sent) when the client went away before
 // its response: nginx's 499.
 const statusClientClosed = 499
-
-// site is one site block, shared by the handlers of every port it is on.
-type site struct {
-	name string // the block's first address, for logs
-	pool *upstream.Pool
-}
-
-// router picks a site by the request's host: an exact name, then the
-// closest "*.parent" wildcard, then the port's catch-all.
-type router struct {
-	exact    map[string]*site
-	wildcard map[string]*site // "example.com" for "*.example.com"
-	catchAll *site
-}
-
-func newRouter() *router {
-	return &router{exact: map[string]*site{}, wildcard: map[string]*site{}}
-}
-
-func (rt *router) add(host string, s *site) {
-	switch {
-	case host == "":
-		rt.catchAll = s
-	case strings.HasPrefix(host, "*."):
-		rt.wildcard[host[2:]] = s
-	default:
-		rt.exact[host] = s
-	}
-}
-
-func (rt *router) match(hostport string) *site {
-	host := hostOnly(hostport)
-	if s := rt.exact[host]; s != nil {
-		return s
-	}
-	if s := rt.matchWildcard(host); s != nil {
-		return s
-	}
-	return rt.catchAll
-}
-
-// matchWildcard finds the "*.parent" site for host: one label deep, as TLS
-// wildcards match (RFC 6125 §6.4.3).
-func (rt *router) matchWildcard(host string) *site {
-	if len(rt.wildcard) == 0 {
-		return nil
-	}
-	if i := strings.IndexByte(host, '.'); i > 0 {
-		return rt.wildcard[host[i+1:]]
-	}
-	return nil
-}
-
-// hostOnly strips the port, IPv6 brackets and a trailing dot from a Host
-// value and lower-cases it.
-func hostOnly(hostport string) string {
-	host := hostport
-	if i := strings.LastIndexByte(host, ':'); i >= 0 && !strings.HasSuffix(host, "]") {
-		if h, _, err := net.SplitHostPort(host); err == nil {
-			host = h
-		}
-	}
-	host = strings.TrimSuffix(strings.TrimPrefix(strings.TrimSuffix(host, "."), "["), "]")
-	for i := 0; i < len(host); i++ {
-		if c := host[i]; 'A' <= c && c <= 'Z' {
-			return strings.ToLower(host)
-		}
-	}
-	return host
-}
 
 // handler serves the requests of one port, HTTP/3 and TCP alike.
 type handler struct {
@@ -123,7 +49,52 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "misdirected request: no site for this host", http.StatusMisdirectedRequest)
 		return
 	}
-	h.reverseProxy(w, r, s, st, &rec)
+	rt := st.routeFor(r)
+	if rt == nil {
+		rec.status = http.StatusNotFound
+		st.headers.apply(w.Header(), r, "")
+		http.Error(w, "not found", http.StatusNotFound)
+		return
+	}
+	// RFC 8470: a request that arrived in 0-RTT data may be a replay of an
+	// earlier flight. Only safe methods go on (marked Early-Data: 1); any
+	// other waits for the client to retry after the handshake.
+	early := r.TLS != nil && !r.TLS.HandshakeComplete
+	if early && !safeMethod(r.Method) {
+		rec.status = http.StatusTooEarly
+		h.srv.metrics.tooEarly.Inc()
+		if ce := h.srv.logger.Check(zap.InfoLevel, "early request refused"); ce != nil {
+			ce.Write(zap.Uint64("session", s.id), zap.String("method", r.Method), zap.String("uri", r.RequestURI))
+		}
+		w.WriteHeader(http.StatusTooEarly)
+		return
+	}
+	if r.ProtoMajor == 1 && len(r.TransferEncoding) > 0 {
+		// net/http drops a Content-Length sent along with Transfer-Encoding
+		// and reads the body chunked, as RFC 9112 §6.3 allows, but keeps the
+		// connection open. The RFC wants it closed after the response: a
+		// request both framings describe is a smuggling attempt, and what
+		// follows it on the connection must not be read as a request.
+		w.Header().Set("Connection", "close")
+	}
+	switch {
+	case rt.proxy != nil:
+		h.reverseProxy(w, r, s, st, rt, early, &rec)
+	case rt.respond != nil:
+		rt.headers.apply(w.Header(), r, "")
+		st.headers.apply(w.Header(), r, "")
+		rec.status = rt.respond.serve(w, r)
+	case rt.redir != nil:
+		rt.headers.apply(w.Header(), r, "")
+		st.headers.apply(w.Header(), r, "")
+		rec.status = rt.redir.serve(w, r)
+	}
+}
+
+// safeMethod reports whether a method is safe to process from 0-RTT data
+// (RFC 8470 §3, RFC 9110 §9.2.1).
+func safeMethod(m string) bool {
+	return m == http.MethodGet || m == http.MethodHead || m == http.MethodOptions
 }
 
 // exchange is what the access log records about one request.
@@ -134,27 +105,49 @@ type exchange struct {
 	err     error
 }
 
-func (h *handler) reverseProxy(w http.ResponseWriter, r *http.Request, s *session, st *site, rec *exchange) {
-	lease, err := s.lease(st.pool)
+// reverseProxy forwards a request over the session's lease on the route's
+// pool and streams the response back.
+func (h *handler) reverseProxy(w http.ResponseWriter, r *http.Request, s *session, st *site, rt *route, early bool, rec *exchange) {
+	lease, err := s.lease(rt.proxy.pool, r)
 	if err != nil {
-		h.fail(w, r, s, rec, err)
+		h.fail(w, r, s, st, rt, rec, err)
 		return
 	}
-	rec.backend = lease.Backend().Addr
-	out, err := outRequest(w, r, s)
+	backend := lease.Backend().Addr
+	rec.backend = backend
+	target := ""
+	if rt.strip != "" {
+		target = stripTarget(r, rt.strip)
+	}
+	out, err := outRequest(w, r, s, target, early)
 	if err != nil {
-		h.fail(w, r, s, rec, err)
+		h.fail(w, r, s, st, rt, rec, err)
 		return
+	}
+	rt.proxy.headerUp.apply(out.Header, r, backend)
+	if host, ok := out.Header["Host"]; ok {
+		// header_up Host: the Host header goes upstream as out.Host.
+		if len(host) > 0 {
+			out.Host = host[0]
+		}
+		delete(out.Header, "Host")
 	}
 	resp, err := lease.RoundTrip(out)
 	if err != nil {
-		h.fail(w, r, s, rec, err)
+		h.fail(w, r, s, st, rt, rec, err)
 		return
 	}
 	defer resp.Body.Close()
+	rec.backend = lease.Backend().Addr // the session may have moved
 
 	hdr := w.Header()
 	copyResponseHeader(hdr, resp.Header)
+	rt.proxy.headerDown.apply(hdr, r, rec.backend)
+	if c := lease.Cookie(r); c != nil {
+		hdr.Add("Set-Cookie", c.String()) // lb_policy cookie: where this client's sessions go
+	}
+	rt.headers.apply(hdr, r, "")
+	st.headers.apply(hdr, r, "")
 	if _, ok := hdr["Content-Type"]; !ok {
 		hdr["Content-Type"] = nil // a proxy never sniffs one
 	}
@@ -183,9 +176,13 @@ func (h *handler) reverseProxy(w http.ResponseWriter, r *http.Request, s *sessio
 }
 
 // fail answers a request that could not be forwarded and logs why.
-func (h *handler) fail(w http.ResponseWriter, r *http.Request, s *session, rec *exchange, err error) {
+func (h *handler) fail(w http.ResponseWriter, r *http.Request, s *session, st *site, rt *route, rec *exchange, err error) {
 	status := statusFor(r.Context(), err)
 	rec.status, rec.err = status, err
+	if status != statusClientClosed {
+		rt.headers.apply(w.Header(), r, "")
+		st.headers.apply(w.Header(), r, "")
+	}
 	switch status {
 	case statusClientClosed:
 		if ce := h.srv.logger.Check(zap.DebugLevel, "client went away"); ce != nil {
@@ -226,64 +223,10 @@ func statusFor(ctx context.Context, err error) int {
 		return http.StatusBadGateway
 	case errors.Is(err, upstream.ErrResponseHeaderTimeout), errors.Is(err, context.DeadlineExceeded):
 		return http.StatusGatewayTimeout
+	case errors.Is(err, upstream.ErrNoHealthyBackend):
+		return http.StatusServiceUnavailable
 	}
 	return http.StatusBadGateway
-}
-
-// errClientWrite marks a failed write to the client.
-var errClientWrite = errors.New("write to client")
-
-// bufferedReader is implemented by upstream response bodies: how much can be
-// read without waiting on the network.
-type bufferedReader interface{ Buffered() int }
-
-// flushSlack is how many buffered bytes still count as "nothing buffered":
-// chunked framing of a next chunk may sit in the buffer before its data.
-const flushSlack = 8
-
-var copyPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
-// copyBody streams a response body to the client as it arrives. It flushes
-// whenever the upstream has nothing more buffered, so a burst goes out in as
-// few packets as possible and a trickle (server-sent events, long polling)
-// goes out event by event. A body of known length is not flushed after its
-// last byte: the end of the handler sends it with the end of the stream.
-func copyBody(w http.ResponseWriter, resp *http.Response) (int64, error) {
-	bufp := copyPool.Get().(*[]byte)
-	defer copyPool.Put(bufp)
-	buf := *bufp
-	flusher, _ := w.(http.Flusher)
-	br, _ := resp.Body.(bufferedReader)
-	var written int64
-	for {
-		n, rerr := resp.Body.Read(buf)
-		if n > 0 {
-			if _, werr := w.Write(buf[:n]); werr != nil {
-				return written, errors.Join(errClientWrite, werr)
-			}
-			written += int64(n)
-			complete := resp.ContentLength >= 0 && written >= resp.ContentLength
-			if flusher != nil && !complete && (br == nil || br.Buffered() <= flushSlack) {
-				flusher.Flush()
-			}
-		}
-		if rerr == io.EOF {
-			return written, nil
-		}
-		if rerr != nil {
-			return written, rerr
-		}
-	}
-}
-
-// announceTrailers declares the backend's trailer fields before the header
-// goes out, so both net/http and http3 send them after the body.
-func announceTrailers(hdr http.Header, trailer http.Header) {
-	keys := make([]string, 0, len(trailer))
-	for k := range trailer {
-		keys = append(keys, k)
-	}
-	hdr["Trailer"] = []string{strings.Join(keys, ", ")}
 }
 
 // log writes the access log line of one request.

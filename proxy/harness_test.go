@@ -126,15 +126,23 @@ func (h *harness) dial(t testing.TB) *h3client.Conn {
 
 func (h *harness) dialTo(t testing.TB, addr string) *h3client.Conn {
 	t.Helper()
+	return h.dialWith(t, addr, h.clientTLS())
+}
+
+// dialWith is dialTo with a TLS configuration of the test's.
+func (h *harness) dialWith(t testing.TB, addr string, tlsConf *tls.Config) *h3client.Conn {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := h3client.Dial(ctx, addr, h.clientTLS(), nil)
+	c, err := h3client.Dial(ctx, addr, tlsConf, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
 }
+
+func testutilCounter(c prometheus.Collector) float64 { return testutil.ToFloat64(c) }
 
 // pathChanges sums roamgate_path_changes_total over its kinds.
 func (h *harness) pathChanges() float64 {

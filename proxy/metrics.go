@@ -11,6 +11,7 @@ type metrics struct {
 	sessionsActive prometheus.Gauge
 	pathChanges    *prometheus.CounterVec // by kind: migration, nat_rebinding
 	requests       *prometheus.CounterVec // by proto and status class
+	tooEarly       prometheus.Counter     // 0-RTT requests answered 425
 
 	// byClass caches the requests counters so counting a request neither
 	// allocates nor hashes labels.
@@ -35,6 +36,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "roamgate", Name: "requests_total",
 			Help: "Requests answered, by client protocol (h3, tcp) and status class (499: client went away).",
 		}, []string{"proto", "class"}),
+		tooEarly: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "roamgate", Name: "too_early_total",
+			Help: "Requests that arrived in 0-RTT data with an unsafe method and were answered 425 Too Early (RFC 8470).",
+		}),
 		byClass: map[string]*[len(statusClasses)]prometheus.Counter{},
 	}
 	for _, proto := range []string{"h3", "tcp"} {
@@ -45,7 +50,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.byClass[proto] = &cs
 	}
 	if reg != nil {
-		reg.MustRegister(m.sessionsOpened, m.sessionsActive, m.pathChanges, m.requests)
+		reg.MustRegister(m.sessionsOpened, m.sessionsActive, m.pathChanges, m.requests, m.tooEarly)
 	}
 	return m
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -44,8 +45,12 @@ type Options struct {
 	// nil uses a private registry.
 	Registry *prometheus.Registry
 	// QUICConfig overrides the QUIC transport settings; nil uses defaults
-	// (30 s idle timeout, no 0-RTT).
+	// (30 s idle timeout; 0-RTT as the Roamfile's zero_rtt says).
 	QUICConfig *quic.Config
+	// CookieSecret signs lb_policy cookie values. It should persist across
+	// restarts (roamgate keeps one in the data directory) so clients keep
+	// their backend; nil uses a random one for this process.
+	CookieSecret []byte
 }
 
 // Server is roamgate's listening side: for every port of the configuration,
@@ -61,6 +66,8 @@ type Server struct {
 	metrics  *metrics
 	quicConf *quic.Config
 	ports    []*portServer
+	pools    []*upstream.Pool // one per reverse_proxy; health checks run while serving
+	poolStop context.CancelFunc
 	http     *httpPort // nil unless some certificate comes from ACME
 	admin    *adminServer
 	sessions sync.WaitGroup // one per open session
@@ -84,7 +91,7 @@ type portServer struct {
 	h1         *http.Server
 	udp        []*net.UDPConn
 	transports []*quic.Transport
-	qlns       []*quic.Listener
+	qlns       []http3.QUICListener // *quic.Listener, or *quic.EarlyListener with 0-RTT
 	tcp        []net.Listener
 }
 
@@ -111,7 +118,7 @@ func New(cfg *configs.Config, opts Options) (*Server, error) {
 	}
 	qconf := opts.QUICConfig
 	if qconf == nil {
-		qconf = &quic.Config{MaxIdleTimeout: 30 * time.Second}
+		qconf = &quic.Config{MaxIdleTimeout: 30 * time.Second, Allow0RTT: cfg.ZeroRTT}
 	}
 	access := opts.AccessLogger
 	if access == nil {
@@ -130,24 +137,36 @@ func New(cfg *configs.Config, opts Options) (*Server, error) {
 		metrics:  newMetrics(reg),
 		quicConf: qconf,
 	}
+	secret := opts.CookieSecret
+	if secret == nil {
+		secret = make([]byte, 32)
+		if _, err := rand.Read(secret); err != nil {
+			return nil, fmt.Errorf("proxy: cookie secret: %w", err)
+		}
+	}
 	upMetrics := upstream.NewMetrics(reg)
 	byPort := map[int]*portServer{}
 	for _, sc := range cfg.Sites {
-		rp := sc.ReverseProxy
-		backends := make([]string, len(rp.Upstreams))
-		for i, u := range rp.Upstreams {
-			backends[i] = u.Addr
+		st := &site{name: sc.Addresses[0].Text, headers: compileHeaderOps(sc.Headers)}
+		for _, rc := range sc.Routes {
+			rt := &route{match: configs.CompilePath(rc.Path), strip: rc.StripPrefix, headers: compileHeaderOps(rc.Headers)}
+			switch {
+			case rc.ReverseProxy != nil:
+				pool, err := newPool(rc.ReverseProxy, secret, logger.Named("upstream"), upMetrics)
+				if err != nil {
+					return nil, err
+				}
+				s.pools = append(s.pools, pool)
+				rt.proxy = &proxyRoute{pool: pool, headerUp: compileHeaderOps(rc.ReverseProxy.HeaderUp), headerDown: compileHeaderOps(rc.ReverseProxy.HeaderDown)}
+			case rc.Respond != nil:
+				rt.respond = &respondRoute{status: rc.Respond.Status, body: compileTemplate(rc.Respond.Body)}
+			case rc.Redir != nil:
+				rt.redir = &redirRoute{to: compileTemplate(rc.Redir.To), code: rc.Redir.Code}
+			default:
+				return nil, fmt.Errorf("%s: route without a handler", rc.Pos)
+			}
+			st.routes = append(st.routes, rt)
 		}
-		pool, err := upstream.New(upstream.Config{
-			Backends:              backends,
-			MaxConnsPerSession:    rp.MaxConnsPerSession,
-			DialTimeout:           rp.DialTimeout,
-			ResponseHeaderTimeout: rp.ResponseHeaderTimeout,
-		}, logger.Named("upstream"), upMetrics)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", rp.Pos, err)
-		}
-		st := &site{name: sc.Addresses[0].Text, pool: pool}
 		for _, a := range sc.Addresses {
 			ps := byPort[a.Port]
 			if ps == nil {
@@ -259,6 +278,11 @@ func (s *Server) Serve(certs CertSource) (err error) {
 	if s.admin != nil {
 		s.serving.Go(s.admin.serve)
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.poolStop = cancel
+	for _, p := range s.pools {
+		p.Start(ctx) // active health checks, when configured
+	}
 	return nil
 }
 
@@ -278,14 +302,20 @@ func (s *Server) BoundPort(port int) int {
 // serve starts HTTP/3 and TCP serving on a port's bound sockets.
 func (s *Server) serve(ps *portServer) error {
 	slogger := slog.New(zapslog.NewHandler(s.logger.Named("http3").Core()))
+	maxHeader := s.cfg.MaxHeaderBytes
+	if maxHeader == 0 {
+		maxHeader = configs.DefaultMaxHeaderBytes
+	}
 	ps.h3 = &http3.Server{
-		Handler:     &handler{srv: s, router: ps.rt},
-		QUICConfig:  s.quicConf,
-		ConnContext: s.h3ConnContext,
-		Logger:      slogger,
+		MaxHeaderBytes: maxHeader,
+		Handler:        &handler{srv: s, router: ps.rt},
+		QUICConfig:     s.quicConf,
+		ConnContext:    s.h3ConnContext,
+		Logger:         slogger,
 	}
 	altSvc := []string{`h3=":` + strconv.Itoa(ps.bound) + `"; ma=2592000`}
 	ps.h1 = &http.Server{
+		MaxHeaderBytes:    maxHeader,
 		Handler:           &handler{srv: s, router: ps.rt, altSvc: altSvc},
 		TLSConfig:         s.certs.TLSConfig(),
 		ConnContext:       tcpConnContext,
@@ -296,7 +326,7 @@ func (s *Server) serve(ps *portServer) error {
 	qtls := http3.ConfigureTLSConfig(s.certs.QUICTLSConfig())
 	for i, udp := range ps.udp {
 		tr := &quic.Transport{Conn: udp}
-		ln, err := tr.Listen(qtls, s.quicConf)
+		ln, err := listenQUIC(tr, qtls, s.quicConf)
 		if err != nil {
 			return fmt.Errorf("listen quic %s: %w", udp.LocalAddr(), err)
 		}
@@ -317,6 +347,16 @@ func (s *Server) serve(ps *portServer) error {
 			zap.Strings("protocols", []string{"h3", "h2", "http/1.1"}))
 	}
 	return nil
+}
+
+// listenQUIC listens on tr, accepting 0-RTT (early data) when the config
+// allows it: connections are then handed over before the handshake
+// completes, and the handler answers unsafe early requests 425.
+func listenQUIC(tr *quic.Transport, tlsConf *tls.Config, conf *quic.Config) (http3.QUICListener, error) {
+	if conf.Allow0RTT {
+		return tr.ListenEarly(tlsConf, conf)
+	}
+	return tr.Listen(tlsConf, conf)
 }
 
 // h3ConnContext starts the session of a new QUIC connection and ties its end
@@ -409,6 +449,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeListeners()
 	s.serving.Wait()
 	s.sessions.Wait()
+	if s.poolStop != nil {
+		s.poolStop()
+	}
+	for _, p := range s.pools {
+		record(p.Close())
+	}
 	return errors.Join(errs...)
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -79,9 +80,10 @@ func (srv *Server) newSession(proto string, remote net.Addr, qconn *quic.Conn) *
 	return s
 }
 
-// lease returns the session's lease on pool, taking one (which picks the
-// session's backend) on first use.
-func (s *session) lease(pool *upstream.Pool) (*upstream.Lease, error) {
+// lease returns the session's lease on pool, taking one on first use: the
+// pool's policy picks the session's backend then (from r, the session's
+// first request to this pool, for the cookie and header policies), once.
+func (s *session) lease(pool *upstream.Pool, r *http.Request) (*upstream.Lease, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -92,7 +94,7 @@ func (s *session) lease(pool *upstream.Pool) (*upstream.Lease, error) {
 			return pl.lease, nil
 		}
 	}
-	l := pool.Lease(s.id)
+	l := pool.Lease(s.id, r)
 	s.leases = append(s.leases, poolLease{pool, l})
 	return l, nil
 }

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net/http"
 	"net/textproto"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -52,21 +53,23 @@ type badRequestError struct{ reason string }
 func (e *badRequestError) Error() string { return "bad request: " + e.reason }
 
 // outRequest translates a client request (HTTP/3, HTTP/2 or HTTP/1.1) into
-// the HTTP/1.1 request for the backend:
+// the HTTP/1.1 request for the backend, after checkRequest refused what
+// could smuggle a second request through the downgrade:
 //   - hop-by-hop fields and the fields the client's Connection header lists
-//     are dropped, TE is kept only as "trailers";
+//     are dropped, TE is kept only as "trailers", Expect is answered here;
 //   - client-supplied forwarding fields are dropped and X-Forwarded-For,
 //     X-Forwarded-Proto, X-Forwarded-Host and Forwarded are set from the
-//     address the session started with;
+//     address the session started with; Early-Data: 1 marks a request that
+//     arrived in 0-RTT data (RFC 8470 §5.1);
 //   - Host is the client's :authority / Host;
-//   - the request target is origin-form (never absolute-form);
-//   - a body of unknown length is looked at once: none, short (sent with a
-//     Content-Length) or streaming (sent chunked).
-func outRequest(w http.ResponseWriter, r *http.Request, s *session) (*http.Request, error) {
-	if err := checkHeader(r.Header); err != nil {
+//   - the request target is origin-form (never absolute-form): target, or
+//     the client's own when target is empty;
+//   - the body: see upstreamBody.
+func outRequest(w http.ResponseWriter, r *http.Request, s *session, target string, early bool) (*http.Request, error) {
+	if err := checkRequest(r); err != nil {
 		return nil, err
 	}
-	h := make(http.Header, len(r.Header)+4)
+	h := make(http.Header, len(r.Header)+5)
 	var listed []string
 	for _, v := range r.Header["Connection"] {
 		for f := range strings.SplitSeq(v, ",") {
@@ -76,7 +79,7 @@ func outRequest(w http.ResponseWriter, r *http.Request, s *session) (*http.Reque
 		}
 	}
 	for k, vv := range r.Header {
-		if hopByHop[k] || forwarding[k] || (len(listed) > 0 && contains(listed, k)) {
+		if hopByHop[k] || forwarding[k] || k == "Host" || k == "Expect" || k == "Early-Data" || (len(listed) > 0 && contains(listed, k)) {
 			continue
 		}
 		h[k] = vv
@@ -91,14 +94,26 @@ func outRequest(w http.ResponseWriter, r *http.Request, s *session) (*http.Reque
 	h["X-Forwarded-Proto"] = httpsValue
 	h["X-Forwarded-Host"] = []string{r.Host}
 	h["Forwarded"] = []string{s.fwdFor + ";host=" + quoteForwarded(r.Host) + ";proto=https"}
+	if early {
+		h["Early-Data"] = earlyDataValue
+	}
 
 	out := new(http.Request)
 	*out = *r // keeps r's context; everything the wire needs is set below
 	out.Header = h
-	out.RequestURI = requestTarget(r)
+	out.RequestURI = target
+	if target == "" {
+		out.RequestURI = requestTarget(r)
+	}
 	out.Proto, out.ProtoMajor, out.ProtoMinor = "HTTP/1.1", 1, 1
 	out.Close = false
 	out.TransferEncoding = nil
+	if r.ProtoMajor == 3 && httpguts.HeaderValuesContainsToken(r.Header["Expect"], "100-continue") {
+		// net/http answers Expect for HTTP/1.1 and HTTP/2 clients when the
+		// body is first read; http3 does not, so roamgate does (RFC 9110
+		// §10.1.1: a proxy may answer it itself).
+		w.WriteHeader(http.StatusContinue)
+	}
 	body, n, eof, err := upstreamBody(r)
 	if err != nil {
 		return nil, err
@@ -111,17 +126,55 @@ func outRequest(w http.ResponseWriter, r *http.Request, s *session) (*http.Reque
 	return out, nil
 }
 
-// checkHeader refuses header fields that could split the HTTP/1.1 request
-// they are written into: a name that is not a token, a value with CR, LF or
-// NUL. (HTTP/3 and HTTP/2 carry such bytes as data; HTTP/1.1 cannot.)
-func checkHeader(h http.Header) error {
-	for k, vv := range h {
+var earlyDataValue = []string{"1"}
+
+// connectionSpecific are the fields HTTP/2 and HTTP/3 forbid (RFC 9113
+// §8.2.2, RFC 9114 §4.2): a request carrying one is malformed.
+var connectionSpecific = [...]string{"Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Upgrade"}
+
+// checkRequest refuses requests that cannot be translated safely, each with
+// a 400:
+//   - a header name that is not a token, or a value with CR, LF or NUL
+//     (HTTP/3 and HTTP/2 carry such bytes as data; in HTTP/1.1 they would
+//     end the field, or the header, early);
+//   - on HTTP/2 and HTTP/3, connection-specific fields (Transfer-Encoding
+//     above all: framing is the protocol's, never the client's);
+//   - an Upgrade that is not a WebSocket upgrade;
+//   - several Content-Length values that differ.
+//
+// Most of these never get here: quic-go and net/http refuse them first.
+// The checks stay, so a gap in one of them cannot become a smuggled
+// request.
+func checkRequest(r *http.Request) error {
+	for k, vv := range r.Header {
 		if !httpguts.ValidHeaderFieldName(k) {
 			return &badRequestError{"invalid header name " + quoteForLog(k)}
 		}
 		for _, v := range vv {
 			if !httpguts.ValidHeaderFieldValue(v) {
 				return &badRequestError{"invalid value in header " + k}
+			}
+		}
+	}
+	if r.ProtoMajor >= 2 {
+		for _, k := range connectionSpecific {
+			if _, ok := r.Header[k]; ok {
+				return &badRequestError{"connection-specific header " + k + " in an HTTP/" + strconv.Itoa(r.ProtoMajor) + " request"}
+			}
+		}
+		for _, v := range r.Header["Te"] {
+			if !strings.EqualFold(textproto.TrimString(v), "trailers") {
+				return &badRequestError{"TE other than trailers in an HTTP/" + strconv.Itoa(r.ProtoMajor) + " request"}
+			}
+		}
+	}
+	if up, ok := r.Header["Upgrade"]; ok && !(len(up) == 1 && strings.EqualFold(up[0], "websocket")) {
+		return &badRequestError{"Upgrade to " + quoteForLog(strings.Join(up, ",")) + " is not supported"}
+	}
+	if cl := r.Header["Content-Length"]; len(cl) > 1 {
+		for _, v := range cl[1:] {
+			if v != cl[0] {
+				return &badRequestError{"differing Content-Length values"}
 			}
 		}
 	}
@@ -156,6 +209,8 @@ func upstreamBody(r *http.Request) (body io.Reader, n int64, eof bool, err error
 	switch {
 	case r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0:
 		return nil, 0, true, nil
+	case r.ContentLength > 0 && r.ContentLength <= verifyBodyLimit && r.ProtoMajor >= 2:
+		return verifiedBody(r)
 	case r.ContentLength > 0:
 		return r.Body, r.ContentLength, false, nil
 	case httpguts.HeaderValuesContainsToken(r.Header["Expect"], "100-continue"):
@@ -179,6 +234,33 @@ func upstreamBody(r *http.Request) (body io.Reader, n int64, eof bool, err error
 		return nil, 0, false, &clientGoneError{rerr}
 	}
 	return io.MultiReader(bytes.NewReader(bytes.Clone(buf[:n])), r.Body), -1, false, nil
+}
+
+// verifyBodyLimit is the largest HTTP/2 or HTTP/3 body read whole before
+// it goes upstream, so that one whose length disagrees with its
+// Content-Length (RFC 9114 §4.1.2, RFC 9113 §8.1.1) is refused with 400
+// before the backend sees any of it. Longer bodies stream; a mismatch then
+// aborts the upstream request midway (the backend sees it cut off).
+const verifyBodyLimit = 64 << 10
+
+// verifiedBody reads a short HTTP/2 or HTTP/3 body to its end and checks its
+// length.
+func verifiedBody(r *http.Request) (io.Reader, int64, bool, error) {
+	buf := make([]byte, r.ContentLength+1)
+	n, err := io.ReadFull(r.Body, buf)
+	switch {
+	case err == nil:
+		return nil, 0, false, &badRequestError{"body longer than its Content-Length " + strconv.FormatInt(r.ContentLength, 10)}
+	case err == io.ErrUnexpectedEOF && int64(n) == r.ContentLength:
+		return bytes.NewReader(buf[:n]), int64(n), true, nil
+	case err == io.ErrUnexpectedEOF || err == io.EOF:
+		return nil, 0, false, &badRequestError{"body of " + strconv.Itoa(n) + " bytes, Content-Length " + strconv.FormatInt(r.ContentLength, 10)}
+	case r.Context().Err() != nil:
+		return nil, 0, false, &clientGoneError{err}
+	}
+	// The protocol layer refused the body (http3: too much data, a short
+	// stream): a malformed request.
+	return nil, 0, false, &badRequestError{"body does not match its Content-Length: " + err.Error()}
 }
 
 // clientGoneError is a failure reading from the client: nothing useful can

@@ -22,6 +22,8 @@ const (
 	reasonBackendClosed = "backend_closed"
 	reasonError         = "error"
 	reasonAborted       = "aborted"
+	reasonMoved         = "moved"
+	reasonIdle          = "idle"
 )
 
 // errConnLost marks a failure on a reused connection before any byte of a
@@ -39,13 +41,17 @@ var aLongTimeAgo = time.Unix(1, 0)
 
 // conn is one upstream HTTP/1.1 keep-alive connection of a lease.
 type conn struct {
-	lease *Lease
-	id    uint64
-	nc    net.Conn
-	br    *bufio.Reader // reads through conn.Read, which counts bytes
-	bw    *bufio.Writer
+	lease   *Lease
+	backend *Backend // the lease's backend when it was dialled
+	id      uint64
+	nc      net.Conn
+	br      *bufio.Reader // reads through conn.Read, which counts bytes
+	bw      *bufio.Writer
 
-	busy bool // guarded by lease.mu: reserved for a round trip
+	// Guarded by lease.mu:
+	busy      bool        // reserved for a round trip
+	idleAt    time.Time   // when it last became idle
+	idleTimer *time.Timer // closes it after Config.KeepaliveIdle idle; nil without
 	// Owned by the goroutine holding the reservation:
 	used  bool  // has carried a request, so a reuse checks liveness first
 	nread int64 // bytes read from nc
@@ -60,8 +66,8 @@ type conn struct {
 	closed   bool
 }
 
-func newConn(l *Lease, id uint64, nc net.Conn) *conn {
-	c := &conn{lease: l, id: id, nc: nc}
+func newConn(l *Lease, b *Backend, id uint64, nc net.Conn) *conn {
+	c := &conn{lease: l, backend: b, id: id, nc: nc}
 	c.br = bufio.NewReader(c)
 	c.bw = bufio.NewWriter(nc)
 	return c
@@ -91,10 +97,15 @@ func (c *conn) close(reason string) {
 	c.mu.Unlock()
 	_ = c.nc.Close()
 	l := c.lease
-	l.pool.metrics.ConnsClosed.WithLabelValues(l.backend.Addr, reason).Inc()
+	l.mu.Lock()
+	if c.idleTimer != nil {
+		c.idleTimer.Stop()
+	}
+	l.mu.Unlock()
+	l.pool.metrics.ConnsClosed.WithLabelValues(c.backend.Addr, reason).Inc()
 	if ce := l.logger.Check(zap.DebugLevel, "upstream connection closed"); ce != nil {
 		ce.Write(zap.Uint64("session", l.sessionID), zap.Uint64("conn", c.id),
-			zap.String("backend", l.backend.Addr), zap.String("reason", reason))
+			zap.String("backend", c.backend.Addr), zap.String("reason", reason))
 	}
 }
 
@@ -209,7 +220,7 @@ func (c *conn) classify(err error, nothingReceived bool) error {
 	if aerr := c.aborted(); aerr != nil {
 		return aerr
 	}
-	backend := c.lease.backend.Addr
+	backend := c.backend.Addr
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		return fmt.Errorf("upstream %s: %w", backend, ErrResponseHeaderTimeout)
 	}

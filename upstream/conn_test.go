@@ -34,7 +34,7 @@ func TestRequestBodies(t *testing.T) {
 		w.Write(body)
 	})
 	p, _ := newPool(t, Config{Backends: []string{b.addr()}})
-	l := p.Lease(1)
+	l := p.Lease(1, nil)
 	defer l.Close()
 
 	for _, tc := range []struct {
@@ -80,7 +80,7 @@ func TestShortBodyIsNotSentAsComplete(t *testing.T) {
 		got <- err
 	})
 	p, _ := newPool(t, Config{Backends: []string{b.addr()}})
-	l := p.Lease(1)
+	l := p.Lease(1, nil)
 	defer l.Close()
 	req := newReq(t, context.Background(), http.MethodPut, "/", io.NopCloser(strings.NewReader("abc")), 10)
 	if _, err := l.RoundTrip(req); err == nil {
@@ -106,7 +106,7 @@ func TestEarlyResponseAbandonsTheBody(t *testing.T) {
 		io.WriteString(w, "ok")
 	})
 	p, m := newPool(t, Config{Backends: []string{b.addr()}})
-	l := p.Lease(1)
+	l := p.Lease(1, nil)
 	defer l.Close()
 	pr, pw := io.Pipe() // a client that never finishes its upload
 	defer pw.Close()
@@ -135,7 +135,7 @@ func TestClosingAnUnreadBodyKeepsTheConnection(t *testing.T) {
 		io.WriteString(w, strings.Repeat("x", 10000))
 	})
 	p, _ := newPool(t, Config{Backends: []string{b.addr()}})
-	l := p.Lease(1)
+	l := p.Lease(1, nil)
 	defer l.Close()
 	for range 3 {
 		resp, err := l.RoundTrip(newReq(t, context.Background(), "GET", "/", nil, 0))
@@ -168,7 +168,7 @@ func TestCancelMidResponse(t *testing.T) {
 		}
 	})
 	p, m := newPool(t, Config{Backends: []string{b.addr()}})
-	l := p.Lease(1)
+	l := p.Lease(1, nil)
 	defer l.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	resp, err := l.RoundTrip(newReq(t, ctx, "GET", "/events", nil, 0))
@@ -204,7 +204,7 @@ func TestBufferedReportsWhatIsReadable(t *testing.T) {
 		io.WriteString(w, "second")
 	})
 	p, _ := newPool(t, Config{Backends: []string{b.addr()}})
-	l := p.Lease(1)
+	l := p.Lease(1, nil)
 	defer l.Close()
 	resp, err := l.RoundTrip(newReq(t, context.Background(), "GET", "/", nil, 0))
 	if err != nil {

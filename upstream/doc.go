@@ -7,11 +7,22 @@
 // it is the last stage. A [Pool] is one reverse_proxy's set of backends. For
 // every client session (one QUIC connection, or one TCP connection on the
 // TCP listener) the proxy takes a [Lease] from the pool: the lease picks its
-// backend once and owns private HTTP/1.1 keep-alive connections to it. The
-// set of a lease's connections is stable: it grows only when every connection
-// is busy (up to a bound, queued beyond it), never rotates, is never shared
-// with another lease, and is closed with the lease. See DESIGN.md, "The one
-// invariant".
+// backend once, with the pool's [Policy] among the healthy backends, and owns
+// private HTTP/1.1 keep-alive connections to it. The set of a lease's
+// connections is stable: it grows only when every connection is busy (up to
+// a bound, queued beyond it), never rotates, is never shared with another
+// lease, and is closed with the lease. See DESIGN.md, "The one invariant".
+//
+// Only two things move a session. When its backend becomes unhealthy (active
+// checks, see [ActiveHealth]; passive checks, see [PassiveHealth]) or
+// unreachable (a dial failed), the lease re-picks among the healthy backends,
+// logs "session moved" and counts it. When the backend closes a connection,
+// the lease dials the same backend again. A lease on a healthy backend never
+// moves.
+//
+// Files: pool.go and config.go (Pool, Config), selection.go and cookie.go
+// (policies), health.go (active and passive health), lease.go and move.go
+// (a session's connections, retries, moves), conn.go and wire.go (HTTP/1.1).
 //
 // The package never imports proxy.
 package upstream

@@ -6,40 +6,46 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"go.uber.org/zap"
 )
 
 // Lease is one client session's private connections to its backend.
 //
-// The backend is chosen once, when the lease is taken. Connections are
+// The backend is chosen once, when the lease is taken, and changes only when
+// it becomes unhealthy or unreachable (see RoundTrip). Connections are
 // dialled lazily: a request takes the oldest idle connection; only when all
 // are busy and the lease is below Config.MaxConnsPerSession does it dial a
 // new one, and beyond the bound it waits (FIFO). Idle connections stay open
-// for the lease's whole life, so a client that sends one request at a time
-// uses exactly one upstream connection from first request to last. No other
-// lease ever uses them, and Close closes them all.
+// for the lease's whole life (or Config.KeepaliveIdle), so a client that
+// sends one request at a time uses exactly one upstream connection from
+// first request to last. No other lease ever uses them, and Close closes
+// them all.
 //
 // Lease implements http.RoundTripper. It is safe for concurrent use.
 type Lease struct {
 	pool      *Pool
-	backend   *Backend
 	sessionID uint64
 	logger    *zap.Logger
+	backend   atomic.Pointer[Backend] // stored under mu
 
-	mu      sync.Mutex   // guards the following
-	conns   []*conn      // open connections in dial order, busy and idle
-	dialing int          // dials in progress; each holds a slot under the bound
-	peak    int          // most connections held at once: a dial below it is a replacement
-	waiters []chan *conn // requests waiting for a connection; a nil send grants a dial slot
-	closed  bool
-	nextID  uint64 // connection IDs, for logs
+	mu          sync.Mutex   // guards the following
+	conns       []*conn      // open connections to the backend in dial order, busy and idle
+	dialing     int          // dials in progress; each holds a slot under the bound
+	peak        int          // most connections held at once: a dial below it is a replacement
+	waiters     []chan *conn // requests waiting for a connection; a nil send grants a dial slot
+	closed      bool
+	unreachable bool   // the last dial to the backend failed
+	nextID      uint64 // connection IDs, for logs
 }
 
 var _ http.RoundTripper = (*Lease)(nil)
 
-// Backend returns the backend the lease picked.
-func (l *Lease) Backend() *Backend { return l.backend }
+// Backend returns the lease's backend: the one it picked, or the one it
+// moved to.
+func (l *Lease) Backend() *Backend { return l.backend.Load() }
 
 // Conns reports how many upstream connections the lease holds now.
 func (l *Lease) Conns() int {
@@ -54,26 +60,132 @@ func (l *Lease) Conns() int {
 // the connection back to the lease. req.URL, req.Host and req.Header are
 // written as they are: the caller has already translated them.
 //
-// A request that finds a reused connection dead before any response byte
-// arrived is retried once on a fresh connection when it is replayable (no
-// body, and a safe method or an Idempotency-Key). RoundTrip always closes
-// req.Body.
+// Before each attempt, a lease whose backend is unhealthy, or whose last dial
+// to it failed, moves when another healthy backend exists: its policy picks
+// among the healthy ones, the old connections close (busy ones when their
+// responses end), and the move is logged and counted. A lease on a healthy,
+// reachable backend never moves. With no healthy backend the request fails
+// with ErrNoHealthyBackend.
+//
+// A request that reached no backend goes again within Config.TryDuration:
+// after a failed dial (nothing was sent), and when it is replayable (no body,
+// and a safe method or an Idempotency-Key) after a reused connection died
+// before any response byte. The first such replay is immediate and free,
+// even with a zero TryDuration, as a dead keep-alive connection is not the
+// backend's failure. A request of which any byte may have reached the
+// backend otherwise is never sent again. req's context bounds it all.
+// RoundTrip always closes req.Body.
 func (l *Lease) RoundTrip(req *http.Request) (*http.Response, error) {
-	for retried := false; ; retried = true {
-		c, err := l.acquire(req.Context())
+	ctx := req.Context()
+	var deadline time.Time // zero: one attempt
+	if d := l.pool.cfg.TryDuration; d > 0 {
+		deadline = time.Now().Add(d)
+	}
+	var failed []*Backend // backends this request could not reach
+	replayed := false
+	_, err := l.route(req, failed)
+	for {
 		if err != nil {
+			if errors.Is(err, ErrNoHealthyBackend) {
+				// Wait for one to recover (a passive failure aging out).
+				if err = l.pause(ctx, deadline); err == nil {
+					_, err = l.route(req, failed)
+					continue
+				}
+				if err == errNoMoreTries {
+					err = ErrNoHealthyBackend
+				}
+			}
 			closeBody(req)
 			return nil, err
 		}
-		resp, err := c.roundTrip(req)
+
+		var c *conn
+		c, err = l.acquire(ctx)
+		var de *DialError
+		switch {
+		case err == nil:
+		case errors.Is(err, errMoved):
+			_, err = l.route(req, failed)
+			continue
+		case errors.As(err, &de):
+			failed = append(failed, de.b)
+			_, err = l.again(ctx, req, failed, de.b, deadline, err)
+			continue
+		default:
+			closeBody(req)
+			return nil, err
+		}
+
+		var resp *http.Response
+		resp, err = c.roundTrip(req)
 		if err == nil {
+			c.backend.failStatus(resp.StatusCode)
 			return resp, nil
 		}
-		if !retried && errors.Is(err, errConnLost) && replayable(req) {
-			l.pool.metrics.Retries.WithLabelValues(l.backend.Addr).Inc()
+		if errors.Is(err, ErrResponseHeaderTimeout) {
+			c.backend.fail(failHeaderTimeout, "response header timeout")
+		}
+		if !errors.Is(err, errConnLost) || !replayable(req) {
+			return nil, err
+		}
+		if !replayed {
+			replayed = true
+			l.pool.metrics.Retries.WithLabelValues(c.backend.Addr).Inc()
+			_, err = l.route(req, failed)
 			continue
 		}
+		_, err = l.again(ctx, req, failed, c.backend, deadline, err)
+	}
+}
+
+// errNoMoreTries ends a request's retries when Config.TryDuration is over.
+var errNoMoreTries = errors.New("no more tries")
+
+// again decides whether a request whose attempt on from failed with err goes
+// again, and returns the backend of the next attempt: at once when the
+// lease can move off from to a healthy backend this request has not failed
+// on (one try per backend, whatever Config.TryDuration), after
+// Config.TryInterval on the same backend while deadline allows. Otherwise
+// it returns the error to fail the request with: err, or the context's
+// error.
+func (l *Lease) again(ctx context.Context, req *http.Request, failed []*Backend, from *Backend, deadline time.Time, err error) (*Backend, error) {
+	retries := l.pool.metrics.Retries.WithLabelValues(from.Addr)
+	if b, rerr := l.route(req, failed); rerr == nil && b != from {
+		retries.Inc()
+		return b, nil
+	}
+	if deadline.IsZero() || !time.Now().Before(deadline) {
 		return nil, err
+	}
+	if perr := l.pause(ctx, deadline); perr != nil {
+		if perr == errNoMoreTries {
+			return nil, err
+		}
+		return nil, perr
+	}
+	retries.Inc()
+	return l.route(req, failed)
+}
+
+// pause waits Config.TryInterval between attempts; it fails with
+// errNoMoreTries when deadline (zero: no retries) comes first, or with the
+// context's error.
+func (l *Lease) pause(ctx context.Context, deadline time.Time) error {
+	if deadline.IsZero() {
+		return errNoMoreTries
+	}
+	d := min(l.pool.cfg.TryInterval, time.Until(deadline))
+	if d <= 0 {
+		return errNoMoreTries
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
 	}
 }
 
@@ -89,6 +201,8 @@ func (l *Lease) Close() error {
 	conns, waiters := l.conns, l.waiters
 	l.conns, l.waiters = nil, nil
 	l.dialing += len(waiters) // each waiter wakes holding a slot and gives it back
+	b := l.backend.Load()
+	b.leases.Add(-1)
 	l.mu.Unlock()
 
 	for _, w := range waiters {
@@ -97,7 +211,6 @@ func (l *Lease) Close() error {
 	for _, c := range conns {
 		c.close(reasonSessionEnd)
 	}
-	l.backend.leases.Add(-1)
 	return nil
 }
 
@@ -132,6 +245,9 @@ func (l *Lease) reserve(ctx context.Context) (*conn, error) {
 	for _, c := range l.conns {
 		if !c.busy {
 			c.busy = true
+			if c.idleTimer != nil {
+				c.idleTimer.Stop()
+			}
 			l.mu.Unlock()
 			return c, nil
 		}
@@ -166,23 +282,32 @@ func (l *Lease) reserve(ctx context.Context) (*conn, error) {
 	return nil, ctx.Err()
 }
 
-// dial opens a connection in a slot that reserve granted.
+// dial opens a connection to the lease's backend in a slot that reserve
+// granted. It fails with errMoved when the lease moved to another backend
+// meanwhile: the request then goes there.
 func (l *Lease) dial(ctx context.Context) (*conn, error) {
 	l.mu.Lock()
-	closed := l.closed
+	closed, b := l.closed, l.backend.Load()
 	l.mu.Unlock()
 	if closed {
 		l.unreserve()
 		return nil, ErrLeaseClosed
 	}
-	nc, err := l.pool.dialer.DialContext(ctx, "tcp", l.backend.Addr)
+	nc, err := l.pool.dialer.DialContext(ctx, "tcp", b.Addr)
 	if err != nil {
-		l.unreserve()
+		l.mu.Lock()
+		l.dialing--
+		if ctx.Err() == nil && l.backend.Load() == b {
+			l.unreachable = true
+		}
+		l.grantLocked()
+		l.mu.Unlock()
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		l.pool.metrics.DialErrors.WithLabelValues(l.backend.Addr).Inc()
-		return nil, &DialError{Backend: l.backend.Addr, Err: err}
+		l.pool.metrics.DialErrors.WithLabelValues(b.Addr).Inc()
+		b.fail(failDial, "dial: "+err.Error())
+		return nil, &DialError{Backend: b.Addr, Err: err, b: b}
 	}
 
 	l.mu.Lock()
@@ -192,21 +317,28 @@ func (l *Lease) dial(ctx context.Context) (*conn, error) {
 		_ = nc.Close()
 		return nil, ErrLeaseClosed
 	}
+	if l.backend.Load() != b {
+		l.grantLocked()
+		l.mu.Unlock()
+		_ = nc.Close()
+		return nil, errMoved
+	}
+	l.unreachable = false
 	reason := "new"
 	if len(l.conns) < l.peak {
 		reason = "replace"
 	}
 	l.nextID++
-	c := newConn(l, l.nextID, nc)
+	c := newConn(l, b, l.nextID, nc)
 	c.busy = true
 	l.conns = append(l.conns, c)
 	l.peak = max(l.peak, len(l.conns))
 	l.mu.Unlock()
 
-	l.pool.metrics.ConnsOpened.WithLabelValues(l.backend.Addr, reason).Inc()
+	l.pool.metrics.ConnsOpened.WithLabelValues(b.Addr, reason).Inc()
 	if ce := l.logger.Check(zap.DebugLevel, "upstream connection opened"); ce != nil {
 		ce.Write(zap.Uint64("session", l.sessionID), zap.Uint64("conn", c.id),
-			zap.String("backend", l.backend.Addr), zap.String("local", nc.LocalAddr().String()),
+			zap.String("backend", b.Addr), zap.String("local", nc.LocalAddr().String()),
 			zap.String("reason", reason))
 	}
 	return c, nil
@@ -220,22 +352,28 @@ func (l *Lease) unreserve() {
 	l.mu.Unlock()
 }
 
-// grantLocked hands a free slot to the first waiter, if there is one.
-func (l *Lease) grantLocked() {
+// grantLocked hands a free slot to the first waiter, if there is one, and
+// reports whether it did.
+func (l *Lease) grantLocked() bool {
 	if l.closed || len(l.waiters) == 0 || len(l.conns)+l.dialing >= l.pool.cfg.MaxConnsPerSession {
-		return
+		return false
 	}
 	w := l.waiters[0]
 	l.waiters = l.waiters[1:]
 	l.dialing++
 	w <- nil
+	return true
 }
 
 // release ends a round trip on c: a reusable connection goes to the first
 // waiter or back to idle; any other is closed for reason and its slot
-// granted to a waiter.
+// granted to a waiter. A connection to a backend the lease has left is
+// closed ("moved").
 func (l *Lease) release(c *conn, reuse bool, reason string) {
 	l.mu.Lock()
+	if reuse && c.backend != l.backend.Load() {
+		reuse, reason = false, reasonMoved
+	}
 	if reuse && !l.closed {
 		if len(l.waiters) > 0 {
 			w := l.waiters[0]
@@ -245,6 +383,14 @@ func (l *Lease) release(c *conn, reuse bool, reason string) {
 			return
 		}
 		c.busy = false
+		if idle := l.pool.cfg.KeepaliveIdle; idle > 0 {
+			c.idleAt = l.pool.now()
+			if c.idleTimer == nil {
+				c.idleTimer = time.AfterFunc(idle, func() { l.expire(c) })
+			} else {
+				c.idleTimer.Reset(idle)
+			}
+		}
 		l.mu.Unlock()
 		return
 	}
@@ -257,6 +403,22 @@ func (l *Lease) release(c *conn, reuse bool, reason string) {
 		reason = reasonSessionEnd
 	}
 	c.close(reason)
+}
+
+// expire closes c when it has been idle for Config.KeepaliveIdle. A timer
+// that fired as c was taken (or taken and idle again since) finds it busy or
+// idle too briefly and leaves it alone.
+func (l *Lease) expire(c *conn) {
+	l.mu.Lock()
+	i := slices.Index(l.conns, c)
+	if l.closed || i < 0 || c.busy || l.pool.now().Sub(c.idleAt) < l.pool.cfg.KeepaliveIdle {
+		l.mu.Unlock()
+		return
+	}
+	l.conns = slices.Delete(l.conns, i, i+1)
+	l.peak-- // the next dial grows the set anew; it replaces nothing broken
+	l.mu.Unlock()
+	c.close(reasonIdle)
 }
 
 // replayable reports whether req may be sent again after its connection died

@@ -2,21 +2,35 @@ package upstream
 
 import "github.com/prometheus/client_golang/prometheus"
 
-// Metrics are the upstream counters. One Metrics may serve several pools;
-// series are labelled by backend address.
+// Metrics are the upstream metrics. One Metrics may serve several pools;
+// series are labelled by backend address (so two pools sharing a backend
+// share its series: the healthy gauge shows the latest decision of either).
 type Metrics struct {
 	// ConnsOpened counts upstream TCP connections dialled, by backend and
 	// reason: "new" grows a lease's set, "replace" stands in for one the
 	// backend (or an error) closed.
 	ConnsOpened *prometheus.CounterVec
 	// ConnsClosed counts upstream connections closed, by backend and reason:
-	// "session_end", "backend_closed", "error".
+	// "session_end", "backend_closed", "error", "aborted", "moved" (the
+	// session left the backend), "idle" (Config.KeepaliveIdle).
 	ConnsClosed *prometheus.CounterVec
 	// DialErrors counts failed dials by backend.
 	DialErrors *prometheus.CounterVec
-	// Retries counts requests retried on a fresh connection after a reused
-	// one turned out dead before any response byte.
+	// Retries counts requests sent again after an attempt that reached no
+	// backend (a failed dial, or a reused connection found dead before any
+	// response byte), by the backend of the failed attempt.
 	Retries *prometheus.CounterVec
+	// Healthy is 1 while a backend is healthy, 0 while not.
+	Healthy *prometheus.GaugeVec
+	// HealthCheckFailures counts failed active health checks by backend.
+	HealthCheckFailures *prometheus.CounterVec
+	// PassiveFailures counts request failures held against a backend by
+	// passive health checking, by backend and reason: "dial",
+	// "response_header_timeout", "status".
+	PassiveFailures *prometheus.CounterVec
+	// SessionMoves counts sessions that left a backend (unhealthy or
+	// unreachable) for another, by the backend they left.
+	SessionMoves *prometheus.CounterVec
 }
 
 // NewMetrics creates the upstream metrics and registers them with reg,
@@ -29,7 +43,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"backend", "reason"}),
 		ConnsClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "roamgate", Subsystem: "upstream", Name: "conns_closed_total",
-			Help: "Upstream TCP connections closed, by backend and reason (session_end, backend_closed, error).",
+			Help: "Upstream TCP connections closed, by backend and reason (session_end, backend_closed, error, aborted, moved, idle).",
 		}, []string{"backend", "reason"}),
 		DialErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "roamgate", Subsystem: "upstream", Name: "dial_errors_total",
@@ -37,11 +51,28 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"backend"}),
 		Retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "roamgate", Subsystem: "upstream", Name: "retries_total",
-			Help: "Requests retried on a fresh connection after a reused one was found dead before any response byte.",
+			Help: "Requests sent again after an attempt that reached no backend (failed dial, or a reused connection dead before any response byte), by the backend of the failed attempt.",
 		}, []string{"backend"}),
+		Healthy: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "roamgate", Subsystem: "upstream", Name: "healthy",
+			Help: "Whether a backend is healthy (1) or not (0).",
+		}, []string{"backend"}),
+		HealthCheckFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "roamgate", Subsystem: "upstream", Name: "health_check_failures_total",
+			Help: "Failed active health checks, by backend.",
+		}, []string{"backend"}),
+		PassiveFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "roamgate", Subsystem: "upstream", Name: "passive_failures_total",
+			Help: "Request failures counted by passive health checks, by backend and reason (dial, response_header_timeout, status).",
+		}, []string{"backend", "reason"}),
+		SessionMoves: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "roamgate", Subsystem: "upstream", Name: "session_moves_total",
+			Help: "Sessions that left an unhealthy or unreachable backend for another, by the backend they left.",
+		}, []string{"from"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.ConnsOpened, m.ConnsClosed, m.DialErrors, m.Retries)
+		reg.MustRegister(m.ConnsOpened, m.ConnsClosed, m.DialErrors, m.Retries,
+			m.Healthy, m.HealthCheckFailures, m.PassiveFailures, m.SessionMoves)
 	}
 	return m
 }

@@ -1,76 +1,65 @@
 package upstream
 
 import (
-	"errors"
+	"context"
 	"fmt"
 	"net"
+	"net/http"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
 )
 
-// Defaults for zero Config fields.
-const (
-	DefaultMaxConnsPerSession = 8
-	DefaultDialTimeout        = 10 * time.Second
-)
-
-// Config configures a Pool: one reverse_proxy's backends and the limits of
-// the leases taken from it.
-type Config struct {
-	// Backends are dial addresses ("host:port"). At least one.
-	Backends []string
-	// MaxConnsPerSession bounds the connections one lease holds to its
-	// backend; requests beyond it wait for a connection. Zero means
-	// DefaultMaxConnsPerSession.
-	MaxConnsPerSession int
-	// DialTimeout bounds connecting to a backend. Zero means
-	// DefaultDialTimeout.
-	DialTimeout time.Duration
-	// ResponseHeaderTimeout bounds the wait for a response header once the
-	// request header was written. Zero means no limit.
-	ResponseHeaderTimeout time.Duration
-}
-
 // Backend is one upstream server of a Pool.
 type Backend struct {
 	// Addr is the dial address, "host:port".
 	Addr string
 
-	leases atomic.Int64 // open leases on this backend
+	pool    *Pool
+	idx     int          // position in the configuration
+	hash    uint64       // of Addr, for the Header policy
+	leases  atomic.Int64 // open leases on this backend
+	healthy atomic.Bool  // the health state last decided (see health.go)
+
+	mu         sync.Mutex  // guards the following
+	activeDown bool        // the last active check failed
+	fails      []time.Time // the latest passive failures, oldest first, at most MaxFails
+	recovery   *time.Timer // re-decides health when passive failures age out
 }
 
 // Leases reports how many open leases (client sessions) use the backend.
 func (b *Backend) Leases() int64 { return b.leases.Load() }
 
 // Pool is one reverse_proxy's set of backends. It hands out a Lease per
-// client session; the pool itself holds no connections. A Pool is safe for
-// concurrent use.
+// client session; the pool itself holds no connections to serve requests.
+// With active health checks configured, Start runs the checker and Close
+// stops it; the proxy owns the pool and calls Close when it shuts down or
+// replaces it on reload. A Pool is safe for concurrent use.
 type Pool struct {
 	backends []*Backend
 	cfg      Config
 	dialer   net.Dialer
 	logger   *zap.Logger
 	metrics  *Metrics
+	sel      selector
+	now      func() time.Time // the clock of passive failures; tests replace it
 
-	next atomic.Uint64 // round-robin cursor
+	mu      sync.Mutex // guards the following
+	started bool
+	closed  bool
+	stop    context.CancelFunc // ends the checker
+	done    chan struct{}      // closed when the checker has exited
 }
 
 // New checks cfg and returns a Pool. A nil logger logs nothing; nil metrics
-// are counted nowhere.
+// are counted nowhere. Every backend starts healthy.
 func New(cfg Config, logger *zap.Logger, metrics *Metrics) (*Pool, error) {
-	if len(cfg.Backends) == 0 {
-		return nil, errors.New("upstream pool: no backends")
-	}
-	if cfg.MaxConnsPerSession < 0 || cfg.DialTimeout < 0 || cfg.ResponseHeaderTimeout < 0 {
-		return nil, errors.New("upstream pool: negative limit")
-	}
-	if cfg.MaxConnsPerSession == 0 {
-		cfg.MaxConnsPerSession = DefaultMaxConnsPerSession
-	}
-	if cfg.DialTimeout == 0 {
-		cfg.DialTimeout = DefaultDialTimeout
+	cfg, err := cfg.checked()
+	if err != nil {
+		return nil, fmt.Errorf("upstream pool: %w", err)
 	}
 	if logger == nil {
 		logger = zap.NewNop()
@@ -83,30 +72,55 @@ func New(cfg Config, logger *zap.Logger, metrics *Metrics) (*Pool, error) {
 		dialer:  net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second},
 		logger:  logger,
 		metrics: metrics,
+		now:     time.Now,
 	}
-	for _, addr := range cfg.Backends {
-		if _, _, err := net.SplitHostPort(addr); err != nil {
-			return nil, fmt.Errorf("upstream pool: backend %q: %w", addr, err)
-		}
-		p.backends = append(p.backends, &Backend{Addr: addr})
+	for i, addr := range cfg.Backends {
+		b := &Backend{Addr: addr, pool: p, idx: i, hash: mix64(fnv64a(addr))}
+		b.healthy.Store(true)
+		metrics.Healthy.WithLabelValues(addr).Set(1)
+		p.backends = append(p.backends, b)
 	}
+	p.sel = newSelector(cfg, p.backends)
 	return p, nil
 }
 
 // Backends returns the pool's backends in configuration order.
 func (p *Pool) Backends() []*Backend { return p.backends }
 
-// Lease starts a client session's lease: it picks the session's backend
-// (round-robin across the pool, chosen once for the lease's whole life) and
-// owns no connection until the first request. sessionID only labels logs.
-// The caller must Close the lease when the session ends.
-func (p *Pool) Lease(sessionID uint64) *Lease {
-	b := p.backends[(p.next.Add(1)-1)%uint64(len(p.backends))]
+// Lease starts a client session's lease. The pool's policy picks the
+// session's backend now, among the healthy ones, from req: the session's
+// first request to this pool, which the Cookie and Header policies read (nil
+// picks round robin). The lease keeps that backend for its whole life unless
+// the backend becomes unhealthy or unreachable (see Lease.RoundTrip). When
+// no backend is healthy the policy picks among all of them, and requests
+// fail with ErrNoHealthyBackend until one recovers. The lease owns no
+// connection until its first request. sessionID only labels logs. The
+// caller must Close the lease when the session ends.
+func (p *Pool) Lease(sessionID uint64, req *http.Request) *Lease {
+	cands := p.healthyExcept(nil, nil)
+	if len(cands) == 0 {
+		cands = p.backends
+	}
+	b := p.sel.pick(cands, req)
 	b.leases.Add(1)
-	return &Lease{
+	l := &Lease{
 		pool:      p,
-		backend:   b,
 		sessionID: sessionID,
 		logger:    p.logger,
 	}
+	l.backend.Store(b)
+	return l
+}
+
+// healthyExcept returns the healthy backends other than except and those in
+// skip, in configuration order.
+func (p *Pool) healthyExcept(except *Backend, skip []*Backend) []*Backend {
+	cands := make([]*Backend, 0, len(p.backends))
+	for _, b := range p.backends {
+		if b == except || slices.Contains(skip, b) || !b.Healthy() {
+			continue
+		}
+		cands = append(cands, b)
+	}
+	return cands
 }

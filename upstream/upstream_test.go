@@ -17,7 +17,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -78,12 +81,22 @@ func (b *backend) isClosed(addr string) bool {
 
 func newPool(t *testing.T, cfg Config) (*Pool, *Metrics) {
 	t.Helper()
+	p, m, _ := newObservedPool(t, cfg)
+	return p, m
+}
+
+// newObservedPool is newPool that also records the pool's log entries (at
+// debug level and above) for the test to look at.
+func newObservedPool(t *testing.T, cfg Config) (*Pool, *Metrics, *observer.ObservedLogs) {
+	t.Helper()
+	core, logs := observer.New(zap.DebugLevel)
 	m := NewMetrics(nil)
-	p, err := New(cfg, zaptest.NewLogger(t), m)
+	p, err := New(cfg, zap.New(zapcore.NewTee(core, zaptest.NewLogger(t).Core())), m)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return p, m
+	t.Cleanup(func() { p.Close() })
+	return p, m, logs
 }
 
 func get(t *testing.T, l *Lease, path string) string {
@@ -124,7 +137,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 func TestSequentialRequestsUseOneConnection(t *testing.T) {
 	b := newBackend(t, nil)
 	p, m := newPool(t, Config{Backends: []string{b.addr()}})
-	l := p.Lease(1)
+	l := p.Lease(1, nil)
 	for i := range 20 {
 		if got, want := get(t, l, "/x"), "ok GET /x"; got != want {
 			t.Fatalf("request %d: body %q, want %q", i, got, want)
@@ -193,7 +206,7 @@ func TestConcurrentRequestsKeepAStableSet(t *testing.T) {
 		io.WriteString(w, "ok")
 	})
 	p, m := newPool(t, Config{Backends: []string{b.addr()}})
-	l := p.Lease(1)
+	l := p.Lease(1, nil)
 	defer l.Close()
 	for _, round := range []string{"1", "2", "3"} {
 		var wg sync.WaitGroup
@@ -237,7 +250,7 @@ func TestRequestsBeyondTheBoundWait(t *testing.T) {
 		io.WriteString(w, "ok")
 	})
 	p, _ := newPool(t, Config{Backends: []string{b.addr()}, MaxConnsPerSession: 2})
-	l := p.Lease(1)
+	l := p.Lease(1, nil)
 	defer l.Close()
 	var wg sync.WaitGroup
 	for range 6 {
@@ -263,7 +276,7 @@ func TestWaitingRequestHonoursItsContext(t *testing.T) {
 		io.WriteString(w, "ok")
 	})
 	p, _ := newPool(t, Config{Backends: []string{b.addr()}, MaxConnsPerSession: 1})
-	l := p.Lease(1)
+	l := p.Lease(1, nil)
 	defer l.Close()
 	done := make(chan struct{})
 	go func() { defer close(done); get(t, l, "/slow") }()
@@ -289,7 +302,7 @@ func TestLeasesNeverShareConnections(t *testing.T) {
 		io.WriteString(w, r.RemoteAddr)
 	})
 	p, _ := newPool(t, Config{Backends: []string{b.addr()}})
-	l1, l2 := p.Lease(1), p.Lease(2)
+	l1, l2 := p.Lease(1, nil), p.Lease(2, nil)
 	defer l1.Close()
 	defer l2.Close()
 	a1, a2 := map[string]bool{}, map[string]bool{}
@@ -313,7 +326,7 @@ func TestRoundRobinPicksABackendPerLease(t *testing.T) {
 	p, _ := newPool(t, Config{Backends: []string{b1.addr(), b2.addr()}})
 	var got []string
 	for i := range 4 {
-		l := p.Lease(uint64(i))
+		l := p.Lease(uint64(i), nil)
 		first := get(t, l, "/")
 		for range 5 {
 			if s := get(t, l, "/"); s != first {
@@ -347,7 +360,7 @@ func TestBackendClosingAnIdleConnectionIsReplaced(t *testing.T) {
 	b := newBackend(t, nil)
 	b.Config.SetKeepAlivesEnabled(true)
 	p, m := newPool(t, Config{Backends: []string{b.addr()}})
-	l := p.Lease(1)
+	l := p.Lease(1, nil)
 	defer l.Close()
 	get(t, l, "/one")
 	// The backend drops its idle connections (a keep-alive timeout, a
@@ -376,7 +389,7 @@ func TestConnectionCloseFromBackendIsHonoured(t *testing.T) {
 		io.WriteString(w, "bye")
 	})
 	p, _ := newPool(t, Config{Backends: []string{b.addr()}})
-	l := p.Lease(1)
+	l := p.Lease(1, nil)
 	defer l.Close()
 	get(t, l, "/")
 	get(t, l, "/")
@@ -433,7 +446,7 @@ func TestReusedConnectionDyingBeforeResponseIsRetried(t *testing.T) {
 		}
 	})
 	p, m := newPool(t, Config{Backends: []string{addr}})
-	l := p.Lease(1)
+	l := p.Lease(1, nil)
 	defer l.Close()
 	if got := get(t, l, "/a"); got != "first" {
 		t.Fatalf("first: %q", got)
@@ -445,7 +458,7 @@ func TestReusedConnectionDyingBeforeResponseIsRetried(t *testing.T) {
 		t.Fatalf("retries = %v, want 1", got)
 	}
 
-	l2 := p.Lease(2) // gets connection 3, which dies on its second request
+	l2 := p.Lease(2, nil) // gets connection 3, which dies on its second request
 	defer l2.Close()
 	if got := get(t, l2, "/a"); got != "first" {
 		t.Fatalf("first on lease 2: %q", got)
@@ -467,7 +480,7 @@ func TestDeadBackendIsADialError(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	p, m := newPool(t, Config{Backends: []string{addr}})
-	l := p.Lease(1)
+	l := p.Lease(1, nil)
 	defer l.Close()
 	_, err = l.RoundTrip(newReq(t, context.Background(), "GET", "/", nil, 0))
 	de, ok := err.(*DialError)
@@ -487,7 +500,7 @@ func TestResponseHeaderTimeout(t *testing.T) {
 	b := newBackend(t, func(w http.ResponseWriter, r *http.Request) { <-release })
 	defer close(release)
 	p, _ := newPool(t, Config{Backends: []string{b.addr()}, ResponseHeaderTimeout: 50 * time.Millisecond})
-	l := p.Lease(1)
+	l := p.Lease(1, nil)
 	defer l.Close()
 	_, err := l.RoundTrip(newReq(t, context.Background(), "GET", "/", nil, 0))
 	if err == nil || !errors.Is(err, ErrResponseHeaderTimeout) {

@@ -1,0 +1,177 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/quic-go/qpack"
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+	"github.com/quic-go/quic-go/quicvarint"
+)
+
+// HTTP/3 frame types (RFC 9114 §7.2).
+const (
+	frameData    = 0x0
+	frameHeaders = 0x1
+)
+
+// rawH3Conn is an HTTP/3 connection on which a test writes request streams
+// byte by byte, as an attacker would, bypassing every check of quic-go's
+// client.
+type rawH3Conn struct {
+	conn *quic.Conn
+}
+
+func dialRawH3(t *testing.T, h *harness) *rawH3Conn {
+	t.Helper()
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &quic.Transport{Conn: udp}
+	raddr, _ := net.ResolveUDPAddr("udp", h.addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	tlsConf := h.clientTLS()
+	tlsConf.NextProtos = []string{http3.NextProtoH3}
+	conn, err := tr.Dial(ctx, raddr, tlsConf, &quic.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	(&http3.Transport{}).NewClientConn(conn) // the control stream and SETTINGS
+	t.Cleanup(func() {
+		conn.CloseWithError(0, "")
+		tr.Close()
+		udp.Close()
+	})
+	return &rawH3Conn{conn: conn}
+}
+
+// h3Field is one field as it goes on the wire (pseudo-headers included).
+type h3Field struct{ name, value string }
+
+// h3Result is what came back on a raw request stream: a status, or the
+// stream was reset without one.
+type h3Result struct {
+	status int
+	reset  bool
+}
+
+func (r h3Result) String() string {
+	if r.reset {
+		return "stream reset"
+	}
+	return strconv.Itoa(r.status)
+}
+
+// request writes a HEADERS frame of fields, a DATA frame per body part, and
+// the end of the stream, then reads the response's status.
+func (c *rawH3Conn) request(t *testing.T, fields []h3Field, body ...[]byte) h3Result {
+	t.Helper()
+	str := c.send(t, fields, body...)
+	if str == nil {
+		return h3Result{reset: true}
+	}
+	return readH3Status(t, str)
+}
+
+// send writes a request on a new stream and returns the stream for the
+// response, or nil when the stream was reset while writing.
+func (c *rawH3Conn) send(t *testing.T, fields []h3Field, body ...[]byte) *quic.Stream {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	str, err := c.conn.OpenStreamSync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var block bytes.Buffer
+	enc := qpack.NewEncoder(&block)
+	for _, f := range fields {
+		if err := enc.WriteField(qpack.HeaderField{Name: f.name, Value: f.value}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := quicvarint.Append(nil, frameHeaders)
+	b = quicvarint.Append(b, uint64(block.Len()))
+	b = append(b, block.Bytes()...)
+	for _, part := range body {
+		b = quicvarint.Append(b, frameData)
+		b = quicvarint.Append(b, uint64(len(part)))
+		b = append(b, part...)
+	}
+	str.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := str.Write(b); err != nil {
+		return nil
+	}
+	str.Close()
+	return str
+}
+
+// readH3Status reads frames until a HEADERS frame with a final status.
+func readH3Status(t *testing.T, str *quic.Stream) h3Result {
+	t.Helper()
+	br := bufio.NewReader(str)
+	for {
+		typ, err := quicvarint.Read(br)
+		if err != nil {
+			return resultOf(t, err)
+		}
+		n, err := quicvarint.Read(br)
+		if err != nil {
+			return resultOf(t, err)
+		}
+		payload := make([]byte, n)
+		if _, err := io.ReadFull(br, payload); err != nil {
+			return resultOf(t, err)
+		}
+		if typ != frameHeaders {
+			continue
+		}
+		dec := qpack.NewDecoder().Decode(payload)
+		for {
+			f, err := dec()
+			if err != nil {
+				t.Fatalf("response header block: %v", err)
+			}
+			if f.Name == ":status" {
+				status, _ := strconv.Atoi(f.Value)
+				if status >= 200 {
+					return h3Result{status: status}
+				}
+				break // 1xx: read on
+			}
+		}
+	}
+}
+
+func resultOf(t *testing.T, err error) h3Result {
+	t.Helper()
+	var se *quic.StreamError
+	if errors.As(err, &se) {
+		return h3Result{reset: true}
+	}
+	t.Fatalf("reading the response: %v", err)
+	return h3Result{}
+}
+
+// getFields is a well-formed GET for the harness's site, plus extra fields.
+func getFields(h *harness, extra ...h3Field) []h3Field {
+	return append([]h3Field{
+		{":method", "GET"}, {":scheme", "https"}, {":authority", "localhost:" + strconv.Itoa(h.port)}, {":path", "/"},
+	}, extra...)
+}
+
+func postFields(h *harness, extra ...h3Field) []h3Field {
+	f := getFields(h, extra...)
+	f[0].value = "POST"
+	return f
+}

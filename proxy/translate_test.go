@@ -1,0 +1,111 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/textproto"
+	"net/url"
+	"strings"
+	"testing"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// fuzzSession is a session as outRequest sees one, without a server.
+func fuzzSession() *session {
+	remote := &net.UDPAddr{IP: net.IPv4(192, 0, 2, 7), Port: 4433}
+	ap := addrPort(remote)
+	return &session{id: 1, proto: "h3", xff: []string{ap.Addr().String()}, fwdFor: forwardedFor(ap)}
+}
+
+// FuzzTranslate feeds outRequest requests with arbitrary header fields, as
+// an HTTP/3 or HTTP/2 client could send them (those carry any bytes), and
+// checks what a request smuggler would need to get through:
+//   - an accepted request's header, written as HTTP/1.1 the way
+//     net/http.Header.Write does, parses back as exactly one request
+//     carrying the same fields (nothing injected, nothing split off);
+//   - no hop-by-hop or client forwarding field survives, and the
+//     forwarding fields are the proxy's own.
+func FuzzTranslate(f *testing.F) {
+	f.Add("X-Custom", "value", "GET", "/path?q=1", 3)
+	f.Add("X-Evil", "a\r\nX-Injected: 1", "GET", "/", 3)
+	f.Add("Transfer-Encoding", "chunked", "POST", "/", 2)
+	f.Add("X-Forwarded-For", "6.6.6.6", "GET", "/", 1)
+	f.Add("Connection", "X-Secret", "GET", "/", 1)
+	f.Add("Te", "trailers, gzip", "GET", "/", 3)
+	f.Add("Content-Length", "5", "GET", "/", 3)
+	f.Add("Upgrade", "h2c", "GET", "/", 1)
+	f.Add("X\x00Y", "1", "GET", "/", 3)
+	f.Add("Host", "evil.test", "GET", "/", 3)
+	f.Fuzz(func(t *testing.T, name, value, method, target string, major int) {
+		u, err := url.ParseRequestURI(target)
+		if err != nil || !httpguts.ValidHeaderFieldName(method) || major < 1 || major > 3 {
+			t.Skip()
+		}
+		r := httptest.NewRequest(http.MethodGet, "https://localhost/", nil)
+		r.Method, r.URL, r.RequestURI = method, u, target
+		r.ProtoMajor = major
+		r.Header = http.Header{name: {value}, "Accept": {"*/*"}}
+		r.Body = http.NoBody
+		out, err := outRequest(httptest.NewRecorder(), r, fuzzSession(), "", false)
+		if err != nil {
+			if _, ok := err.(*badRequestError); !ok {
+				t.Fatalf("refused with %T %v, want a 400", err, err)
+			}
+			return
+		}
+		for k := range out.Header {
+			if (hopByHop[k] && k != "Te") || k == "Expect" {
+				t.Fatalf("hop-by-hop field %q went upstream", k)
+			}
+		}
+		if got := out.Header["X-Forwarded-For"]; len(got) != 1 || got[0] != "192.0.2.7" {
+			t.Fatalf("X-Forwarded-For %q", got)
+		}
+		if got := out.Header["X-Real-Ip"]; got != nil {
+			t.Fatalf("client X-Real-Ip went upstream: %q", got)
+		}
+
+		var wire bytes.Buffer
+		wire.WriteString("GET / HTTP/1.1\r\nHost: localhost\r\n")
+		if err := out.Header.Write(&wire); err != nil {
+			t.Fatal(err)
+		}
+		wire.WriteString("\r\n")
+		br := bufio.NewReader(&wire)
+		back, err := http.ReadRequest(br)
+		if err != nil {
+			t.Fatalf("accepted header does not parse as HTTP/1.1: %v\n%q", err, wire.String())
+		}
+		if br.Buffered() != 0 {
+			t.Fatalf("a second request hides in the header: %q", wire.String())
+		}
+		for k, vv := range back.Header {
+			if _, ok := out.Header[textproto.CanonicalMIMEHeaderKey(k)]; !ok && k != "Host" {
+				t.Fatalf("field %q appeared on the wire", k)
+			}
+			_ = vv
+		}
+		if strings.ContainsAny(name+value, "\r\n\x00") && out.Header[textproto.CanonicalMIMEHeaderKey(name)] != nil {
+			t.Fatalf("a field with CR, LF or NUL was accepted: %q: %q", name, value)
+		}
+	})
+}
+
+func TestSameOriginRedirects(t *testing.T) {
+	for in, want := range map[string]string{
+		"/new/x":                  "/new/x",
+		"//evil.test/x":           "/evil.test/x",
+		"/\\evil.test":            "/evil.test",
+		"///\\//evil.test":        "/evil.test",
+		"https://new.example.com": "https://new.example.com",
+		"/":                       "/",
+	} {
+		if got := sameOrigin(in); got != want {
+			t.Errorf("sameOrigin(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -1,0 +1,293 @@
+package upstream
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Passive failure reasons, the "reason" label of PassiveFailures.
+const (
+	failDial          = "dial"
+	failHeaderTimeout = "response_header_timeout"
+	failStatus        = "status"
+)
+
+// Healthy reports whether the backend takes sessions: its last active check
+// (if any) passed and it has fewer than Passive.MaxFails failures within
+// Passive.FailDuration. Without health checks a backend is always healthy.
+func (b *Backend) Healthy() bool {
+	if b.healthy.Load() {
+		return true // only an event (a failure, a check) makes it unhealthy
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.decideLocked("failures aged out")
+}
+
+// decideLocked works out the backend's health from its active and passive
+// state now, records and reports a change (reason says why), and returns
+// it. While passive failures keep it unhealthy, it arms a timer to decide
+// again when they age out, so the change is logged and exported even when
+// no request asks.
+func (b *Backend) decideLocked(reason string) bool {
+	p := b.pool
+	now := p.now()
+	until := b.passiveUntilLocked()
+	healthy := !b.activeDown && !now.Before(until)
+	if !healthy && now.Before(until) {
+		b.armRecoveryLocked(until.Sub(now))
+	}
+	if healthy == b.healthy.Load() {
+		return healthy
+	}
+	b.healthy.Store(healthy)
+	v := 0.0
+	msg, level := "backend unhealthy", zap.WarnLevel
+	if healthy {
+		v, msg, level = 1, "backend healthy", zap.InfoLevel
+	}
+	p.metrics.Healthy.WithLabelValues(b.Addr).Set(v)
+	if ce := p.logger.Check(level, msg); ce != nil {
+		ce.Write(zap.String("backend", b.Addr), zap.String("reason", reason))
+	}
+	return healthy
+}
+
+// passiveUntilLocked returns when the passive failures stop making the
+// backend unhealthy: when the oldest of the last MaxFails ages out. It is
+// the zero time when there are fewer.
+func (b *Backend) passiveUntilLocked() time.Time {
+	ps := b.pool.cfg.Passive
+	if ps.FailDuration == 0 || len(b.fails) < ps.MaxFails {
+		return time.Time{}
+	}
+	return b.fails[0].Add(ps.FailDuration)
+}
+
+func (b *Backend) armRecoveryLocked(d time.Duration) {
+	p := b.pool
+	p.mu.Lock()
+	closed := p.closed
+	p.mu.Unlock()
+	if closed {
+		return // Healthy still decides on demand
+	}
+	if b.recovery == nil {
+		b.recovery = time.AfterFunc(d, func() {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			b.decideLocked("failures aged out")
+		})
+		return
+	}
+	b.recovery.Reset(d)
+}
+
+// fail records a passive failure of a request to the backend; reason is a
+// failure constant and detail says more for the log.
+func (b *Backend) fail(reason, detail string) {
+	p := b.pool
+	ps := p.cfg.Passive
+	if ps.FailDuration == 0 {
+		return
+	}
+	p.metrics.PassiveFailures.WithLabelValues(b.Addr, reason).Inc()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.fails) == ps.MaxFails {
+		b.fails = append(b.fails[:0], b.fails[1:]...)
+	}
+	b.fails = append(b.fails, p.now())
+	b.decideLocked(detail)
+}
+
+// failStatus records a response whose status is configured as a failure.
+func (b *Backend) failStatus(code int) {
+	for _, sm := range b.pool.cfg.Passive.UnhealthyStatus {
+		if sm.Matches(code) {
+			b.fail(failStatus, "status "+strconv.Itoa(code))
+			return
+		}
+	}
+}
+
+// recordCheck records the outcome of an active check: nil passed.
+func (b *Backend) recordCheck(err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.activeDown = err != nil
+	reason := "health check passed"
+	if err != nil {
+		reason = err.Error()
+	}
+	b.decideLocked(reason)
+}
+
+// Start runs the active health checker when Config.Health.URI is set: one
+// goroutine that checks every backend at once, then every
+// Config.Health.Interval, until ctx ends or Close is called. Calling it
+// again, or after Close, does nothing.
+func (p *Pool) Start(ctx context.Context) {
+	if p.cfg.Health.URI == "" {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.started || p.closed {
+		return
+	}
+	p.started = true
+	ctx, p.stop = context.WithCancel(ctx)
+	p.done = make(chan struct{})
+	go p.checkLoop(ctx)
+}
+
+// Close stops the health checker and waits for it to exit. Leases taken
+// from the pool keep working, with the backends' health as it was, until
+// their sessions close them. Close is idempotent and always returns nil.
+func (p *Pool) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	stop, done := p.stop, p.done
+	p.mu.Unlock()
+	if stop != nil {
+		stop()
+		<-done
+	}
+	for _, b := range p.backends {
+		b.mu.Lock()
+		if b.recovery != nil {
+			b.recovery.Stop()
+		}
+		b.mu.Unlock()
+	}
+	return nil
+}
+
+// checkLoop runs checkOnce every interval until ctx ends.
+func (p *Pool) checkLoop(ctx context.Context) {
+	defer close(p.done)
+	t := time.NewTicker(p.cfg.Health.Interval)
+	defer t.Stop()
+	for {
+		func() {
+			defer p.recoverPanic("health checks")
+			p.checkOnce(ctx)
+		}()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// checkOnce checks every backend concurrently and records the outcomes. A
+// check cut short because ctx ended records nothing.
+func (p *Pool) checkOnce(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, b := range p.backends {
+		wg.Go(func() {
+			defer p.recoverPanic("health check")
+			err := p.probe(ctx, b)
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				p.metrics.HealthCheckFailures.WithLabelValues(b.Addr).Inc()
+				if ce := p.logger.Check(zap.DebugLevel, "health check failed"); ce != nil {
+					ce.Write(zap.String("backend", b.Addr), zap.Error(err))
+				}
+			}
+			b.recordCheck(err)
+		})
+	}
+	wg.Wait()
+}
+
+// errHealthStatus is an active check answered with the wrong status.
+var errHealthStatus = errors.New("unexpected status")
+
+// healthReadLimit bounds how much of a health response body is read: the
+// status is what counts, the rest only lets the backend finish cleanly.
+const healthReadLimit = 4 << 10
+
+// probe sends one health check request to b on a connection of its own,
+// closed afterwards, and returns why b failed it (nil: it passed).
+func (p *Pool) probe(ctx context.Context, b *Backend) error {
+	h := p.cfg.Health
+	ctx, cancel := context.WithTimeout(ctx, h.Timeout)
+	defer cancel()
+	nc, err := p.dialer.DialContext(ctx, "tcp", b.Addr)
+	if err != nil {
+		return fmt.Errorf("health check: dial %s: %w", b.Addr, err)
+	}
+	defer nc.Close()
+	deadline, _ := ctx.Deadline()
+	_ = nc.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(aLongTimeAgo) })
+	defer stop()
+
+	req := &http.Request{
+		Method: http.MethodGet,
+		URL:    &url.URL{Path: h.URI},
+		Host:   b.Addr,
+		Header: http.Header{
+			"Connection": {"close"},
+			"User-Agent": {"roamgate-health-check"},
+		},
+		RequestURI: h.URI,
+	}
+	bw := bufio.NewWriterSize(nc, 512)
+	if err := writeRequestHeader(bw, req, false, false); err != nil {
+		return fmt.Errorf("health check: write %s: %w", b.Addr, err)
+	}
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("health check: write %s: %w", b.Addr, err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(nc), req)
+	if err != nil {
+		return fmt.Errorf("health check: read %s: %w", b.Addr, err)
+	}
+	_, _ = io.CopyN(io.Discard, resp.Body, healthReadLimit)
+	_ = resp.Body.Close()
+	if !h.wants(resp.StatusCode) {
+		return fmt.Errorf("health check: %s: %w %d", b.Addr, errHealthStatus, resp.StatusCode)
+	}
+	return nil
+}
+
+// wants reports whether code is a healthy answer.
+func (h ActiveHealth) wants(code int) bool {
+	switch {
+	case h.Status == 0:
+		return code/100 == 2
+	case h.StatusClass:
+		return code/100 == h.Status/100
+	}
+	return code == h.Status
+}
+
+// recoverPanic logs a panic of a background goroutine with its stack
+// instead of crashing the process; what names the work.
+func (p *Pool) recoverPanic(what string) {
+	if r := recover(); r != nil {
+		p.logger.Error("panic in upstream background work", zap.String("work", what),
+			zap.String("panic", fmt.Sprint(r)), zap.ByteString("stack", debug.Stack()))
+	}
+}
