@@ -93,16 +93,7 @@ func (c *rawH3Conn) send(t *testing.T, fields []h3Field, body ...[]byte) *quic.S
 	if err != nil {
 		t.Fatal(err)
 	}
-	var block bytes.Buffer
-	enc := qpack.NewEncoder(&block)
-	for _, f := range fields {
-		if err := enc.WriteField(qpack.HeaderField{Name: f.name, Value: f.value}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	b := quicvarint.Append(nil, frameHeaders)
-	b = quicvarint.Append(b, uint64(block.Len()))
-	b = append(b, block.Bytes()...)
+	b := headersFrame(t, fields)
 	for _, part := range body {
 		b = quicvarint.Append(b, frameData)
 		b = quicvarint.Append(b, uint64(len(part)))
@@ -114,6 +105,67 @@ func (c *rawH3Conn) send(t *testing.T, fields []h3Field, body ...[]byte) *quic.S
 	}
 	str.Close()
 	return str
+}
+
+// sendHeaders writes only a HEADERS frame and leaves the stream open.
+func (c *rawH3Conn) sendHeaders(t *testing.T, fields []h3Field) *quic.Stream {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	str, err := c.conn.OpenStreamSync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	str.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := str.Write(headersFrame(t, fields)); err != nil {
+		t.Fatal(err)
+	}
+	return str
+}
+
+// readInterim reads the first HEADERS frame and returns its status, 1xx
+// included.
+func readInterim(t *testing.T, str *quic.Stream) int {
+	t.Helper()
+	br := bufio.NewReader(io.LimitReader(str, 4096))
+	typ, err := quicvarint.Read(br)
+	if err != nil || typ != frameHeaders {
+		t.Fatalf("first frame: type %d, %v", typ, err)
+	}
+	n, _ := quicvarint.Read(br)
+	payload := make([]byte, n)
+	if _, err := io.ReadFull(br, payload); err != nil {
+		t.Fatal(err)
+	}
+	if br.Buffered() > 0 {
+		t.Fatal("read past the interim response")
+	}
+	dec := qpack.NewDecoder().Decode(payload)
+	for {
+		f, err := dec()
+		if err != nil {
+			t.Fatalf("interim header block: %v", err)
+		}
+		if f.Name == ":status" {
+			s, _ := strconv.Atoi(f.Value)
+			return s
+		}
+	}
+}
+
+// headersFrame encodes fields as a HEADERS frame.
+func headersFrame(t *testing.T, fields []h3Field) []byte {
+	t.Helper()
+	var block bytes.Buffer
+	enc := qpack.NewEncoder(&block)
+	for _, f := range fields {
+		if err := enc.WriteField(qpack.HeaderField{Name: f.name, Value: f.value}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := quicvarint.Append(nil, frameHeaders)
+	b = quicvarint.Append(b, uint64(block.Len()))
+	return append(b, block.Bytes()...)
 }
 
 // readH3Status reads frames until a HEADERS frame with a final status.

@@ -79,7 +79,7 @@ func outRequest(w http.ResponseWriter, r *http.Request, s *session, target strin
 		}
 	}
 	for k, vv := range r.Header {
-		if hopByHop[k] || forwarding[k] || k == "Host" || k == "Expect" || k == "Early-Data" || (len(listed) > 0 && contains(listed, k)) {
+		if hopByHop[k] || forwarding[k] || dropped[k] || (len(listed) > 0 && contains(listed, k)) {
 			continue
 		}
 		h[k] = vv
@@ -127,6 +127,12 @@ func outRequest(w http.ResponseWriter, r *http.Request, s *session, target strin
 }
 
 var earlyDataValue = []string{"1"}
+
+// dropped are client fields the upstream request carries otherwise: Host
+// (out.Host), Content-Length (the wire writer frames the body from
+// out.ContentLength), Expect (answered here) and Early-Data (the proxy's to
+// set, RFC 8470 §5.1).
+var dropped = map[string]bool{"Host": true, "Content-Length": true, "Expect": true, "Early-Data": true}
 
 // connectionSpecific are the fields HTTP/2 and HTTP/3 forbid (RFC 9113
 // §8.2.2, RFC 9114 §4.2): a request carrying one is malformed.

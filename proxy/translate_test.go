@@ -48,7 +48,8 @@ func FuzzTranslate(f *testing.F) {
 		r := httptest.NewRequest(http.MethodGet, "https://localhost/", nil)
 		r.Method, r.URL, r.RequestURI = method, u, target
 		r.ProtoMajor = major
-		r.Header = http.Header{name: {value}, "Accept": {"*/*"}}
+		r.Header = http.Header{"Accept": {"*/*"}}
+		r.Header.Add(name, value) // canonical keys, as http3 and net/http build them
 		r.Body = http.NoBody
 		out, err := outRequest(httptest.NewRecorder(), r, fuzzSession(), "", false)
 		if err != nil {
@@ -83,11 +84,14 @@ func FuzzTranslate(f *testing.F) {
 		if br.Buffered() != 0 {
 			t.Fatalf("a second request hides in the header: %q", wire.String())
 		}
-		for k, vv := range back.Header {
-			if _, ok := out.Header[textproto.CanonicalMIMEHeaderKey(k)]; !ok && k != "Host" {
+		sent := map[string]bool{}
+		for k := range out.Header {
+			sent[textproto.CanonicalMIMEHeaderKey(k)] = true
+		}
+		for k := range back.Header {
+			if !sent[textproto.CanonicalMIMEHeaderKey(k)] {
 				t.Fatalf("field %q appeared on the wire", k)
 			}
-			_ = vv
 		}
 		if strings.ContainsAny(name+value, "\r\n\x00") && out.Header[textproto.CanonicalMIMEHeaderKey(name)] != nil {
 			t.Fatalf("a field with CR, LF or NUL was accepted: %q: %q", name, value)

@@ -242,3 +242,19 @@ func TestReverseProxyCommand(t *testing.T) {
 		t.Fatal("a brace in --to was accepted")
 	}
 }
+
+func TestCookieSecretPersists(t *testing.T) {
+	dir := t.TempDir()
+	a, err := cookieSecret(dir)
+	if err != nil || len(a) != 32 {
+		t.Fatalf("first: %v, %d bytes", err, len(a))
+	}
+	b, err := cookieSecret(dir)
+	if err != nil || !bytes.Equal(a, b) {
+		t.Fatalf("second: %v, same key: %v", err, bytes.Equal(a, b))
+	}
+	fi, err := os.Stat(filepath.Join(dir, "lb_cookie_secret"))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v, mode %v", err, fi.Mode())
+	}
+}

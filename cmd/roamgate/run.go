@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -73,7 +76,11 @@ func serve(ctx context.Context, cfg *configs.Config, o serveOptions) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	srv, err := proxy.New(cfg, proxy.Options{Logger: logger, Registry: reg, AccessLogger: o.accessLogger})
+	secret, err := cookieSecret(tcfg.DataDir)
+	if err != nil {
+		return err
+	}
+	srv, err := proxy.New(cfg, proxy.Options{Logger: logger, Registry: reg, AccessLogger: o.accessLogger, CookieSecret: secret})
 	if err != nil {
 		return err
 	}
@@ -136,4 +143,44 @@ func shutdown(srv *proxy.Server, grace time.Duration, logger *zap.Logger) error 
 	}
 	logger.Info("stopped")
 	return nil
+}
+
+// cookieSecret returns the key that signs lb_policy cookie values, kept in
+// the data directory so a client's cookie still names its backend after a
+// restart (and on every instance sharing the directory). It is created on
+// first use.
+func cookieSecret(dataDir string) ([]byte, error) {
+	name := filepath.Join(dataDir, "lb_cookie_secret")
+	if b, err := os.ReadFile(name); err == nil && len(b) == 32 {
+		return b, nil
+	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("cookie secret: %w", err)
+	}
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return nil, fmt.Errorf("cookie secret: %w", err)
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("cookie secret: %w", err)
+	}
+	// Write-then-rename, so a concurrent reader never sees half a key.
+	tmp, err := os.CreateTemp(dataDir, ".lb_cookie_secret-*")
+	if err != nil {
+		return nil, fmt.Errorf("cookie secret: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return nil, fmt.Errorf("cookie secret: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return nil, fmt.Errorf("cookie secret: %w", err)
+	}
+	if err := os.Link(tmp.Name(), name); err != nil {
+		if errors.Is(err, fs.ErrExist) { // another process won the race: use its key
+			return cookieSecret(dataDir)
+		}
+		return nil, fmt.Errorf("cookie secret: %w", err)
+	}
+	return b, nil
 }
