@@ -140,11 +140,17 @@ func readInterim(t *testing.T, str *quic.Stream) int {
 	if br.Buffered() > 0 {
 		t.Fatal("read past the interim response")
 	}
-	dec := qpack.NewDecoder().Decode(payload)
+	return statusOf(t, payload)
+}
+
+// statusOf decodes a response header block's :status.
+func statusOf(t *testing.T, block []byte) int {
+	t.Helper()
+	dec := qpack.NewDecoder().Decode(block)
 	for {
 		f, err := dec()
 		if err != nil {
-			t.Fatalf("interim header block: %v", err)
+			t.Fatalf("response header block: %v", err)
 		}
 		if f.Name == ":status" {
 			s, _ := strconv.Atoi(f.Value)
@@ -188,20 +194,9 @@ func readH3Status(t *testing.T, str *quic.Stream) h3Result {
 		if typ != frameHeaders {
 			continue
 		}
-		dec := qpack.NewDecoder().Decode(payload)
-		for {
-			f, err := dec()
-			if err != nil {
-				t.Fatalf("response header block: %v", err)
-			}
-			if f.Name == ":status" {
-				status, _ := strconv.Atoi(f.Value)
-				if status >= 200 {
-					return h3Result{status: status}
-				}
-				break // 1xx: read on
-			}
-		}
+		if status := statusOf(t, payload); status >= 200 {
+			return h3Result{status: status}
+		} // 1xx: read on
 	}
 }
 
