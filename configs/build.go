@@ -47,6 +47,7 @@ func Parse(filename string, src []byte, env func(string) (string, bool)) (*Confi
 		},
 		addrs: make(map[string]Position),
 		ports: make(map[string]Position),
+		hosts: make(map[string]hostSite),
 	}
 	if global != nil {
 		b.global(global)
@@ -69,6 +70,10 @@ type builder struct {
 	errs  []error
 	addrs map[string]Position // "host:port" of each site address → where first used
 	ports map[string]Position // http_port and https_port, when read without error → where the number is
+	// hosts maps each site host ("" for a catch-all) to the first site
+	// that has it, on any port: sites of one host must agree on
+	// client_auth (see checkClientAuth).
+	hosts map[string]hostSite
 	// onDemandTLS is set when the global on_demand_tls option is written,
 	// valid or not: a site's on_demand needs it, and an error in it is
 	// reported once, there.
@@ -160,11 +165,52 @@ func (b *builder) site(blk Block) {
 		implicit.Pos = sc.handlerPos
 		b.addRoute(sc, sc.handler, implicit)
 	}
-	if sc.handler == "" && sc.blocks == 0 && !sc.hidden {
+	if sc.handler == "" && sc.blocks == 0 && site.Tunnel == nil && !sc.hidden {
 		b.report(newError(site.Pos, "", nil,
-			"site has no handler (want reverse_proxy, respond or redir, at site level or in a handle block)"))
+			"site has no handler (want reverse_proxy, respond, redir or tunnel, at site level or in a handle block)"))
+	}
+	if t := site.Tunnel; t != nil && len(t.Tokens) == 0 && len(site.TLS.ClientCAFiles) == 0 && !sc.authHidden {
+		b.report(newError(t.Pos, "tunnel", nil, errOpenTunnel))
+	}
+	if !sc.authHidden {
+		b.checkClientAuth(&site)
 	}
 	b.cfg.Sites = append(b.cfg.Sites, site)
+}
+
+// hostSite is the first site of a host: where it starts and its client
+// CAs.
+type hostSite struct {
+	pos       Position
+	clientCAs []string
+}
+
+// checkClientAuth reports an address of site whose host an earlier site
+// has too, on another port, with other client_auth CAs. A TLS handshake
+// names the host (SNI), not the port, so one host gets one client_auth:
+// the other site's would be dropped, or demanded where it was not asked
+// for. The catch-all host "" counts as a host of its own.
+func (b *builder) checkClientAuth(site *Site) {
+	for _, a := range site.Addresses {
+		first, ok := b.hosts[a.Host]
+		switch {
+		case !ok:
+			b.hosts[a.Host] = hostSite{pos: site.Pos, clientCAs: site.TLS.ClientCAFiles}
+		case first.pos != site.Pos && !sameFiles(first.clientCAs, site.TLS.ClientCAFiles):
+			what := "host " + strconv.Quote(a.Host)
+			if a.Host == "" {
+				what = "catch-all address"
+			}
+			b.report(newError(a.Pos, "", nil, fmt.Sprintf(
+				"site address %q: client_auth differs from that of the site at %s with the same %s "+
+					"(a TLS handshake names the host, not the port)", a.Text, first.pos, what)))
+		}
+	}
+}
+
+// sameFiles reports whether a and b list the same files, in any order.
+func sameFiles(a, b []string) bool {
+	return slices.Equal(slices.Sorted(slices.Values(a)), slices.Sorted(slices.Values(b)))
 }
 
 // scope is where site directives go: a site outside any handle block, or
@@ -178,6 +224,10 @@ type scope struct {
 	handler    string   // the first handler directive read, if any
 	handlerPos Position // where
 	hidden     bool     // a misspelt or misplaced directive may hold the handler
+	// authHidden is set when the site's client authentication was written
+	// with errors (a bad tls directive, a bad token line): the tunnel's
+	// want of it is not reported on top.
+	authHidden bool
 	// Site level only: blocks counts the handle blocks written, valid or
 	// not; routeNames holds the directive of each of site.Routes.
 	blocks     int
@@ -203,13 +253,17 @@ func (b *builder) directives(segs []Segment, sc *scope) {
 				names = slices.Sorted(maps.Keys(siteDirectives))
 			}
 			s := suggest(name, names)
-			sc.hidden = sc.hidden || slices.Contains(handlers, s) || s == "handle" || s == "handle_path"
+			sc.hidden = sc.hidden || slices.Contains(handlers, s) || s == "handle" || s == "handle_path" || s == "tunnel"
+			sc.authHidden = sc.authHidden || s == "tls"
 			b.report(newError(c.Token().Pos(), sc.block, nil,
 				fmt.Sprintf("unknown directive %q%s", name, didYouMean(name, names))))
 		case sc.block != "" && !slices.Contains(blockDirectives, name):
 			why := "set it at site level"
-			if name == "handle" || name == "handle_path" {
+			switch name {
+			case "handle", "handle_path":
 				why, sc.hidden = "handle blocks do not nest", true
+			case "tunnel":
+				sc.hidden = true // the block's handler, in the author's mind
 			}
 			b.report(newError(c.Token().Pos(), sc.block, nil,
 				fmt.Sprintf("%s is not allowed in a %s block (%s)", name, sc.block, why)))

@@ -419,7 +419,7 @@ func TestParseErrors(t *testing.T) {
 		// Structure.
 		{"empty file", "", "Roamfile:1:1: no site blocks"},
 		{"global only", "{\n\tadmin off\n}", "Roamfile:1:1: no site blocks"},
-		{"site without handler", "a.com {\n\ttls internal\n}", "Roamfile:1:1: site has no handler (want reverse_proxy, respond or redir, at site level or in a handle block)"},
+		{"site without handler", "a.com {\n\ttls internal\n}", "Roamfile:1:1: site has no handler (want reverse_proxy, respond, redir or tunnel, at site level or in a handle block)"},
 		{"lexer error", site("reverse_proxy \"b"), "Roamfile:2:16: unterminated quoted string"},
 		{"block error", site("reverse_proxy b {"), `Roamfile:1:7: "{" has no matching "}"`},
 
@@ -427,7 +427,7 @@ func TestParseErrors(t *testing.T) {
 		{"unknown directive", site("revers_proxy b"), `Roamfile:2:2: unknown directive "revers_proxy" (did you mean reverse_proxy?)`},
 		{"unknown directive by prefix", site("rev b"), `Roamfile:2:2: unknown directive "rev" (did you mean reverse_proxy?)`},
 		{"unknown directive without suggestion", site("file_server\n\treverse_proxy b"), `Roamfile:2:2: unknown directive "file_server"`},
-		{"unknown directive and no handler", site("file_server"), "Roamfile:1:1: site has no handler (want reverse_proxy, respond or redir, at site level or in a handle block)\n" + `Roamfile:2:2: unknown directive "file_server"`},
+		{"unknown directive and no handler", site("file_server"), "Roamfile:1:1: site has no handler (want reverse_proxy, respond, redir or tunnel, at site level or in a handle block)\n" + `Roamfile:2:2: unknown directive "file_server"`},
 		{"misspelt respond and no handler", site("repsond 200"), `Roamfile:2:2: unknown directive "repsond" (did you mean respond?)`},
 		{"global option in site", site("https_port 1\n\treverse_proxy b"), `Roamfile:2:2: https_port is a global option; set it in the global options block at the top of the file`},
 		{"site directive in global", global("tls internal"), `Roamfile:2:2: tls is a site directive, not a global option`},
@@ -604,7 +604,7 @@ func TestParseErrors(t *testing.T) {
 		{"tls on_demand block", site("reverse_proxy b\n\ttls {\n\t\ton_demand {\n\t\t}\n\t}"), `Roamfile:4:13: tls: on_demand: unexpected block`},
 		{"tls on_demand twice", onDemandGlobal + site("reverse_proxy b\n\ttls {\n\t\ton_demand\n\t\ton_demand\n\t}"), `Roamfile:10:3: tls: on_demand: already set at Roamfile:9:3`},
 		{"email in site", site("reverse_proxy b\n\temail ops@example.com"), `Roamfile:3:2: email is a global option; set it in the global options block at the top of the file`},
-		{"tls files block", site("reverse_proxy b\n\ttls c k {\n\t\ton_demand\n\t}"), `Roamfile:3:10: tls: unexpected block`},
+		{"tls files block", site("reverse_proxy b\n\ttls c k {\n\t\ton_demand\n\t}"), `Roamfile:4:3: tls: on_demand: does not apply to certificate files (only client_auth does)`},
 	}
 	testParseErrors(t, tests)
 }
@@ -659,7 +659,7 @@ c.com {
 		`Roamfile:2:13: https_port: invalid port "70000" (want 0-65535)`,
 		`Roamfile:6:16: reverse_proxy: dial_timeout: invalid duration "5x"`,
 		`Roamfile:7:3: reverse_proxy: unknown subdirective "max_con" (did you mean max_conns_per_session?)`,
-		`Roamfile:10:1: site has no handler (want reverse_proxy, respond or redir, at site level or in a handle block)`,
+		`Roamfile:10:1: site has no handler (want reverse_proxy, respond, redir or tunnel, at site level or in a handle block)`,
 	}
 	_, err := Parse("Roamfile", []byte(src), testEnv)
 	if err == nil {
@@ -686,7 +686,7 @@ c.com {
 // directives) is reported in file order.
 func TestParseReportsErrorsInFileOrder(t *testing.T) {
 	src := "a.com {\n\ttls x\n}\nb.com:1 {\n\treverse_proxy c\n}"
-	want := "Roamfile:1:1: site has no handler (want reverse_proxy, respond or redir, at site level or in a handle block)\n" +
+	want := "Roamfile:1:1: site has no handler (want reverse_proxy, respond, redir or tunnel, at site level or in a handle block)\n" +
 		`Roamfile:2:6: tls: missing key file after "x" (want tls internal, tls EMAIL or tls CERT_FILE KEY_FILE)`
 	if _, err := Parse("Roamfile", []byte(src), testEnv); err == nil || err.Error() != want {
 		t.Errorf("Parse error\n got %v\nwant %s", err, want)

@@ -101,13 +101,31 @@ type Site struct {
 	// without a path pattern for it: last even when the handler is written
 	// before the blocks, so it is the fallback. The first route whose
 	// pattern matches a request handles it; a request no route matches gets
-	// 404. Validation requires at least one route, and refuses a route that
-	// an earlier one leaves no request to (after "handle /api/*", say,
-	// "handle /api/v2/*").
+	// 404. Validation requires at least one route or a tunnel, and refuses
+	// a route that an earlier one leaves no request to (after
+	// "handle /api/*", say, "handle /api/v2/*").
 	Routes []Route
 	// Headers are the site-level header directives: they apply to every
 	// response of the site, after the route's own.
 	Headers []HeaderOp
+	// Tunnel is the site's tunnel directive: HTTP/3 CONNECT requests
+	// (RFC 9114 §4.4) to the site are spliced to this one backend, whatever
+	// authority they name. A site needs routes, a tunnel, or both.
+	Tunnel *Tunnel
+}
+
+// Tunnel is "tunnel HOST:PORT [{ token TOKEN...; dial_timeout D }]": raw
+// TCP to one configured backend (an SSH server, a database) for clients
+// that authenticate with a client certificate (the site's tls client_auth)
+// or a bearer token. Validation refuses a tunnel with neither.
+type Tunnel struct {
+	Pos     Position
+	Backend string // "host:port", normalized like Upstream.Addr (a port is required)
+	// Tokens are accepted bearer tokens (Authorization: Bearer TOKEN),
+	// compared in constant time; write them as {$ENV} to keep them out of
+	// the file. Empty: client certificates only.
+	Tokens      []string
+	DialTimeout time.Duration // default DefaultDialTimeout
 }
 
 // Route is one handle or handle_path block (or the site's directives
@@ -231,8 +249,8 @@ func (m TLSMode) String() string {
 
 // TLS is a site's tls directive:
 //
-//	tls internal [{ on_demand }]
-//	tls CERT_FILE KEY_FILE
+//	tls internal [{ on_demand; client_auth { ... } }]
+//	tls CERT_FILE KEY_FILE [{ client_auth { ... } }]
 //	tls EMAIL
 //	tls [EMAIL] {
 //		issuer acme|internal
@@ -240,11 +258,16 @@ func (m TLSMode) String() string {
 //		ca URL
 //		ca_root PEM_FILE
 //		on_demand
+//		client_auth {
+//			trusted_ca_cert_file PEM_FILE...
+//		}
 //	}
 //
 // Email, CA and CARoot are ACME settings: Parse rejects them with the
 // internal issuer. With TLSAuto they apply to the names that get ACME
-// certificates.
+// certificates. client_auth goes with every mode; sites that share a host
+// on several ports must agree on it, as a TLS handshake names the host
+// and not the port.
 type TLS struct {
 	Pos      Position // the directive; the site's position when there is none
 	Mode     TLSMode
@@ -263,6 +286,12 @@ type TLS struct {
 	// after the global on_demand_tls ask endpoint allowed it. Validation
 	// requires the ask endpoint.
 	OnDemand bool
+	// ClientCAFiles are the PEM files of "client_auth { trusted_ca_cert_file
+	// F... }": when set, every TLS handshake for the site's names must
+	// present a client certificate that chains to one of them (mutual TLS).
+	// As written, each once, in file order; Parse does not read them
+	// (tlsmgr does).
+	ClientCAFiles []string
 }
 
 // LBPolicy is how a session picks its backend (once, when it starts).

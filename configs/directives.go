@@ -43,6 +43,7 @@ var siteDirectives = map[string]func(b *builder, c *Cursor, sc *scope) error{
 	"respond":       respond,
 	"reverse_proxy": reverseProxy,
 	"tls":           tlsDirective,
+	"tunnel":        tunnel,
 }
 
 func init() {

@@ -2,6 +2,7 @@ package configs
 
 import (
 	"bytes"
+	"net"
 	"net/textproto"
 	"os"
 	"path/filepath"
@@ -39,6 +40,11 @@ func addSeeds(f *testing.F) {
 			"max_fails 2; unhealthy_status 5xx 404; lb_try_duration 1s; lb_try_interval 1ms; keepalive_idle 1m; lb_policy header X; header_down -Y } }",
 		"a { handle *.php { respond Gone 410 }; handle */x/* { redir /y 308 }; handle { respond } }",
 		"a { handle api { respond 1 2 3 }; header Connection x; handle /a { handle /b { redir {xyz} } } }\nb { header X {host} }",
+		"a { tunnel b:22 { token c d==; token e; dial_timeout 1s } }\nf { tunnel [::1]:1; tls { client_auth { trusted_ca_cert_file g h } } }",
+		"a, a:1 { tunnel :2; respond 3; tls c k { client_auth { trusted_ca_cert_file d; trusted_ca_cert_file e } } }\n" +
+			":4 { tunnel x:5 { token {$HOST} }; tls internal { client_auth { trusted_ca_cert_file \"f g\" } } }",
+		"a { tunnel http://b:1/c d { token \"\" x=y; dial_timeout 0 }; handle /e { tunnel f:1 } }\n" +
+			"a:2 { tls { client_auth x { trusted_ca_cert_fil y } } }",
 	} {
 		f.Add([]byte(s))
 	}
@@ -64,17 +70,25 @@ func FuzzParse(f *testing.F) {
 		if cfg.Email != "" && !validEmail(cfg.Email) {
 			t.Fatalf("invalid email %q in a valid Config", cfg.Email)
 		}
+		clientCAs := map[string][]string{} // host → client CAs of its first site
 		for _, s := range cfg.Sites {
-			if len(s.Addresses) == 0 || len(s.Routes) == 0 {
-				t.Fatalf("site without addresses or routes in a valid Config: %+v", s)
+			if len(s.Addresses) == 0 || len(s.Routes) == 0 && s.Tunnel == nil {
+				t.Fatalf("site without addresses, routes or tunnel in a valid Config: %+v", s)
 			}
 			if !validTLS(s.TLS, cfg) {
 				t.Fatalf("invalid tls in a valid Config: %+v", s.TLS)
+			}
+			if tn := s.Tunnel; tn != nil {
+				checkTunnel(t, src, *tn, s.TLS)
 			}
 			for _, a := range s.Addresses {
 				if a.Port < 0 || a.Port > 65535 || canonicalHost(a.Host) != a.Host {
 					t.Fatalf("invalid address in a valid Config: %+v", a)
 				}
+				if first, ok := clientCAs[a.Host]; ok && !sameFiles(first, s.TLS.ClientCAFiles) {
+					t.Fatalf("host %q has client CAs %q and %q in a valid Config", a.Host, first, s.TLS.ClientCAFiles)
+				}
+				clientCAs[a.Host] = s.TLS.ClientCAFiles
 			}
 			checkHeaderOps(t, s.Headers, false)
 			for i, r := range s.Routes {
@@ -82,6 +96,32 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// checkTunnel fails t unless tn, the tunnel of a valid Config's site with
+// tls read from src, holds together: someone must authenticate (a token
+// or a client certificate), every token is a bearer token, the backend
+// is a host and a port, the timeout is positive.
+func checkTunnel(t *testing.T, src []byte, tn Tunnel, tls TLS) {
+	t.Helper()
+	if len(tn.Tokens) == 0 && len(tls.ClientCAFiles) == 0 {
+		t.Fatalf("open tunnel in a valid Config: %+v", tn)
+	}
+	for _, tok := range tn.Tokens {
+		if bearerTokenError(tok) != "" {
+			t.Fatalf("invalid token %q in a valid Config", tok)
+		}
+	}
+	host, port, err := net.SplitHostPort(tn.Backend)
+	if p, ok := parsePort(port); err != nil || host == "" || !ok || p == 0 || strings.Contains(tn.Backend, "/") {
+		t.Fatalf("invalid tunnel backend %q in a valid Config", tn.Backend)
+	}
+	if tn.DialTimeout <= 0 {
+		t.Fatalf("tunnel dial timeout %s in a valid Config", tn.DialTimeout)
+	}
+	if w := wordAt(src, tn.Pos); w != "tunnel" && w != "" {
+		t.Fatalf("tunnel at %s, where the source has %q", tn.Pos, w)
+	}
 }
 
 // checkRoute fails t unless r, a route of a valid Config read from src,
@@ -168,14 +208,16 @@ func wordAt(src []byte, p Position) string {
 }
 
 // validTLS reports whether tls, of a site of cfg, holds together: it has a
-// position, its settings suit its mode, and on-demand TLS has an ask
-// endpoint.
+// position, its settings suit its mode, on-demand TLS has an ask
+// endpoint, and client CA files are named once each.
 func validTLS(tls TLS, cfg *Config) bool {
 	acme := tls.Email != "" || tls.CA != "" || tls.CARoot != ""
 	switch {
 	case tls.Pos.Line < 1,
 		tls.Email != "" && !validEmail(tls.Email),
-		tls.OnDemand && cfg.OnDemandAsk == "":
+		tls.OnDemand && cfg.OnDemandAsk == "",
+		slices.Contains(tls.ClientCAFiles, ""),
+		len(slices.Compact(slices.Sorted(slices.Values(tls.ClientCAFiles)))) != len(tls.ClientCAFiles):
 		return false
 	}
 	switch tls.Mode {

@@ -232,7 +232,7 @@ func TestParseRedir(t *testing.T) {
 
 func TestParseRouteErrors(t *testing.T) {
 	site := inSite
-	const noHandler = "Roamfile:1:1: site has no handler (want reverse_proxy, respond or redir, at site level or in a handle block)"
+	const noHandler = "Roamfile:1:1: site has no handler (want reverse_proxy, respond, redir or tunnel, at site level or in a handle block)"
 	testParseErrors(t, []errorTest{
 		// handle and handle_path.
 		{"handle missing block", site("handle /a"), `Roamfile:2:9: handle: missing block (want handle PATTERN { ... } with a handler inside)`},
@@ -358,7 +358,7 @@ c.com {
 		`Roamfile:15:9: header: Connection is managed by the proxy`,
 		`Roamfile:18:9: handle: invalid pattern "api" (want a path starting with / or *, as in /api/*)`,
 		`Roamfile:21:11: header: unknown placeholder "{xyz}" (want {host}, {uri}, {path}, {query}, {scheme})`,
-		`Roamfile:23:1: site has no handler (want reverse_proxy, respond or redir, at site level or in a handle block)`,
+		`Roamfile:23:1: site has no handler (want reverse_proxy, respond, redir or tunnel, at site level or in a handle block)`,
 	}
 	_, err := Parse("Roamfile", []byte(src), testEnv)
 	if err == nil {

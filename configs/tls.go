@@ -98,16 +98,20 @@ func onDemandTLSSubdirective(b *builder, c *Cursor, seen map[string]Position) er
 }
 
 var (
-	tlsOptions = []string{"ca", "ca_root", "email", "issuer", "on_demand"}
+	tlsOptions = []string{"ca", "ca_root", "client_auth", "email", "issuer", "on_demand"}
 	tlsIssuers = []string{"acme", "internal"}
 	// acmeOnly are the tls settings that an internal issuer has no use for.
 	acmeOnly = []string{"ca", "ca_root", "email"}
+
+	clientAuthOptions = []string{"trusted_ca_cert_file"}
 )
 
 // tlsDirective reads
 //
 //	tls internal
-//	tls CERT_FILE KEY_FILE
+//	tls CERT_FILE KEY_FILE [{
+//		client_auth { ... }
+//	}]
 //	tls EMAIL
 //	tls [EMAIL|internal] {
 //		issuer acme|internal
@@ -115,19 +119,31 @@ var (
 //		ca_root PEM_FILE
 //		email EMAIL
 //		on_demand
+//		client_auth {
+//			trusted_ca_cert_file PEM_FILE...
+//		}
 //	}
 //
-// where "tls internal" stands for "issuer internal". A block after
-// CERT_FILE KEY_FILE is an error: there is nothing to obtain.
-func tlsDirective(b *builder, c *Cursor, sc *scope) error {
+// where "tls internal" stands for "issuer internal". After CERT_FILE
+// KEY_FILE a block holds client_auth only: there is nothing to obtain.
+// Errors mark the site's client authentication as hidden (see scope).
+func tlsDirective(b *builder, c *Cursor, sc *scope) (err error) {
 	sc.site.TLS = TLS{Pos: c.Token().Pos()}
 	tls := &sc.site.TLS
+	errs := len(b.errs)
+	defer func() {
+		if err != nil || len(b.errs) > errs {
+			sc.authHidden = true
+		}
+	}()
 	seen := make(map[string]Position) // settings made, by argument or subdirective → where
 	switch n := c.CountRemainingArgs(); {
 	case n == 0 && !c.opensBlock():
 		return c.ArgErr()
 	case n >= 2:
-		return tlsFiles(c, tls)
+		if err := tlsFiles(c, tls); err != nil {
+			return err
+		}
 	case n == 1:
 		c.NextArg()
 		switch arg := c.Val(); {
@@ -188,6 +204,12 @@ func tlsSubdirective(b *builder, c *Cursor, tls *TLS, seen map[string]Position) 
 	if !setOnce(c, seen) {
 		return c.Errf("%s: already set at %s", name, seen[name])
 	}
+	switch {
+	case name == "client_auth":
+		return clientAuth(b, c, tls)
+	case tls.Mode == TLSFiles:
+		return c.Errf("%s: does not apply to certificate files (only client_auth does)", name)
+	}
 	if name == "on_demand" {
 		if err := c.endOfLine(); err != nil {
 			return err
@@ -233,6 +255,52 @@ func tlsSubdirective(b *builder, c *Cursor, tls *TLS, seen map[string]Position) 
 		tls.Email = t.Text
 	}
 	return nil
+}
+
+// clientAuth reads, with the cursor on client_auth in a tls block,
+//
+//	client_auth {
+//		trusted_ca_cert_file PEM_FILE...
+//	}
+//
+// into tls.ClientCAFiles, as written: the files are read by tlsmgr, not
+// here. trusted_ca_cert_file may repeat; a file listed twice is kept once.
+func clientAuth(b *builder, c *Cursor, tls *TLS) error {
+	pos := c.Token().Pos()
+	if c.CountRemainingArgs() > 0 {
+		return c.ArgErr()
+	}
+	if !c.opensBlock() {
+		return c.Err("client_auth: missing block (want client_auth { trusted_ca_cert_file FILE })")
+	}
+	written := false // a trusted_ca_cert_file line, valid or misspelt
+	for nesting := c.Nesting(); c.NextBlock(nesting); {
+		written = written || suggest(c.Val(), clientAuthOptions) != ""
+		b.report(clientAuthSubdirective(c, tls))
+	}
+	if !written {
+		return newError(pos, "tls", nil, "client_auth: no trusted_ca_cert_file (want client_auth { trusted_ca_cert_file FILE })")
+	}
+	return nil
+}
+
+func clientAuthSubdirective(c *Cursor, tls *TLS) error {
+	name := c.Val()
+	if !slices.Contains(clientAuthOptions, name) {
+		return c.Errf("client_auth: unknown subdirective %q%s", name, didYouMean(name, clientAuthOptions))
+	}
+	if c.CountRemainingArgs() == 0 {
+		return c.ArgErr()
+	}
+	for c.NextArg() {
+		if c.Val() == "" {
+			return c.Errf("%s: empty path", name)
+		}
+		if !slices.Contains(tls.ClientCAFiles, c.Val()) {
+			tls.ClientCAFiles = append(tls.ClientCAFiles, c.Val())
+		}
+	}
+	return c.endOfLine()
 }
 
 // validEmail reports whether s looks like an email address: one "@" with

@@ -65,7 +65,7 @@ func TestParseTLS(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Parse(%q):\n%v", src, err)
 			}
-			if got := cfg.Sites[0].TLS; got != tt.want {
+			if got := cfg.Sites[0].TLS; !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("Parse(%q) TLS\n got %+v\nwant %+v", src, got, tt.want)
 			}
 		})
@@ -81,7 +81,7 @@ func TestParseTLSPosWithoutDirective(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, want := range []Position{at(1, 1), at(5, 1)} {
-		if got := cfg.Sites[i].TLS; got != (TLS{Pos: want}) {
+		if got := cfg.Sites[i].TLS; !reflect.DeepEqual(got, TLS{Pos: want}) {
 			t.Errorf("site %d TLS = %+v, want only Pos %s", i, got, want)
 		}
 	}
@@ -132,7 +132,7 @@ func TestParseACMEFile(t *testing.T) {
 		t.Fatalf("%d sites, want %d", len(cfg.Sites), len(wantTLS))
 	}
 	for i, want := range wantTLS {
-		if got := cfg.Sites[i].TLS; got != want {
+		if got := cfg.Sites[i].TLS; !reflect.DeepEqual(got, want) {
 			t.Errorf("site %d (%s) TLS\n got %+v\nwant %+v", i, cfg.Sites[i].Addresses[0].Text, got, want)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -32,6 +33,17 @@ type rawH3Conn struct {
 
 func dialRawH3(t *testing.T, h *harness) *rawH3Conn {
 	t.Helper()
+	c, err := dialRawH3With(t, h, h.clientTLS())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// dialRawH3With dials with a TLS configuration of the test's, and reports a
+// failed handshake as an error.
+func dialRawH3With(t *testing.T, h *harness, tlsConf *tls.Config) (*rawH3Conn, error) {
+	t.Helper()
 	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
@@ -40,11 +52,13 @@ func dialRawH3(t *testing.T, h *harness) *rawH3Conn {
 	raddr, _ := net.ResolveUDPAddr("udp", h.addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	tlsConf := h.clientTLS()
+	tlsConf = tlsConf.Clone()
 	tlsConf.NextProtos = []string{http3.NextProtoH3}
 	conn, err := tr.Dial(ctx, raddr, tlsConf, &quic.Config{})
 	if err != nil {
-		t.Fatal(err)
+		tr.Close()
+		udp.Close()
+		return nil, err
 	}
 	(&http3.Transport{}).NewClientConn(conn) // the control stream and SETTINGS
 	t.Cleanup(func() {
@@ -52,7 +66,7 @@ func dialRawH3(t *testing.T, h *harness) *rawH3Conn {
 		tr.Close()
 		udp.Close()
 	})
-	return &rawH3Conn{conn: conn}
+	return &rawH3Conn{conn: conn}, nil
 }
 
 // h3Field is one field as it goes on the wire (pseudo-headers included).

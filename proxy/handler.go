@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net/http"
 	"time"
@@ -49,12 +50,16 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "misdirected request: no site for this host", http.StatusMisdirectedRequest)
 		return
 	}
-	rt := st.routeFor(r)
-	if rt == nil {
-		rec.status = http.StatusNotFound
-		st.headers.apply(w.Header(), r, "")
-		http.Error(w, "not found", http.StatusNotFound)
-		return
+	if len(st.clientCAs) > 0 {
+		if err := h.srv.verifyClientCert(st.clientCAs, r.TLS); err != nil {
+			// The handshake verified a certificate for the server name it
+			// named; this request names a site that wants one of its own CAs.
+			rec.status, rec.err = http.StatusForbidden, err
+			h.srv.errLog.Info("client certificate refused", zap.Uint64("session", s.id),
+				zap.String("host", r.Host), zap.Error(err))
+			http.Error(w, "client certificate required", http.StatusForbidden)
+			return
+		}
 	}
 	// RFC 8470: a request that arrived in 0-RTT data may be a replay of an
 	// earlier flight. Only safe methods go on (marked Early-Data: 1); any
@@ -69,6 +74,24 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusTooEarly)
 		return
 	}
+	switch {
+	case r.Method == http.MethodConnect && !isExtendedConnect(r):
+		h.tunnel(w, r, s, st, &rec)
+		return
+	case isExtendedConnect(r) && r.Proto != "websocket":
+		// quic-go always advertises extended CONNECT (RFC 9220
+		// SETTINGS_ENABLE_CONNECT_PROTOCOL); roamgate only speaks WebSocket.
+		rec.status = http.StatusNotImplemented
+		http.Error(w, "unsupported :protocol", http.StatusNotImplemented)
+		return
+	}
+	rt := st.routeFor(r)
+	if rt == nil {
+		rec.status = http.StatusNotFound
+		st.headers.apply(w.Header(), r, "")
+		http.Error(w, "not found", http.StatusNotFound)
+		return
+	}
 	if r.ProtoMajor == 1 && len(r.TransferEncoding) > 0 {
 		// net/http drops a Content-Length sent along with Transfer-Encoding
 		// and reads the body chunked, as RFC 9112 §6.3 allows, but keeps the
@@ -78,6 +101,8 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Connection", "close")
 	}
 	switch {
+	case rt.proxy != nil && (isExtendedConnect(r) || isWebSocketUpgrade(r)):
+		h.websocket(w, r, s, st, rt, &rec)
 	case rt.proxy != nil:
 		h.reverseProxy(w, r, s, st, rt, early, &rec)
 	case rt.respond != nil:
@@ -91,6 +116,17 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// verifyClientCert checks a request's TLS state against a site's client CAs.
+func (srv *Server) verifyClientCert(caFiles []string, cs *tls.ConnectionState) error {
+	if v, ok := srv.certs.(ClientCertVerifier); ok {
+		return v.VerifyClientCert(caFiles, cs)
+	}
+	if cs == nil || len(cs.VerifiedChains) == 0 {
+		return errors.New("client certificate required")
+	}
+	return nil
+}
+
 // safeMethod reports whether a method is safe to process from 0-RTT data
 // (RFC 8470 §3, RFC 9110 §9.2.1).
 func safeMethod(m string) bool {
@@ -99,10 +135,11 @@ func safeMethod(m string) bool {
 
 // exchange is what the access log records about one request.
 type exchange struct {
-	status  int
-	written int64
-	backend string
-	err     error
+	status        int
+	written       int64 // bytes to the client
+	upstreamBytes int64 // bytes to the backend, for streams (WebSocket, tunnel)
+	backend       string
+	err           error
 }
 
 // reverseProxy forwards a request over the session's lease on the route's
@@ -240,6 +277,9 @@ func (h *handler) log(r *http.Request, s *session, rec *exchange, start time.Tim
 		zap.String("method", r.Method), zap.String("host", r.Host), zap.String("uri", r.RequestURI),
 		zap.Int("status", rec.status), zap.Int64("bytes", rec.written),
 		zap.Duration("duration", time.Since(start)), zap.String("backend", rec.backend),
+	}
+	if rec.upstreamBytes > 0 {
+		fields = append(fields, zap.Int64("bytes_up", rec.upstreamBytes))
 	}
 	if rec.err != nil {
 		fields = append(fields, zap.Error(rec.err))

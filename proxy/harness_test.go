@@ -227,17 +227,22 @@ func (h *harness) logged(msg string) []observer.LoggedEntry {
 
 func itoa(n int) string { return strconv.Itoa(n) }
 
-// natRelay is a UDP relay between a client and a server whose upstream
-// socket can be replaced, as a NAT that changes its mapping does: the server
-// then sees the same connection IDs from a new source port.
+// natRelay is a UDP NAT between clients and a server: each client address
+// gets a mapping (an upstream socket of its own), and rebind replaces every
+// mapping's socket, as a NAT whose mappings timed out does. The server then
+// sees the same connection IDs from a new source port.
 type natRelay struct {
 	front  *net.UDPConn
 	server *net.UDPAddr
 
-	mu     sync.Mutex
-	back   *net.UDPConn
+	mu   sync.Mutex
+	maps map[string]*natMapping // by client address
+	wg   sync.WaitGroup
+}
+
+type natMapping struct {
 	client net.Addr
-	wg     sync.WaitGroup
+	back   *net.UDPConn // guarded by natRelay.mu
 }
 
 func newNATRelay(t *testing.T, server string) *natRelay {
@@ -250,8 +255,7 @@ func newNATRelay(t *testing.T, server string) *natRelay {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &natRelay{front: front, server: sa}
-	r.rebind(t)
+	r := &natRelay{front: front, server: sa, maps: map[string]*natMapping{}}
 	r.wg.Go(r.forward)
 	t.Cleanup(r.close)
 	return r
@@ -259,26 +263,24 @@ func newNATRelay(t *testing.T, server string) *natRelay {
 
 func (r *natRelay) addr() string { return r.front.LocalAddr().String() }
 
-// rebind moves the relay's server-facing side to a new port and drops the
-// old one, like a NAT whose mapping timed out.
+// rebind moves every mapping to a new upstream port and drops the old one.
 func (r *natRelay) rebind(t *testing.T) {
 	t.Helper()
-	back, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
 	r.mu.Lock()
-	old := r.back
-	r.back = back
-	r.mu.Unlock()
-	if old != nil {
-		old.Close()
+	defer r.mu.Unlock()
+	for _, m := range r.maps {
+		back, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.back.Close()
+		m.back = back
+		r.wg.Go(func() { r.backward(m, back) })
 	}
-	r.wg.Go(func() { r.backward(back) })
 }
 
-// forward carries client packets to the server through the current back
-// socket.
+// forward carries client packets to the server through their mapping,
+// creating it for a new client address.
 func (r *natRelay) forward() {
 	buf := make([]byte, 2048)
 	for {
@@ -287,40 +289,51 @@ func (r *natRelay) forward() {
 			return
 		}
 		r.mu.Lock()
-		r.client = from
-		back := r.back
+		m := r.maps[from.String()]
+		if m == nil {
+			back, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				r.mu.Unlock()
+				continue
+			}
+			m = &natMapping{client: from, back: back}
+			r.maps[from.String()] = m
+			r.wg.Go(func() { r.backward(m, back) })
+		}
+		back := m.back
 		r.mu.Unlock()
 		back.WriteTo(buf[:n], r.server)
 	}
 }
 
-// backward carries server packets arriving on back to the client.
-func (r *natRelay) backward(back *net.UDPConn) {
+// backward carries server packets arriving on back to the mapping's client.
+func (r *natRelay) backward(m *natMapping, back *net.UDPConn) {
 	buf := make([]byte, 2048)
 	for {
 		n, _, err := back.ReadFrom(buf)
 		if err != nil {
 			return
 		}
-		r.mu.Lock()
-		client := r.client
-		r.mu.Unlock()
-		if client != nil {
-			r.front.WriteTo(buf[:n], client)
-		}
+		r.front.WriteTo(buf[:n], m.client)
 	}
 }
 
+// backAddr is the upstream address of the (single) client's mapping.
 func (r *natRelay) backAddr() string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.back.LocalAddr().String()
+	for _, m := range r.maps {
+		return m.back.LocalAddr().String()
+	}
+	return ""
 }
 
 func (r *natRelay) close() {
 	r.front.Close()
 	r.mu.Lock()
-	r.back.Close()
+	for _, m := range r.maps {
+		m.back.Close()
+	}
 	r.mu.Unlock()
 	r.wg.Wait()
 }

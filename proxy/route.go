@@ -12,9 +12,11 @@ import (
 
 // site is one site block, shared by the handlers of every port it is on.
 type site struct {
-	name    string // the block's first address, for logs
-	routes  []*route
-	headers headerOps // the site-level header directives
+	name      string // the block's first address, for logs
+	routes    []*route
+	headers   headerOps    // the site-level header directives
+	tunnel    *tunnelRoute // nil without a tunnel directive
+	clientCAs []string     // the site's tls client_auth CA files; every request must carry a certificate of theirs
 }
 
 // route is one handle/handle_path block (or the site's own handler): a path

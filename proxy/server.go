@@ -34,6 +34,14 @@ type CertSource interface {
 	QUICTLSConfig() *tls.Config
 }
 
+// ClientCertVerifier is implemented by certificate sources that do mutual
+// TLS (*tlsmgr.Manager): the proxy checks each request to a site with
+// client CAs against them, as a handshake names a host and a request may
+// name another.
+type ClientCertVerifier interface {
+	VerifyClientCert(caFiles []string, cs *tls.ConnectionState) error
+}
+
 // Options are the optional parts of a Server.
 type Options struct {
 	// Logger receives the server's logs; nil logs nothing.
@@ -74,6 +82,7 @@ type Server struct {
 	serving  sync.WaitGroup // the Serve goroutines
 
 	nextSessionID atomic.Uint64
+	pathSample    time.Duration // how often a session with long-lived streams checks its path
 
 	mu        sync.Mutex // guards the following
 	listening bool
@@ -132,10 +141,11 @@ func New(cfg *configs.Config, opts Options) (*Server, error) {
 		errLog: logger.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
 			return zapcore.NewSamplerWithOptions(c, time.Second, 20, 100)
 		})),
-		access:   access,
-		registry: reg,
-		metrics:  newMetrics(reg),
-		quicConf: qconf,
+		access:     access,
+		pathSample: time.Second,
+		registry:   reg,
+		metrics:    newMetrics(reg),
+		quicConf:   qconf,
 	}
 	secret := opts.CookieSecret
 	if secret == nil {
@@ -147,7 +157,10 @@ func New(cfg *configs.Config, opts Options) (*Server, error) {
 	upMetrics := upstream.NewMetrics(reg)
 	byPort := map[int]*portServer{}
 	for _, sc := range cfg.Sites {
-		st := &site{name: sc.Addresses[0].Text, headers: compileHeaderOps(sc.Headers)}
+		st := &site{name: sc.Addresses[0].Text, headers: compileHeaderOps(sc.Headers), clientCAs: sc.TLS.ClientCAFiles}
+		if sc.Tunnel != nil {
+			st.tunnel = newTunnelRoute(sc.Tunnel, len(sc.TLS.ClientCAFiles) > 0)
+		}
 		for _, rc := range sc.Routes {
 			rt := &route{match: configs.CompilePath(rc.Path), strip: rc.StripPrefix, headers: compileHeaderOps(rc.Headers)}
 			switch {

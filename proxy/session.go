@@ -3,11 +3,13 @@ package proxy
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/quic-go/quic-go"
 	"go.uber.org/zap"
@@ -42,7 +44,12 @@ type session struct {
 
 	mu     sync.Mutex // guards the following
 	leases []poolLease
-	closed bool
+	held   map[io.Closer]struct{} // tunnel connections, closed with the session
+	// streams counts long-lived streams in progress (WebSocket, tunnel):
+	// while there are any, a sampler watches the path between requests.
+	streams     int
+	stopSampler chan struct{}
+	closed      bool
 }
 
 type poolLease struct {
@@ -99,6 +106,70 @@ func (s *session) lease(pool *upstream.Pool, r *http.Request) (*upstream.Lease, 
 	return l, nil
 }
 
+// hold makes c the session's until release: if the session ends first, it
+// closes c (a tunnel's backend connection dies with the client's QUIC
+// connection). A session already closed closes c at once.
+func (s *session) hold(c io.Closer) (release func()) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		_ = c.Close()
+		return func() {}
+	}
+	if s.held == nil {
+		s.held = make(map[io.Closer]struct{})
+	}
+	s.held[c] = struct{}{}
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		delete(s.held, c)
+		s.mu.Unlock()
+		_ = c.Close()
+	}
+}
+
+// longStream notes a long-lived stream (a WebSocket, a tunnel) for as long
+// as it runs, and returns its end. A path change is otherwise seen at the
+// start and end of requests; a stream can live for hours, so while one
+// runs the session also checks every Server.pathSample (one atomic load a
+// tick; one sampler per session, however many streams).
+func (s *session) longStream() (end func()) {
+	if s.qconn == nil {
+		return func() {}
+	}
+	s.mu.Lock()
+	s.streams++
+	if s.streams == 1 && !s.closed {
+		stop := make(chan struct{})
+		s.stopSampler = stop
+		go s.sample(stop)
+	}
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		s.streams--
+		if s.streams == 0 && s.stopSampler != nil {
+			close(s.stopSampler)
+			s.stopSampler = nil
+		}
+		s.mu.Unlock()
+	}
+}
+
+func (s *session) sample(stop <-chan struct{}) {
+	t := time.NewTicker(s.srv.pathSample)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			s.observePath()
+		}
+	}
+}
+
 // close ends the session and closes its upstream connections. It is
 // idempotent.
 func (s *session) close() {
@@ -108,11 +179,22 @@ func (s *session) close() {
 		return
 	}
 	s.closed = true
+	if s.stopSampler != nil {
+		close(s.stopSampler)
+		s.stopSampler = nil
+	}
 	leases := s.leases
 	s.leases = nil
+	held := make([]io.Closer, 0, len(s.held))
+	for c := range s.held {
+		held = append(held, c)
+	}
 	s.mu.Unlock()
 	for _, pl := range leases {
 		_ = pl.lease.Close()
+	}
+	for _, c := range held {
+		_ = c.Close()
 	}
 	s.srv.metrics.sessionsActive.Dec()
 	s.srv.sessions.Done()

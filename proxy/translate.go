@@ -66,6 +66,31 @@ func (e *badRequestError) Error() string { return "bad request: " + e.reason }
 //     the client's own when target is empty;
 //   - the body: see upstreamBody.
 func outRequest(w http.ResponseWriter, r *http.Request, s *session, target string, early bool) (*http.Request, error) {
+	out, err := upstreamRequest(r, s, target, early)
+	if err != nil {
+		return nil, err
+	}
+	if r.ProtoMajor == 3 && httpguts.HeaderValuesContainsToken(r.Header["Expect"], "100-continue") {
+		// net/http answers Expect for HTTP/1.1 and HTTP/2 clients when the
+		// body is first read; http3 does not, so roamgate does (RFC 9110
+		// §10.1.1: a proxy may answer it itself).
+		w.WriteHeader(http.StatusContinue)
+	}
+	body, n, eof, err := upstreamBody(r)
+	if err != nil {
+		return nil, err
+	}
+	out.Body, out.ContentLength = nil, n
+	if body != nil {
+		out.Trailer = maps.Clone(r.Trailer) // the announced names; values arrive at the end
+		out.Body = &clientBody{Reader: body, client: r, upstream: out, rc: http.NewResponseController(w), eof: eof}
+	}
+	return out, nil
+}
+
+// upstreamRequest is outRequest without the body: the checked request, its
+// translated header and target, and no body yet.
+func upstreamRequest(r *http.Request, s *session, target string, early bool) (*http.Request, error) {
 	if err := checkRequest(r); err != nil {
 		return nil, err
 	}
@@ -108,21 +133,7 @@ func outRequest(w http.ResponseWriter, r *http.Request, s *session, target strin
 	out.Proto, out.ProtoMajor, out.ProtoMinor = "HTTP/1.1", 1, 1
 	out.Close = false
 	out.TransferEncoding = nil
-	if r.ProtoMajor == 3 && httpguts.HeaderValuesContainsToken(r.Header["Expect"], "100-continue") {
-		// net/http answers Expect for HTTP/1.1 and HTTP/2 clients when the
-		// body is first read; http3 does not, so roamgate does (RFC 9110
-		// §10.1.1: a proxy may answer it itself).
-		w.WriteHeader(http.StatusContinue)
-	}
-	body, n, eof, err := upstreamBody(r)
-	if err != nil {
-		return nil, err
-	}
-	out.Body, out.ContentLength = nil, n
-	if body != nil {
-		out.Trailer = maps.Clone(r.Trailer) // the announced names; values arrive at the end
-		out.Body = &clientBody{Reader: body, client: r, upstream: out, rc: http.NewResponseController(w), eof: eof}
-	}
+	out.Body, out.ContentLength, out.Trailer = nil, 0, nil
 	return out, nil
 }
 

@@ -189,17 +189,34 @@ type Site struct {
 	// Config.OnDemandAsk.
 	OnDemand bool
 
-	// CatchAll, with OnDemand, extends the site to any server name that no
-	// other site lists (a catch-all site such as ":443"): whatever name the
-	// ask endpoint allows gets a certificate, with IssuerAuto from the ACME
-	// CA if the name qualifies for one and from the local CA otherwise.
-	// Only one site may be a catch-all.
+	// CatchAll extends the site to any server name that no other site
+	// lists, and to handshakes without one (a catch-all site such as
+	// ":443"). With OnDemand, whatever name the ask endpoint allows gets a
+	// certificate, with IssuerAuto from the ACME CA if the name qualifies
+	// for one and from the local CA otherwise. With ClientCAFiles, those
+	// handshakes must present a client certificate (see ClientCAFiles). A
+	// catch-all needs one of the two; only one site may be a catch-all.
 	CatchAll bool
+
+	// ClientCAFiles name PEM files of CA certificates: when set, every TLS
+	// handshake for the site (its Names; with CatchAll, any name no other
+	// site lists, and none) must present a client certificate that chains
+	// to one of them, for client authentication (mutual TLS). Both TLS
+	// configs ask for it; handshakes of other sites do not. A server name
+	// is matched as certificates are: exactly, then by a wildcard name,
+	// then by the catch-all; a handshake without one by the local IP
+	// address, then DefaultServerName, then the catch-all. A TLS-ALPN-01
+	// challenge (a ClientHello with SNI that offers ALPN acme-tls/1 only)
+	// is exempt: the ACME CA has no client certificate. New and Validate
+	// read each file once; their errors name the path. Sites that list a
+	// name twice must agree on the files.
+	ClientCAFiles []string
 }
 
 // Validate reports whether New would accept cfg, with every problem joined
-// in one error. It reads the ACME CA root files, and nothing else: no
-// storage, no local CA, no certificate files (see CheckCertFiles).
+// in one error. It reads the ACME CA root files and the client CA files,
+// and nothing else: no storage, no local CA, no certificate files (see
+// CheckCertFiles).
 func Validate(cfg Config) error {
 	_, err := cfg.plan()
 	return err
@@ -224,6 +241,17 @@ type plan struct {
 	catchAll [2]*issuance
 
 	defaultName string // normalized Config.DefaultServerName
+
+	// clientAuth maps the names of every site, in ASCII as routes does, to
+	// the client CAs its handshakes require; nil for a site without
+	// ClientCAFiles, so that its exact names are not taken for a
+	// wildcard's. clientAuthAny is the catch-all site's, for the other
+	// names; nil without one or when it has none.
+	clientAuth    map[string]*clientCAs
+	clientAuthAny *clientCAs
+	// clientCAs holds one pool per distinct set of client CA files, by
+	// clientCAsKey.
+	clientCAs map[string]*clientCAs
 }
 
 // issuance is one way of issuing: one issuer (the local CA, or one ACME
@@ -276,14 +304,20 @@ func (p *plan) issuanceFor(key issuanceKey, roots map[string]*x509.CertPool) *is
 // plan validates cfg and returns what a Manager has to do. All problems are
 // reported together.
 func (cfg Config) plan() (*plan, error) {
-	p := &plan{routes: make(map[string]*issuance)}
+	p := &plan{
+		routes:     make(map[string]*issuance),
+		clientAuth: make(map[string]*clientCAs),
+		clientCAs:  make(map[string]*clientCAs),
+	}
 	p.issuanceFor(issuanceKey{}, nil) // the local CA's, first
 	var errs []error
 	errs = append(errs, cfg.checkGlobals()...)
 
-	roots := make(map[string]*x509.CertPool) // CA root file → its pool
-	checked := make(map[ACME]bool)           // ACME settings checked already
-	siteOf := make(map[string]int)           // issued name → 1-based site number
+	roots := make(map[string]*x509.CertPool)        // CA root file → its pool
+	caCerts := make(map[string][]*x509.Certificate) // client CA file → its certificates; nil after an error
+	clientAuthSite := make(map[string]int)          // ASCII name → 1-based site whose client CAs it has
+	checked := make(map[ACME]bool)                  // ACME settings checked already
+	siteOf := make(map[string]int)                  // issued name → 1-based site number
 	catchAllSite := 0
 	labels := make([]string, len(cfg.Sites)+1) // 1-based: site n's name in errors
 	for i, s := range cfg.Sites {
@@ -300,6 +334,30 @@ func (cfg Config) plan() (*plan, error) {
 			errs = append(errs, fmt.Errorf("%s: %w", label, err))
 		}
 
+		cas, caErrs := p.loadClientCAs(s.ClientCAFiles, label, caCerts)
+		errs = append(errs, caErrs...)
+		for _, name := range names {
+			ascii := asciiName(name)
+			prev, dup := clientAuthSite[ascii]
+			switch {
+			case !dup:
+				clientAuthSite[ascii] = n
+				p.clientAuth[ascii] = cas
+			case p.clientAuth[ascii] != cas:
+				errs = append(errs, fmt.Errorf("%s: name %q: client CA files differ from those of %s, which lists it too (one TLS handshake serves both)", label, name, labels[prev]))
+			}
+		}
+		switch {
+		case !s.CatchAll:
+		case !s.OnDemand && len(s.ClientCAFiles) == 0:
+			errs = append(errs, fmt.Errorf("%s: a catch-all site needs OnDemand (certificates for any name) or ClientCAFiles (client certificates for any name)", label))
+		case catchAllSite != 0:
+			errs = append(errs, fmt.Errorf("%s: a second catch-all site (%s is one)", label, labels[catchAllSite]))
+		default:
+			catchAllSite = n
+			p.clientAuthAny = cas
+		}
+
 		if s.CertFile != "" || s.KeyFile != "" {
 			switch {
 			case s.CertFile == "":
@@ -309,21 +367,14 @@ func (cfg Config) plan() (*plan, error) {
 			default:
 				p.files = append(p.files, certFiles{cert: s.CertFile, key: s.KeyFile, names: names})
 			}
-			if s.OnDemand || s.CatchAll {
+			if s.OnDemand {
 				errs = append(errs, fmt.Errorf("%s: certificate files leave nothing to obtain on demand", label))
 			}
 			continue
 		}
 
-		switch {
-		case len(s.Names) == 0 && !s.CatchAll:
+		if len(s.Names) == 0 && !s.CatchAll {
 			errs = append(errs, fmt.Errorf("%s: no names and no certificate files", label))
-		case s.CatchAll && !s.OnDemand:
-			errs = append(errs, fmt.Errorf("%s: a catch-all site gets certificates on demand only (set OnDemand)", label))
-		case s.CatchAll && catchAllSite != 0:
-			errs = append(errs, fmt.Errorf("%s: a second on-demand catch-all site (%s is one)", label, labels[catchAllSite]))
-		case s.CatchAll:
-			catchAllSite = n
 		}
 		if s.OnDemand && cfg.OnDemandAsk == "" {
 			errs = append(errs, fmt.Errorf("%s: on_demand needs an ask endpoint (on_demand_tls { ask URL }) that vets each name", label))

@@ -121,12 +121,12 @@ func TestValidateRejects(t *testing.T) {
 		{
 			"catch-all without on-demand",
 			Config{DataDir: dir, Sites: []Site{{CatchAll: true}}},
-			[]string{"tls site 1: a catch-all site gets certificates on demand only"},
+			[]string{"tls site 1: a catch-all site needs OnDemand (certificates for any name) or ClientCAFiles (client certificates for any name)"},
 		},
 		{
 			"two catch-alls",
 			Config{DataDir: dir, OnDemandAsk: ask, Sites: []Site{{CatchAll: true, OnDemand: true}, {CatchAll: true, OnDemand: true, Issuer: IssuerLocal}}},
-			[]string{"tls site 2: a second on-demand catch-all site (tls site 1 is one)"},
+			[]string{"tls site 2: a second catch-all site (tls site 1 is one)"},
 		},
 		{
 			"on-demand certificate files",

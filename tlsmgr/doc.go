@@ -11,6 +11,9 @@
 // it sits between the parsed configuration and the listeners: the proxy asks a
 // [Manager] for one tls.Config for TCP (h2, http/1.1, and acme-tls/1 so ACME's
 // TLS-ALPN-01 challenge can be answered) and one for QUIC (h3 only), and for
-// the handler of its plain-HTTP port ([Manager.HTTPChallengeHandler]).
+// the handler of its plain-HTTP port ([Manager.HTTPChallengeHandler]). Both
+// configs require client certificates in the handshakes of sites with client
+// CAs ([Site.ClientCAFiles], mutual TLS); [Manager.VerifyClientCert] checks a
+// request's connection against the site the request was routed to.
 // Tests run a real ACME CA with the acmetest sub-package.
 package tlsmgr

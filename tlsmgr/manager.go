@@ -45,7 +45,9 @@ const (
 // certmagic.Config on the one cache. Handshakes are dispatched by SNI to
 // the Config of the site that lists the name (exactly, then by wildcard),
 // then to an on-demand catch-all site, then to the local CA's, which also
-// serves handshakes without SNI.
+// serves handshakes without SNI. The handshakes of sites with client CAs
+// require a client certificate (see Site.ClientCAFiles and
+// VerifyClientCert).
 //
 // Certificates are renewed in the background, in the last
 // Config.RenewalWindowRatio of their life or when the CA's renewal
@@ -242,12 +244,26 @@ func (m *Manager) Start(ctx context.Context) error {
 
 // TLSConfig returns a new TLS config for the TCP listener: certificates from
 // the cache, ALPN h2, http/1.1 and acme-tls/1 (so that ACME's TLS-ALPN-01
-// challenge can be answered), TLS 1.2 or later.
-func (m *Manager) TLSConfig() *tls.Config { return cloneTLSConfig(m.tcpTLS) }
+// challenge can be answered), TLS 1.2 or later. When a site has client CAs
+// (Site.ClientCAFiles), its GetConfigForClient requires a client
+// certificate from them in that site's handshakes, on a copy of the
+// returned config as it is at the handshake: change it before use, if at
+// all, not after (as crypto/tls asks), and not in a clone of it.
+func (m *Manager) TLSConfig() *tls.Config { return m.withClientAuth(cloneTLSConfig(m.tcpTLS)) }
 
 // QUICTLSConfig returns a new TLS config for the HTTP/3 listener: the same
-// certificates as TLSConfig, ALPN h3 only, TLS 1.3.
-func (m *Manager) QUICTLSConfig() *tls.Config { return cloneTLSConfig(m.quicTLS) }
+// certificates and client authentication as TLSConfig, ALPN h3 only, TLS
+// 1.3.
+func (m *Manager) QUICTLSConfig() *tls.Config { return m.withClientAuth(cloneTLSConfig(m.quicTLS)) }
+
+// withClientAuth sets c's GetConfigForClient when a site has client CAs,
+// and returns c.
+func (m *Manager) withClientAuth(c *tls.Config) *tls.Config {
+	if m.plan.hasClientAuth() {
+		c.GetConfigForClient = m.getConfigForClient(c)
+	}
+	return c
+}
 
 // cloneTLSConfig returns a copy of c that shares nothing a caller may
 // change: tls.Config.Clone copies slices such as NextProtos by reference.

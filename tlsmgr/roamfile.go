@@ -1,6 +1,10 @@
 package tlsmgr
 
-import "github.com/roamgate/roamgate/configs"
+import (
+	"slices"
+
+	"github.com/roamgate/roamgate/configs"
+)
 
 // catchAllNames are the names a site without a host name (":443") gets
 // certificates for at start: a catch-all answers anything, but only the
@@ -12,12 +16,21 @@ var catchAllNames = []string{"localhost", "127.0.0.1", "::1"}
 //
 //   - one Site per site block: its names and its tls directive ("tls
 //     internal" → IssuerLocal, "issuer acme" → IssuerACME, "tls CERT KEY",
-//     email/ca/ca_root → Site.ACME, on_demand → Site.OnDemand);
+//     email/ca/ca_root → Site.ACME, on_demand → Site.OnDemand,
+//     client_auth's files → Site.ClientCAFiles);
 //   - a catch-all address (":443") adds the local names "localhost",
 //     "127.0.0.1" and "::1" (in a local site of their own, unless the
 //     block serves files), "localhost" as the default server name so that a
 //     handshake with an unknown or missing SNI still gets a certificate,
-//     and, with on_demand, makes the block's site a CatchAll;
+//     and, with on_demand or client_auth, makes the block's site a
+//     CatchAll. With client_auth that means every handshake the block
+//     answers requires a client certificate: its local names, any server
+//     name that no other block lists (on any port), and none at all. A
+//     name that another block lists keeps that block's client_auth, as the
+//     proxy routes its requests there (on the same port);
+//   - a name in several blocks (on other ports) is managed once, with the
+//     settings of the first: configs.Parse makes sure that they agree on
+//     client_auth, as a handshake names the host but not the port;
 //   - the global email, acme_ca and acme_ca_root as Config.ACME, on_demand_tls's
 //     ask URL, http_port and https_port as the challenge ports (http_port 0,
 //     an ephemeral port for tests, leaves certmagic assuming 80), and
@@ -46,7 +59,8 @@ func ConfigFor(cfg *configs.Config, dataDir string) Config {
 		out.ListenHost = cfg.DefaultBind[0]
 	}
 
-	seen := map[string]bool{} // a name in several blocks (other ports) is managed once
+	seen := map[string]bool{}   // a name in several blocks (other ports) is managed once
+	clientAuthCatchAll := false // a second catch-all block (another port) adds nothing: Parse made it agree
 	add := func(names []string, name string) []string {
 		if seen[name] {
 			return names
@@ -56,9 +70,10 @@ func ConfigFor(cfg *configs.Config, dataDir string) Config {
 	}
 	for _, sc := range cfg.Sites {
 		site := Site{
-			Source:   source(sc.TLS.Pos),
-			ACME:     ACME{CA: sc.TLS.CA, Email: sc.TLS.Email, CARootFile: sc.TLS.CARoot},
-			OnDemand: sc.TLS.OnDemand,
+			Source:        source(sc.TLS.Pos),
+			ACME:          ACME{CA: sc.TLS.CA, Email: sc.TLS.Email, CARootFile: sc.TLS.CARoot},
+			OnDemand:      sc.TLS.OnDemand,
+			ClientCAFiles: slices.Clone(sc.TLS.ClientCAFiles),
 		}
 		switch sc.TLS.Mode {
 		case configs.TLSFiles:
@@ -68,7 +83,7 @@ func ConfigFor(cfg *configs.Config, dataDir string) Config {
 		case configs.TLSACME:
 			site.Issuer = IssuerACME
 		}
-		local := Site{Source: site.Source, Issuer: site.Issuer} // the catch-all's local names
+		local := Site{Source: site.Source, Issuer: site.Issuer, ClientCAFiles: site.ClientCAFiles} // the catch-all's local names
 		if site.Issuer == IssuerACME {
 			local.Issuer = IssuerAuto // which keeps them local
 		}
@@ -78,7 +93,7 @@ func ConfigFor(cfg *configs.Config, dataDir string) Config {
 				continue
 			}
 			out.DefaultServerName = "localhost"
-			site.CatchAll = site.OnDemand
+			site.CatchAll = site.OnDemand || len(site.ClientCAFiles) > 0 && !clientAuthCatchAll
 			for _, n := range catchAllNames {
 				if sc.TLS.Mode == configs.TLSFiles {
 					site.Names = add(site.Names, n) // informative: the files serve them
@@ -87,6 +102,7 @@ func ConfigFor(cfg *configs.Config, dataDir string) Config {
 				}
 			}
 		}
+		clientAuthCatchAll = clientAuthCatchAll || site.CatchAll && len(site.ClientCAFiles) > 0
 		if len(site.Names) > 0 || site.CertFile != "" || site.CatchAll {
 			out.Sites = append(out.Sites, site)
 		}

@@ -1,6 +1,7 @@
 package tlsmgr
 
 import (
+	"crypto/tls"
 	"reflect"
 	"strings"
 	"testing"
@@ -141,6 +142,81 @@ func TestConfigForWildcardNeedsOnDemand(t *testing.T) {
 	cfg := &configs.Config{Sites: []configs.Site{{Addresses: []configs.Address{{Host: "*.example.com"}}}}}
 	err := Validate(ConfigFor(cfg, t.TempDir()))
 	if !errorsContain(err, "wildcard certificates need the DNS challenge", "tls { on_demand }") {
+		t.Fatalf("Validate: %v", err)
+	}
+}
+
+// TestConfigForClientAuth maps client_auth: to the names of its block, and
+// for a catch-all block to the local names and every other name (CatchAll).
+func TestConfigForClientAuth(t *testing.T) {
+	dir := t.TempDir()
+	ca, ca2 := newClientPKI(t, dir, "ca").caFile, newClientPKI(t, dir, "ca2").caFile
+	cfg, err := configs.Parse("Roamfile", []byte(`mtls.internal {
+	tunnel 127.0.0.1:22
+	tls internal { client_auth { trusted_ca_cert_file `+ca+` } }
+}
+open.internal {
+	respond 1
+}
+:8443 {
+	respond 2
+	tls { client_auth { trusted_ca_cert_file `+ca+` } }
+}
+:9443 {
+	respond 3
+	tls { client_auth { trusted_ca_cert_file `+ca+` } }
+}
+files.test {
+	respond 4
+	tls c.pem k.pem { client_auth { trusted_ca_cert_file `+ca2+` } }
+}
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := ConfigFor(cfg, t.TempDir())
+	want := []Site{
+		{Source: "Roamfile:3:2: tls", Names: []string{"mtls.internal"}, Issuer: IssuerLocal, ClientCAFiles: []string{ca}},
+		{Source: "Roamfile:5:1: tls", Names: []string{"open.internal"}},
+		// The catch-all's: any other name, then its local names.
+		{Source: "Roamfile:10:2: tls", CatchAll: true, ClientCAFiles: []string{ca}},
+		{Source: "Roamfile:10:2: tls", Names: []string{"localhost", "127.0.0.1", "::1"}, ClientCAFiles: []string{ca}},
+		// The second catch-all block (another port) adds nothing.
+		{Source: "Roamfile:18:2: tls", Names: []string{"files.test"}, CertFile: "c.pem", KeyFile: "k.pem", ClientCAFiles: []string{ca2}},
+	}
+	if !reflect.DeepEqual(got.Sites, want) || got.DefaultServerName != "localhost" {
+		t.Fatalf("ConfigFor sites:\n got %+v\nwant %+v (default name %q)", got.Sites, want, got.DefaultServerName)
+	}
+	m := newTestManager(t, got) // validates, reading the CA files
+	c := m.TLSConfig()
+	for name, want := range map[string][]string{
+		"mtls.internal": {ca}, "anything.example": {ca}, "localhost": {ca}, "": {ca},
+		"files.test": {ca2}, "open.internal": nil,
+	} {
+		cfg, err := c.GetConfigForClient(&tls.ClientHelloInfo{ServerName: name})
+		switch {
+		case err != nil:
+			t.Errorf("SNI %q: %v", name, err)
+		case want == nil && cfg != nil:
+			t.Errorf("SNI %q: asks for a client certificate", name)
+		case want != nil && (cfg == nil || cfg.ClientCAs != m.plan.clientCAs[clientCAsKey(want)].pool):
+			t.Errorf("SNI %q: got %+v, want the pool of %q", name, cfg, want)
+		}
+	}
+
+	// A catch-all block that serves files: its local names are
+	// informative, its client CAs still apply to any name.
+	cfg, err = configs.Parse("Roamfile", []byte(":443 {\n\trespond 1\n\ttls c.pem k.pem { client_auth { trusted_ca_cert_file "+ca+" } }\n}"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = ConfigFor(cfg, t.TempDir())
+	want = []Site{{Source: "Roamfile:3:2: tls", Names: []string{"localhost", "127.0.0.1", "::1"}, CertFile: "c.pem", KeyFile: "k.pem",
+		CatchAll: true, ClientCAFiles: []string{ca}}}
+	if !reflect.DeepEqual(got.Sites, want) {
+		t.Fatalf("ConfigFor sites:\n got %+v\nwant %+v", got.Sites, want)
+	}
+	if err := Validate(got); err != nil {
 		t.Fatalf("Validate: %v", err)
 	}
 }

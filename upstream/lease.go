@@ -37,8 +37,9 @@ type Lease struct {
 	peak        int          // most connections held at once: a dial below it is a replacement
 	waiters     []chan *conn // requests waiting for a connection; a nil send grants a dial slot
 	closed      bool
-	unreachable bool   // the last dial to the backend failed
-	nextID      uint64 // connection IDs, for logs
+	unreachable bool                    // the last dial to the backend failed
+	nextID      uint64                  // connection IDs, for logs
+	dedicated   map[*Dedicated]struct{} // upgraded connections (see Upgrade)
 }
 
 var _ http.RoundTripper = (*Lease)(nil)
@@ -200,6 +201,10 @@ func (l *Lease) Close() error {
 	l.closed = true
 	conns, waiters := l.conns, l.waiters
 	l.conns, l.waiters = nil, nil
+	dedicated := make([]*Dedicated, 0, len(l.dedicated))
+	for d := range l.dedicated {
+		dedicated = append(dedicated, d)
+	}
 	l.dialing += len(waiters) // each waiter wakes holding a slot and gives it back
 	b := l.backend.Load()
 	b.leases.Add(-1)
@@ -210,6 +215,10 @@ func (l *Lease) Close() error {
 	}
 	for _, c := range conns {
 		c.close(reasonSessionEnd)
+	}
+	for _, d := range dedicated {
+		_ = d.Conn.Close()
+		d.once.Do(func() { l.untrack(d, reasonSessionEnd) })
 	}
 	return nil
 }

@@ -49,6 +49,7 @@ Usage:
   roamgate reverse-proxy --from HOST:PORT --to UPSTREAM[,UPSTREAM...] [--bind HOST] [--data-dir DIR]
   roamgate demo [--listen 127.0.0.1:8443] [--data-dir DIR] [--once]
   roamgate trust [--install] [--config Roamfile] [--data-dir DIR]
+  roamgate connect https://EDGE[:PORT] [--listen 127.0.0.1:2222] [--token T | --token-file F] [--cert F --key F] [--ca F] [--server-name N]
   roamgate version
 `
 
@@ -70,6 +71,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return demoCmd(ctx, rest, stdout, stderr)
 	case "trust":
 		return trustCmd(rest, stdout, stderr)
+	case "connect":
+		return connectCmd(ctx, rest, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "roamgate", version())
 		return nil
