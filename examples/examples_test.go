@@ -18,6 +18,8 @@ import (
 
 // TestRoamfilesLoad parses every Roamfile under examples/.
 func TestRoamfilesLoad(t *testing.T) {
+	// The variables the examples read, as their comments tell users to set.
+	t.Setenv("SSH_TUNNEL_TOKEN", "example-token")
 	files, err := filepath.Glob("*/Roamfile")
 	if err != nil || len(files) < 2 {
 		t.Fatalf("found %v (%v)", files, err)

@@ -7,6 +7,7 @@
 //	roamgate reverse-proxy --from HOST:PORT --to UPSTREAM[,UPSTREAM...]
 //	roamgate demo                           the proxy, a legacy app and a migrating client
 //	roamgate trust [--install]              print or install the local CA's root
+//	roamgate connect https://EDGE --listen 127.0.0.1:2222   carry local TCP over a roaming tunnel
 //	roamgate version
 //
 // main only parses the command line and wires the packages together.
