@@ -14,6 +14,8 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/roamgate/roamgate/proxy/h3client"
 )
@@ -40,7 +42,7 @@ func getOnce(b *testing.B, rt http.RoundTripper, url string) {
 // roamgate to an HTTP/1.1 backend.
 func BenchmarkH3ThroughProxy(b *testing.B) {
 	app := startApp(b, "app", http.HandlerFunc(oneK))
-	h := startProxy(b, siteFor("", app.Addr()), nil)
+	h := startProxyLogging(b, siteFor("", app.Addr()), nil, productionLogger())
 	c := h.dial(b)
 	url := "https://localhost:" + strconv.Itoa(h.port) + "/"
 	b.ReportAllocs()
@@ -52,7 +54,7 @@ func BenchmarkH3ThroughProxy(b *testing.B) {
 // BenchmarkH3ThroughProxyParallel: one HTTP/3 connection per goroutine.
 func BenchmarkH3ThroughProxyParallel(b *testing.B) {
 	app := startApp(b, "app", http.HandlerFunc(oneK))
-	h := startProxy(b, siteFor("", app.Addr()), nil)
+	h := startProxyLogging(b, siteFor("", app.Addr()), nil, productionLogger())
 	url := "https://localhost:" + strconv.Itoa(h.port) + "/"
 	b.ReportAllocs()
 	b.SetParallelism(4)
@@ -79,7 +81,7 @@ func BenchmarkH1Direct(b *testing.B) {
 // BenchmarkH3Plain: the baseline of a plain quic-go HTTP/3 server answering
 // like the backend: what the HTTP/3 stack costs without the proxy hop.
 func BenchmarkH3Plain(b *testing.B) {
-	h := startProxy(b, siteFor("", "127.0.0.1:1"), nil) // only for its certificates
+	h := startProxyLogging(b, siteFor("", "127.0.0.1:1"), nil, productionLogger()) // only for its certificates
 	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		b.Fatal(err)
@@ -103,7 +105,7 @@ func BenchmarkH3Plain(b *testing.B) {
 // until the connection closes).
 func BenchmarkFirstRequestAfterMigration(b *testing.B) {
 	app := startApp(b, "app", http.HandlerFunc(oneK))
-	h := startProxy(b, siteFor("", app.Addr()), nil)
+	h := startProxyLogging(b, siteFor("", app.Addr()), nil, productionLogger())
 	url := "https://localhost:" + strconv.Itoa(h.port) + "/"
 	for b.Loop() {
 		b.StopTimer()
@@ -162,7 +164,7 @@ func BenchmarkUploadThroughProxy(b *testing.B) {
 		n, _ := io.Copy(io.Discard, r.Body)
 		io.WriteString(w, strconv.FormatInt(n, 10))
 	}))
-	h := startProxy(b, siteFor("", app.Addr()), nil)
+	h := startProxyLogging(b, siteFor("", app.Addr()), nil, productionLogger())
 	c := h.dial(b)
 	url := "https://localhost:" + strconv.Itoa(h.port) + "/"
 	chunk := make([]byte, 64<<10)
@@ -206,7 +208,7 @@ func BenchmarkDownloadThroughProxy(b *testing.B) {
 			}
 		}
 	}))
-	h := startProxy(b, siteFor("", app.Addr()), nil)
+	h := startProxyLogging(b, siteFor("", app.Addr()), nil, productionLogger())
 	c := h.dial(b)
 	url := "https://localhost:" + strconv.Itoa(h.port) + "/"
 	runtime.GC()
@@ -232,4 +234,12 @@ func heapNow() uint64 {
 	s := []rtmetrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
 	rtmetrics.Read(s)
 	return s[0].Value.Uint64()
+}
+
+// productionLogger logs as roamgate run does by default (info, access lines
+// included), JSON-encoded, to nowhere: its cost is part of what a request
+// costs.
+func productionLogger() *zap.Logger {
+	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
+	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(io.Discard), zap.InfoLevel))
 }

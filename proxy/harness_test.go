@@ -50,6 +50,16 @@ type harness struct {
 // takes over a second.
 func startProxy(t testing.TB, roamfile string, env map[string]string) *harness {
 	t.Helper()
+	logger, logs := testLogger(t)
+	h := startProxyLogging(t, roamfile, env, logger)
+	h.logs = logs
+	return h
+}
+
+// startProxyLogging is startProxy with a logger of the caller's: benchmarks
+// log as production does (info, JSON, to nowhere), not to the test.
+func startProxyLogging(t testing.TB, roamfile string, env map[string]string, logger *zap.Logger) *harness {
+	t.Helper()
 	cfg, err := configs.Parse("Roamfile", []byte(roamfile), func(k string) (string, bool) {
 		v, ok := env[k]
 		return v, ok
@@ -57,7 +67,6 @@ func startProxy(t testing.TB, roamfile string, env map[string]string) *harness {
 	if err != nil {
 		t.Fatalf("parse Roamfile: %v", err)
 	}
-	logger, logs := testLogger(t)
 	certs, err := tlsmgr.New(tlsmgr.ConfigFor(cfg, t.TempDir()), logger.WithOptions(zap.IncreaseLevel(zap.WarnLevel)))
 	if err != nil {
 		t.Fatal(err)
@@ -75,7 +84,7 @@ func startProxy(t testing.TB, roamfile string, env map[string]string) *harness {
 		t.Fatal(err)
 	}
 	shutdownOnCleanup(t, srv)
-	h := &harness{srv: srv, certs: certs, reg: reg, logs: logs}
+	h := &harness{srv: srv, certs: certs, reg: reg}
 	h.port = srv.Listeners()[0].Port
 	h.addr = srv.Listeners()[0].UDP[0].String()
 	return h

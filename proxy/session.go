@@ -37,6 +37,11 @@ type session struct {
 	xff       []string // X-Forwarded-For value: the start IP
 	fwdFor    string   // Forwarded "for=" parameter
 
+	// fwdHost caches the forwarding headers for the host the session's
+	// requests name (nearly always one): they are the same strings every
+	// request, so they are built once.
+	fwdHost atomic.Pointer[forwardedHost]
+
 	lastAddr    atomic.Value // net.Addr: the remote address last seen (h3)
 	pathChanges atomic.Int64
 
@@ -85,6 +90,28 @@ func (srv *Server) newSession(proto string, remote net.Addr, qconn *quic.Conn) *
 		ce.Write(zap.Uint64("session", s.id), zap.String("proto", proto), zap.String("remote", s.startAddr))
 	}
 	return s
+}
+
+// forwardedHost holds the X-Forwarded-Host and Forwarded values of one
+// host. They are shared by the session's requests: never modified.
+type forwardedHost struct {
+	host string
+	xfh  []string
+	fwd  []string
+}
+
+// forwardedFor returns the forwarding header values for a request to host.
+func (s *session) forwardedFor(host string) *forwardedHost {
+	if fh := s.fwdHost.Load(); fh != nil && fh.host == host {
+		return fh
+	}
+	fh := &forwardedHost{
+		host: host,
+		xfh:  []string{host},
+		fwd:  []string{s.fwdFor + ";host=" + quoteForwarded(host) + ";proto=https"},
+	}
+	s.fwdHost.Store(fh)
+	return fh
 }
 
 // lease returns the session's lease on pool, taking one on first use: the

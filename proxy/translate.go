@@ -117,8 +117,9 @@ func upstreamRequest(r *http.Request, s *session, target string, early bool) (*h
 	}
 	h["X-Forwarded-For"] = s.xff
 	h["X-Forwarded-Proto"] = httpsValue
-	h["X-Forwarded-Host"] = []string{r.Host}
-	h["Forwarded"] = []string{s.fwdFor + ";host=" + quoteForwarded(r.Host) + ";proto=https"}
+	fh := s.forwardedFor(r.Host)
+	h["X-Forwarded-Host"] = fh.xfh
+	h["Forwarded"] = fh.fwd
 	if early {
 		h["Early-Data"] = earlyDataValue
 	}
@@ -359,12 +360,33 @@ func contains(list []string, s string) bool {
 // quoteForwarded quotes a Forwarded parameter value when it is not a token
 // (RFC 7239 §4): a host with a port or an IPv6 literal has ':' in it.
 func quoteForwarded(v string) string {
+	token := true
+	escape := false
 	for i := 0; i < len(v); i++ {
-		if !httpguts.IsTokenRune(rune(v[i])) {
-			return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(v) + `"`
+		c := v[i]
+		if !httpguts.IsTokenRune(rune(c)) {
+			token = false
+		}
+		if c == '"' || c == '\\' {
+			escape = true
 		}
 	}
-	return v
+	switch {
+	case token:
+		return v
+	case !escape:
+		return `"` + v + `"`
+	}
+	var b strings.Builder
+	b.WriteByte('"')
+	for i := 0; i < len(v); i++ {
+		if v[i] == '"' || v[i] == '\\' {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(v[i])
+	}
+	b.WriteByte('"')
+	return b.String()
 }
 
 func quoteForLog(s string) string {
