@@ -104,7 +104,7 @@ func upstreamRequest(r *http.Request, s *session, target string, early bool) (*h
 		}
 	}
 	for k, vv := range r.Header {
-		if hopByHop[k] || forwarding[k] || dropped[k] || (len(listed) > 0 && contains(listed, k)) {
+		if notForwarded[k] || (len(listed) > 0 && contains(listed, k)) {
 			continue
 		}
 		h[k] = vv
@@ -145,6 +145,16 @@ var earlyDataValue = []string{"1"}
 // out.ContentLength), Expect (answered here) and Early-Data (the proxy's to
 // set, RFC 8470 §5.1).
 var dropped = map[string]bool{"Host": true, "Content-Length": true, "Expect": true, "Early-Data": true}
+
+// notForwarded is the union of hopByHop, forwarding and dropped: one map
+// lookup per client field instead of three.
+var notForwarded = func() map[string]bool {
+	m := map[string]bool{}
+	for _, set := range []map[string]bool{hopByHop, forwarding, dropped} {
+		maps.Copy(m, set)
+	}
+	return m
+}()
 
 // connectionSpecific are the fields HTTP/2 and HTTP/3 forbid (RFC 9113
 // §8.2.2, RFC 9114 §4.2): a request carrying one is malformed.

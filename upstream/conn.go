@@ -47,6 +47,7 @@ type conn struct {
 	nc      net.Conn
 	br      *bufio.Reader // reads through conn.Read, which counts bytes
 	bw      *bufio.Writer
+	probe   prober // liveness check of an idle connection
 
 	// Guarded by lease.mu:
 	busy      bool        // reserved for a round trip
@@ -70,6 +71,7 @@ func newConn(l *Lease, b *Backend, id uint64, nc net.Conn) *conn {
 	c := &conn{lease: l, backend: b, id: id, nc: nc}
 	c.br = bufio.NewReader(c)
 	c.bw = bufio.NewWriter(nc)
+	c.probe.init(nc)
 	return c
 }
 
@@ -84,7 +86,7 @@ func (c *conn) Read(p []byte) (int, error) {
 // alive reports whether an idle connection can carry a request: nothing
 // unsolicited is buffered and the backend has not closed it.
 func (c *conn) alive() bool {
-	return c.br.Buffered() == 0 && peekAlive(c.nc)
+	return c.br.Buffered() == 0 && c.probe.aliveNow()
 }
 
 func (c *conn) close(reason string) {

@@ -5,28 +5,46 @@ package upstream
 import (
 	"net"
 	"syscall"
+	"unsafe"
 )
 
-// peekAlive reports whether an idle TCP connection is still open and quiet:
-// one non-blocking MSG_PEEK read, which sees a FIN (EOF), a reset, or bytes
-// the backend sent without being asked, without consuming anything.
-func peekAlive(nc net.Conn) bool {
+// prober tells whether an idle TCP connection is still open and quiet: one
+// non-blocking MSG_PEEK read, which sees a FIN (EOF), a reset, or bytes the
+// backend sent without being asked, without consuming anything. It is made
+// once per connection so a check allocates nothing.
+type prober struct {
+	rc    syscall.RawConn // nil: not a socket, assumed alive
+	fn    func(fd uintptr) bool
+	alive bool
+	b     [1]byte
+}
+
+func (p *prober) init(nc net.Conn) {
 	sc, ok := nc.(syscall.Conn)
 	if !ok {
-		return true
+		return
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return false
+		return
 	}
-	alive := false
-	var b [1]byte
-	err = rc.Read(func(fd uintptr) bool {
-		// Data (n > 0) or EOF (n == 0, no error) both mean the connection
-		// cannot carry a new request; only "would block" means quiet.
-		_, _, rerr := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		alive = rerr == syscall.EAGAIN || rerr == syscall.EWOULDBLOCK
+	p.rc = rc
+	p.fn = func(fd uintptr) bool {
+		// Data (n > 0) or EOF (n == 0) both mean the connection cannot
+		// carry a new request; only "would block" means quiet. recvfrom
+		// with no address buffer, so nothing escapes.
+		_, _, errno := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&p.b[0])), 1,
+			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+		p.alive = errno == syscall.EAGAIN || errno == syscall.EWOULDBLOCK
 		return true
-	})
-	return err == nil && alive
+	}
+}
+
+func (p *prober) aliveNow() bool {
+	if p.rc == nil {
+		return true
+	}
+	p.alive = false
+	err := p.rc.Read(p.fn)
+	return err == nil && p.alive
 }
