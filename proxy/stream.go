@@ -19,7 +19,29 @@ type bufferedReader interface{ Buffered() int }
 // chunked framing of a next chunk may sit in the buffer before its data.
 const flushSlack = 8
 
-var copyPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+// Response bodies are copied through pooled buffers: a small one for a body
+// known to fit it (most API and page responses), so a busy proxy with many
+// requests in flight does not hold a large buffer for each, and a large one
+// for the rest, so a big download moves in few, large writes.
+const (
+	smallCopySize = 4 << 10
+	largeCopySize = 64 << 10
+)
+
+var (
+	smallCopyPool = sync.Pool{New: func() any { b := make([]byte, smallCopySize); return &b }}
+	largeCopyPool = sync.Pool{New: func() any { b := make([]byte, largeCopySize); return &b }}
+)
+
+// copyBuffer returns a buffer for a body of length n (-1: unknown) and the
+// pool it goes back to.
+func copyBuffer(n int64) (*[]byte, *sync.Pool) {
+	pool := &largeCopyPool
+	if n >= 0 && n <= smallCopySize {
+		pool = &smallCopyPool
+	}
+	return pool.Get().(*[]byte), pool
+}
 
 // copyBody streams a response body to the client as it arrives. It flushes
 // whenever the upstream has nothing more buffered, so a burst goes out in as
@@ -27,8 +49,8 @@ var copyPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b 
 // goes out event by event. A body of known length is not flushed after its
 // last byte: the end of the handler sends it with the end of the stream.
 func copyBody(w http.ResponseWriter, resp *http.Response) (int64, error) {
-	bufp := copyPool.Get().(*[]byte)
-	defer copyPool.Put(bufp)
+	bufp, pool := copyBuffer(resp.ContentLength)
+	defer pool.Put(bufp)
 	buf := *bufp
 	flusher, _ := w.(http.Flusher)
 	br, _ := resp.Body.(bufferedReader)

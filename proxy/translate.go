@@ -176,37 +176,46 @@ var connectionSpecific = [...]string{"Connection", "Keep-Alive", "Proxy-Connecti
 func checkRequest(r *http.Request) error {
 	for k, vv := range r.Header {
 		if !httpguts.ValidHeaderFieldName(k) {
-			return &badRequestError{"invalid header name " + quoteForLog(k)}
+			return badRequest("invalid header name ", quoteForLog(k))
 		}
 		for _, v := range vv {
 			if !httpguts.ValidHeaderFieldValue(v) {
-				return &badRequestError{"invalid value in header " + k}
+				return badRequest("invalid value in header ", k)
 			}
 		}
 	}
 	if r.ProtoMajor >= 2 {
 		for _, k := range connectionSpecific {
 			if _, ok := r.Header[k]; ok {
-				return &badRequestError{"connection-specific header " + k + " in an HTTP/" + strconv.Itoa(r.ProtoMajor) + " request"}
+				return badRequest("connection-specific header ", k, " in an ", r.Proto, " request")
 			}
 		}
 		for _, v := range r.Header["Te"] {
 			if !strings.EqualFold(textproto.TrimString(v), "trailers") {
-				return &badRequestError{"TE other than trailers in an HTTP/" + strconv.Itoa(r.ProtoMajor) + " request"}
+				return badRequest("TE other than trailers in an ", r.Proto, " request")
 			}
 		}
 	}
 	if up, ok := r.Header["Upgrade"]; ok && !(len(up) == 1 && strings.EqualFold(up[0], "websocket")) {
-		return &badRequestError{"Upgrade to " + quoteForLog(strings.Join(up, ",")) + " is not supported"}
+		return badRequest("Upgrade to ", quoteForLog(strings.Join(up, ",")), " is not supported")
 	}
 	if cl := r.Header["Content-Length"]; len(cl) > 1 {
 		for _, v := range cl[1:] {
 			if v != cl[0] {
-				return &badRequestError{"differing Content-Length values"}
+				return badRequest("differing Content-Length values")
 			}
 		}
 	}
 	return nil
+}
+
+// badRequest builds the error of a refused request from its parts. It is
+// never inlined, so the error's string building stays out of the frames of
+// the request path (see handler.refuseClientCert).
+//
+//go:noinline
+func badRequest(parts ...string) error {
+	return &badRequestError{strings.Join(parts, "")}
 }
 
 // requestTarget is the origin-form target: the raw path and query as the
@@ -399,6 +408,7 @@ func quoteForwarded(v string) string {
 	return b.String()
 }
 
+//go:noinline
 func quoteForLog(s string) string {
 	if len(s) > 64 {
 		s = s[:64]

@@ -249,8 +249,9 @@ func (c *conn) abandonWrite(req *http.Request, wdone chan error) {
 	<-wdone
 }
 
-// writeBody copies the request body upstream, flushing after each read so
-// a streaming body flows as it arrives, then closes it.
+// writeBody copies the request body upstream through a coalescer (large
+// writes for a bulk upload, a trickle still flows within coalesceDelay),
+// then closes it.
 func (c *conn) writeBody(req *http.Request, chunked bool) (err error) {
 	defer func() {
 		if cerr := req.Body.Close(); err == nil && cerr != nil {
@@ -261,10 +262,20 @@ func (c *conn) writeBody(req *http.Request, chunked bool) (err error) {
 	defer copyBufPool.Put(bufp)
 	buf := *bufp
 
-	var dst io.Writer = c.bw
+	co := newCoalescer(c.bw)
+	defer func() {
+		if err != nil {
+			// Send what arrived before the failure, as it came: the
+			// backend sees an incomplete request (the connection is closed
+			// next), never a complete-looking one.
+			_ = co.finish()
+			_ = c.bw.Flush()
+		}
+	}()
+	var dst io.Writer = co
 	var cw io.WriteCloser
 	if chunked {
-		cw = newChunkedWriter(c.bw)
+		cw = newChunkedWriter(co)
 		dst = cw
 	}
 	var written int64
@@ -280,9 +291,6 @@ func (c *conn) writeBody(req *http.Request, chunked bool) (err error) {
 				return err
 			}
 			written += int64(n)
-			if err := c.bw.Flush(); err != nil {
-				return err
-			}
 		}
 		if rerr == io.EOF {
 			break
@@ -291,19 +299,23 @@ func (c *conn) writeBody(req *http.Request, chunked bool) (err error) {
 			return fmt.Errorf("read request body: %w", rerr)
 		}
 	}
-	if !chunked {
+	if !chunked && written != req.ContentLength {
 		// Read no further than Content-Length: the request is complete
 		// (the client's protocol layer enforces the length).
-		if written != req.ContentLength {
-			return fmt.Errorf("request body of %d bytes shorter than its Content-Length %d: %w", written, req.ContentLength, io.ErrUnexpectedEOF)
+		return fmt.Errorf("request body of %d bytes shorter than its Content-Length %d: %w", written, req.ContentLength, io.ErrUnexpectedEOF)
+	}
+	if chunked {
+		if err := cw.Close(); err != nil {
+			return err
 		}
-		return nil
 	}
-	if err := cw.Close(); err != nil {
+	if err := co.finish(); err != nil {
 		return err
 	}
-	if err := writeTrailer(c.bw, req.Trailer); err != nil {
-		return err
+	if chunked {
+		if err := writeTrailer(c.bw, req.Trailer); err != nil {
+			return err
+		}
 	}
 	return c.bw.Flush()
 }

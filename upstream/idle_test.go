@@ -43,25 +43,25 @@ func TestKeepaliveIdleSparesConnectionsInUse(t *testing.T) {
 		io.WriteString(w, r.RemoteAddr)
 	})
 	p, m := newPool(t, Config{Backends: []string{b.addr()}, KeepaliveIdle: time.Hour})
-	clock := time.Unix(1_000_000, 0)
-	p.now = func() time.Time { return clock }
+	clock := newFakeClock()
+	p.now = clock.Now
 	l := p.Lease(0, nil)
 	defer l.Close()
 	conn := get(t, l, "/")
 	c := l.conns[0]
 
-	clock = clock.Add(59 * time.Minute)
+	clock.Advance(59 * time.Minute)
 	l.expire(c) // idle 59 minutes: kept
 	done := make(chan string)
 	go func() { done <- get(t, l, "/slow") }()
 	eventually(t, "the slow request to start", func() bool { l.mu.Lock(); defer l.mu.Unlock(); return c.busy })
-	clock = clock.Add(2 * time.Hour)
+	clock.Advance(2 * time.Hour)
 	l.expire(c) // busy for two hours: kept
 	close(release)
 	if got := <-done; got != conn {
 		t.Fatalf("slow request on %s, want %s", got, conn)
 	}
-	clock = clock.Add(30 * time.Minute)
+	clock.Advance(30 * time.Minute)
 	l.expire(c) // idle 30 minutes since the slow request ended: kept
 	if got := get(t, l, "/"); got != conn {
 		t.Fatalf("request on %s, want %s", got, conn)
@@ -69,7 +69,7 @@ func TestKeepaliveIdleSparesConnectionsInUse(t *testing.T) {
 	if n := testutil.ToFloat64(m.ConnsClosed.WithLabelValues(b.addr(), reasonIdle)); n != 0 {
 		t.Fatalf("idle closes %v, want 0", n)
 	}
-	clock = clock.Add(time.Hour)
+	clock.Advance(time.Hour)
 	l.expire(c) // idle an hour: closed
 	if l.Conns() != 0 || testutil.ToFloat64(m.ConnsClosed.WithLabelValues(b.addr(), reasonIdle)) != 1 {
 		t.Fatalf("after an idle hour: %d conns, %v idle closes", l.Conns(), testutil.ToFloat64(m.ConnsClosed.WithLabelValues(b.addr(), reasonIdle)))

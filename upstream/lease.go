@@ -223,6 +223,15 @@ func (l *Lease) Close() error {
 	return nil
 }
 
+// probeAfter is how long a connection must have been idle before acquire
+// checks that the backend has not closed it. A backend closes an idle
+// keep-alive connection after seconds (its keep-alive timeout), and one it
+// closes right after a response says so (Connection: close, never reused);
+// a connection that finished a response a moment ago needs no system call
+// to prove it is open, and a busy session reuses its connections every few
+// microseconds.
+const probeAfter = 50 * time.Millisecond
+
 // acquire returns a connection reserved for one round trip.
 func (l *Lease) acquire(ctx context.Context) (*conn, error) {
 	for {
@@ -233,7 +242,7 @@ func (l *Lease) acquire(ctx context.Context) (*conn, error) {
 			}
 			return c, err
 		}
-		if !c.used || c.alive() {
+		if !c.used || l.pool.now().Sub(c.idleAt) < probeAfter || c.alive() {
 			return c, nil
 		}
 		// The backend closed this idle connection (keep-alive timeout,
@@ -384,6 +393,7 @@ func (l *Lease) release(c *conn, reuse bool, reason string) {
 		reuse, reason = false, reasonMoved
 	}
 	if reuse && !l.closed {
+		c.idleAt = l.pool.now()
 		if len(l.waiters) > 0 {
 			w := l.waiters[0]
 			l.waiters = l.waiters[1:]
@@ -393,7 +403,6 @@ func (l *Lease) release(c *conn, reuse bool, reason string) {
 		}
 		c.busy = false
 		if idle := l.pool.cfg.KeepaliveIdle; idle > 0 {
-			c.idleAt = l.pool.now()
 			if c.idleTimer == nil {
 				c.idleTimer = time.AfterFunc(idle, func() { l.expire(c) })
 			} else {

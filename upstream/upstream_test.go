@@ -383,6 +383,38 @@ func TestBackendClosingAnIdleConnectionIsReplaced(t *testing.T) {
 	}
 }
 
+// TestIdleConnectionIsProbedBeforeAPost: a POST is never replayed, so only
+// the check before reuse keeps a connection the backend closed while idle
+// from failing it. A connection idle for less than probeAfter is reused
+// without the check (the pool's clock decides, moved by hand here).
+func TestIdleConnectionIsProbedBeforeAPost(t *testing.T) {
+	b := newBackend(t, nil)
+	b.Config.SetKeepAlivesEnabled(true)
+	p, m := newPool(t, Config{Backends: []string{b.addr()}})
+	clock := newFakeClock()
+	p.now = clock.Now
+	l := p.Lease(1, nil)
+	defer l.Close()
+	get(t, l, "/one")
+	b.CloseClientConnections()
+	for a := range b.conns() {
+		eventually(t, "backend close", func() bool { return b.isClosed(a) })
+	}
+	clock.Advance(probeAfter)
+	resp, err := l.RoundTrip(newReq(t, context.Background(), http.MethodPost, "/two", io.NopCloser(strings.NewReader("form")), 4))
+	if err != nil {
+		t.Fatalf("POST on a lease whose idle connection the backend closed: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "ok POST /two" {
+		t.Fatalf("POST answered %q", body)
+	}
+	if got := testutil.ToFloat64(m.ConnsClosed.WithLabelValues(b.addr(), "backend_closed")); got != 1 {
+		t.Fatalf("backend_closed = %v, want 1", got)
+	}
+}
+
 func TestConnectionCloseFromBackendIsHonoured(t *testing.T) {
 	b := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Connection", "close")

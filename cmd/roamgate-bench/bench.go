@@ -35,6 +35,8 @@ type bench struct {
 	idleBaseline map[string]int64
 	// profiled is set once roamgate's CPU profile has been taken.
 	profiled bool
+	// heapProfiled is set once roamgate's heap profile has been taken.
+	heapProfiled bool
 }
 
 // run runs the benchmark the command line asks for and prints its tables

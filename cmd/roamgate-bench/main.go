@@ -105,26 +105,27 @@ var builtinTargets = []string{tgPlain, tgRoamgate, tgDirect}
 
 // options are the command line, parsed and checked.
 type options struct {
-	args       []string // as given, for the report
-	duration   time.Duration
-	warmup     time.Duration // 0: auto
-	rounds     int
-	scenarios  []string // in allScenarios order
-	targets    []string // built-ins, in builtinTargets order
-	conns      int
-	streams    int
-	size       int64
-	streamSize int64
-	idle       int
-	storm      int
-	timeout    time.Duration
-	jsonPath   string
-	insecure   bool
-	pids       map[string]int // extra URL → server PID
-	extra      []*url.URL
-	accessLog  bool
-	childLogs  bool
-	cpuProfile string
+	args        []string // as given, for the report
+	duration    time.Duration
+	warmup      time.Duration // 0: auto
+	rounds      int
+	scenarios   []string // in allScenarios order
+	targets     []string // built-ins, in builtinTargets order
+	conns       int
+	streams     int
+	size        int64
+	streamSize  int64
+	idle        int
+	storm       int
+	timeout     time.Duration
+	jsonPath    string
+	insecure    bool
+	pids        map[string]int // extra URL → server PID
+	extra       []*url.URL
+	accessLog   bool
+	childLogs   bool
+	cpuProfile  string
+	heapProfile string
 }
 
 // warmupFor is the warm-up before each measured load run: --warmup, or a
@@ -166,8 +167,9 @@ Scenarios (--scenarios, comma-separated, in this order):
   idle        --idle connections, one request each, then held: server memory per connection
               (RSS growth over the settled RSS before the first round; HTTP/3 targets)
   storm       --storm clients under load, each migrating once to a new UDP socket (HTTP/3 targets)
-  download    one GET of --stream-size bytes through one connection (MB/s)
-  upload      one POST of --stream-size bytes through one connection (MB/s)
+  download    one GET of --stream-size bytes through one connection (MB/s; peak growth:
+              the server's peak RSS during the transfer minus its RSS when it began)
+  upload      one POST of --stream-size bytes through one connection (MB/s, peak growth)
 
 Figures: req/s, p50/p99/max latency, errors, handshakes (every QUIC or TCP connection
 the load generator opened: a re-dialled connection cannot hide), server CPU µs per
@@ -221,6 +223,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.accessLog, "access-log", false, "let roamgate encode its access log (JSON, discarded) as a deployment would")
 	fs.BoolVar(&o.childLogs, "child-logs", false, "copy the servers' logs to stderr (else shown only when one fails)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of roamgate during its first measured throughput run to this file (go tool pprof)")
+	fs.StringVar(&o.heapProfile, "heapprofile", "", "write a heap profile of roamgate at the end of its first measured throughput run (connections still open) to this file")
 
 	var urls []string
 	for {

@@ -93,6 +93,7 @@ type figures struct {
 	BackendCPUUS      *float64     `json:"backend_cpu_us,omitempty"`
 	RSS               *int64       `json:"server_rss_bytes,omitempty"`
 	PeakRSS           *int64       `json:"server_peak_rss_bytes,omitempty"`
+	PeakGrowth        *int64       `json:"server_peak_growth_bytes,omitempty"` // peak RSS of the run minus RSS when it started
 	UpstreamOpened    *int64       `json:"upstream_conns_opened,omitempty"`
 	ServerErrors      *int64       `json:"server_non_2xx,omitempty"`
 	Bytes             int64        `json:"bytes,omitempty"`
@@ -166,6 +167,7 @@ func summarize(rounds []figures) figures {
 	s.BackendCPUUS = medianPtr(ok, func(f figures) *float64 { return f.BackendCPUUS })
 	s.RSS = intPtr(medianPtr(ok, func(f figures) *float64 { return floatPtr(f.RSS) }))
 	s.PeakRSS = intPtr(maxPtr(ok, func(f figures) *float64 { return floatPtr(f.PeakRSS) }))
+	s.PeakGrowth = intPtr(maxPtr(ok, func(f figures) *float64 { return floatPtr(f.PeakGrowth) }))
 	s.UpstreamOpened = sumPtr(ok, func(f figures) *int64 { return f.UpstreamOpened })
 	s.ServerErrors = sumPtr(ok, func(f figures) *int64 { return f.ServerErrors })
 	s.MBPerSec = medianOf(ok, func(f figures) float64 { return f.MBPerSec })
@@ -396,16 +398,16 @@ func printLoadTable(tw io.Writer, rep *scenarioReport, plain *figures) {
 }
 
 func printTransferTable(tw io.Writer, rep *scenarioReport, plain *figures) {
-	fmt.Fprintln(tw, "target\tMB/s\ttime\terrors\thandshakes\tserver CPU µs/MB\tbackend CPU µs/MB\tserver RSS\tpeak RSS\tupstream conns opened\tMB/s ÷ plain\tCPU ÷ plain")
+	fmt.Fprintln(tw, "target\tMB/s\ttime\terrors\thandshakes\tserver CPU µs/MB\tbackend CPU µs/MB\tserver RSS\tpeak RSS\tpeak growth\tupstream conns opened\tMB/s ÷ plain\tCPU ÷ plain")
 	for _, tr := range rep.Targets {
 		s := tr.Summary
 		if s.Failed != "" && s.Requests == 0 {
 			fmt.Fprintf(tw, "%s\tfailed: %s\n", tr.Target, s.Failed)
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
 			tr.Target, s.MBPerSec, fmtUS(s.P50US), s.Errors, s.Handshakes,
-			fmtFloat(s.CPUUS, 0), fmtFloat(s.BackendCPUUS, 0), fmtMiBPtr(s.RSS), fmtMiBPtr(s.PeakRSS), fmtInt(s.UpstreamOpened),
+			fmtFloat(s.CPUUS, 0), fmtFloat(s.BackendCPUUS, 0), fmtMiBPtr(s.RSS), fmtMiBPtr(s.PeakRSS), fmtMiBPtr(s.PeakGrowth), fmtInt(s.UpstreamOpened),
 			ratio(s.MBPerSec, plainField(plain, func(f *figures) float64 { return f.MBPerSec })),
 			ratioPtr(s.CPUUS, plainPtr(plain, func(f *figures) *float64 { return f.CPUUS })))
 	}

@@ -198,6 +198,12 @@ func (b *bench) load(ctx context.Context, t *target, conns, streams int, migrate
 	if err != nil {
 		return f, err
 	}
+	if profile && t.isRoamgate() && b.o.heapProfile != "" && !b.heapProfiled {
+		b.heapProfiled = true
+		if err := b.fetchProfile(ctx, t, "heap?gc=1", "heap", b.o.heapProfile); err != nil {
+			return f, err
+		}
+	}
 
 	f.Conns = conns
 	f.Requests = int64(len(res.lat))
@@ -382,6 +388,7 @@ func applySamples(f *figures, t *target, pre, before, after sample, units float6
 		}
 		f.RSS = ptr(after.server.RSS)
 		f.PeakRSS = ptr(after.server.HWM)
+		f.PeakGrowth = ptr(max(0, after.server.HWM-before.server.RSS))
 	}
 	if before.backendOK && after.backendOK {
 		cpu := float64(after.backend.CPU-before.backend.CPU) / float64(time.Microsecond) / units
@@ -486,7 +493,12 @@ func (b *bench) resetPeak(t *target) {
 // at least one) to path, from its admin endpoint's /debug/pprof/profile.
 func (b *bench) profileRoamgate(ctx context.Context, t *target, d time.Duration, path string) error {
 	secs := max(1, int(math.Round(d.Seconds())))
-	url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", t.admin, secs)
+	return b.fetchProfile(ctx, t, fmt.Sprintf("profile?seconds=%d", secs), "CPU", path)
+}
+
+// fetchProfile writes roamgate's /debug/pprof/WHAT to path.
+func (b *bench) fetchProfile(ctx context.Context, t *target, what, kind, path string) error {
+	url := fmt.Sprintf("http://%s/debug/pprof/%s", t.admin, what)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err
@@ -494,20 +506,20 @@ func (b *bench) profileRoamgate(ctx context.Context, t *target, d time.Duration,
 	hc := &http.Client{Transport: b.ctl.hc.Transport} // no timeout: the profile takes d
 	resp, err := hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("cpu profile of roamgate: %w", err)
+		return fmt.Errorf("%s profile of roamgate: %w", kind, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("cpu profile of roamgate: status %d", resp.StatusCode)
+		return fmt.Errorf("%s profile of roamgate: status %d", kind, resp.StatusCode)
 	}
 	prof, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return fmt.Errorf("cpu profile of roamgate: %w", err)
+		return fmt.Errorf("%s profile of roamgate: %w", kind, err)
 	}
 	if err := os.WriteFile(path, prof, 0o644); err != nil {
-		return fmt.Errorf("cpu profile of roamgate: %w", err)
+		return fmt.Errorf("%s profile of roamgate: %w", kind, err)
 	}
-	fmt.Fprintf(b.progress, "(roamgate's CPU profile of this run is in %s) ", path)
+	fmt.Fprintf(b.progress, "(roamgate's %s profile of this run is in %s) ", kind, path)
 	return nil
 }
 
