@@ -263,6 +263,7 @@ func (l *Lease) reserve(ctx context.Context) (*conn, error) {
 	for _, c := range l.conns {
 		if !c.busy {
 			c.busy = true
+			c.attachBuffers()
 			if c.idleTimer != nil {
 				c.idleTimer.Stop()
 			}
@@ -402,6 +403,7 @@ func (l *Lease) release(c *conn, reuse bool, reason string) {
 			return
 		}
 		c.busy = false
+		c.detachBuffers()
 		if idle := l.pool.cfg.KeepaliveIdle; idle > 0 {
 			if c.idleTimer == nil {
 				c.idleTimer = time.AfterFunc(idle, func() { l.expire(c) })

@@ -539,3 +539,25 @@ func TestResponseHeaderTimeout(t *testing.T) {
 		t.Fatalf("err = %v, want ErrResponseHeaderTimeout", err)
 	}
 }
+
+// TestIdleConnectionHoldsNoBuffers: a connection between requests gives its
+// read and write buffers back (an idle session costs less), and gets them
+// again for the next request on the same connection.
+func TestIdleConnectionHoldsNoBuffers(t *testing.T) {
+	b := newBackend(t, nil)
+	p, _ := newPool(t, Config{Backends: []string{b.addr()}})
+	l := p.Lease(1, nil)
+	defer l.Close()
+	for i := range 3 {
+		if got := get(t, l, "/"); got != "ok GET /" {
+			t.Fatalf("request %d: %q", i, got)
+		}
+		l.mu.Lock()
+		n, c := len(l.conns), l.conns[0]
+		idle := !c.busy && c.br == nil && c.bw == nil
+		l.mu.Unlock()
+		if n != 1 || !idle {
+			t.Fatalf("after request %d: %d conns, idle without buffers %v", i, n, idle)
+		}
+	}
+}
