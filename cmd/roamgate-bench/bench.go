@@ -14,7 +14,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -45,6 +44,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	o, err := parseOptions(args, stderr)
 	if err != nil {
 		return err
+	}
+	if runtime.GOOS != "linux" {
+		return fmt.Errorf("it reads each server's CPU time and memory from /proc, which %s does not have: run it on Linux", runtime.GOOS)
 	}
 	out := stdout
 	if o.jsonPath == "-" {
@@ -217,20 +219,7 @@ func checkFileLimit(o *options) error {
 	if o.has(scThroughput) {
 		need = max(need, uint64(256+o.conns*o.streams))
 	}
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return nil // unknown: find out the hard way
-	}
-	if lim.Cur >= need {
-		return nil
-	}
-	if lim.Max >= need {
-		lim.Cur = need
-		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil {
-			return nil
-		}
-	}
-	return fmt.Errorf("open file limit %d is too low for these settings (each client connection is a UDP socket; about %d needed): raise it (ulimit -n) or lower --idle/--storm", lim.Cur, need)
+	return ensureFileLimit(need)
 }
 
 // saveJSON writes the report to path, or to stdout for "-".

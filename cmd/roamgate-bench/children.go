@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -70,9 +69,7 @@ func (s *spawner) start(ctx context.Context, kind string, args ...string) (*chil
 	}
 	c.cmd.Stderr = stderr
 	c.cmd.Stdout = &readyWriter{ready: ready, rest: stderr}
-	// A process group of its own: a Ctrl-C at the terminal reaches only the
-	// benchmark, which then stops its children in order.
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	c.cmd.SysProcAttr = ownProcessGroup()
 	stdin, err := c.cmd.StdinPipe()
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", kind, err)
