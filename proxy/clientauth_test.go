@@ -2,58 +2,14 @@ package proxy
 
 import (
 	"bufio"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/roamgate/roamgate/tlsmgr/tlstest"
 )
-
-// clientCA is a CA of the test's that signs client certificates.
-type clientCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	file string // its PEM
-}
-
-func newClientCA(t *testing.T, name string) *clientCA {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	file := filepath.Join(t.TempDir(), name+".pem")
-	os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
-	return &clientCA{cert: cert, key: key, file: file}
-}
-
-// issue returns a client certificate signed by the CA.
-func (ca *clientCA) issue(t *testing.T, cn string) tls.Certificate {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
 
 // TestTunnelWithClientCertificates: a tunnel site with client_auth lets in
 // a client with a certificate from its CA, refuses a handshake without
@@ -61,14 +17,14 @@ func (ca *clientCA) issue(t *testing.T, cn string) tls.Certificate {
 // handshake (a different server name, or a certificate of another CA).
 func TestTunnelWithClientCertificates(t *testing.T) {
 	echo := startEcho(t)
-	ours, theirs := newClientCA(t, "ours"), newClientCA(t, "theirs")
+	ours, theirs := tlstest.NewCA(t, t.TempDir(), "ours"), tlstest.NewCA(t, t.TempDir(), "theirs")
 	h := startProxy(t, `{
 	default_bind 127.0.0.1
 }
 mtls.localhost:0 {
 	tls internal {
 		client_auth {
-			trusted_ca_cert_file `+ours.file+`
+			trusted_ca_cert_file `+ours.File+`
 		}
 	}
 	tunnel `+echo.addr()+`
@@ -77,7 +33,7 @@ mtls.localhost:0 {
 other.localhost:0 {
 	tls internal {
 		client_auth {
-			trusted_ca_cert_file `+theirs.file+`
+			trusted_ca_cert_file `+theirs.File+`
 		}
 	}
 	respond "other"
@@ -95,7 +51,7 @@ open.localhost:0 {
 		}
 		return c
 	}
-	good := ours.issue(t, "laptop")
+	good := ours.IssueClient(t, "laptop")
 	c, err := dialRawH3With(t, h, withCert("mtls.localhost", &good))
 	if err != nil {
 		t.Fatalf("handshake with a good certificate: %v", err)
@@ -127,7 +83,7 @@ open.localhost:0 {
 	if !refused(withCert("mtls.localhost", nil)) {
 		t.Fatal("a handshake without a client certificate was accepted")
 	}
-	foreign := theirs.issue(t, "intruder")
+	foreign := theirs.IssueClient(t, "intruder")
 	if !refused(withCert("mtls.localhost", &foreign)) {
 		t.Fatal("a handshake with another CA's certificate was accepted")
 	}

@@ -101,19 +101,13 @@ func (c *rawH3Conn) request(t *testing.T, fields []h3Field, body ...[]byte) h3Re
 // response, or nil when the stream was reset while writing.
 func (c *rawH3Conn) send(t *testing.T, fields []h3Field, body ...[]byte) *quic.Stream {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	str, err := c.conn.OpenStreamSync(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	str := c.openStream(t)
 	b := headersFrame(t, fields)
 	for _, part := range body {
 		b = quicvarint.Append(b, frameData)
 		b = quicvarint.Append(b, uint64(len(part)))
 		b = append(b, part...)
 	}
-	str.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := str.Write(b); err != nil {
 		return nil
 	}
@@ -124,6 +118,16 @@ func (c *rawH3Conn) send(t *testing.T, fields []h3Field, body ...[]byte) *quic.S
 // sendHeaders writes only a HEADERS frame and leaves the stream open.
 func (c *rawH3Conn) sendHeaders(t *testing.T, fields []h3Field) *quic.Stream {
 	t.Helper()
+	str := c.openStream(t)
+	if _, err := str.Write(headersFrame(t, fields)); err != nil {
+		t.Fatal(err)
+	}
+	return str
+}
+
+// openStream opens a request stream with a 5 s deadline.
+func (c *rawH3Conn) openStream(t *testing.T) *quic.Stream {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	str, err := c.conn.OpenStreamSync(ctx)
@@ -131,9 +135,6 @@ func (c *rawH3Conn) sendHeaders(t *testing.T, fields []h3Field) *quic.Stream {
 		t.Fatal(err)
 	}
 	str.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := str.Write(headersFrame(t, fields)); err != nil {
-		t.Fatal(err)
-	}
 	return str
 }
 

@@ -81,30 +81,39 @@ func (p *plan) loadClientCAs(files []string, label string, certs map[string][]*x
 // loadClientCAFile reads the certificates of a PEM file of client CAs.
 // Blocks other than CERTIFICATE are skipped.
 func loadClientCAFile(name string) ([]*x509.Certificate, error) {
-	data, err := readPEMFile(name)
+	certs, err := readCertificates(name)
 	if err != nil {
 		return nil, fmt.Errorf("client CA file %q: %w", name, err)
+	}
+	if len(certs) == 0 {
+		return nil, fmt.Errorf("client CA file %q: no certificates found", name)
+	}
+	return certs, nil
+}
+
+// readCertificates parses the CERTIFICATE blocks of a PEM file, in order,
+// skipping other blocks; an error names the certificate by its position.
+func readCertificates(name string) ([]*x509.Certificate, error) {
+	data, err := readPEMFile(name)
+	if err != nil {
+		return nil, err
 	}
 	var certs []*x509.Certificate
 	for rest := data; ; {
 		var block *pem.Block
 		block, rest = pem.Decode(rest)
 		if block == nil {
-			break
+			return certs, nil
 		}
 		if block.Type != "CERTIFICATE" {
 			continue
 		}
 		c, err := x509.ParseCertificate(block.Bytes)
 		if err != nil {
-			return nil, fmt.Errorf("client CA file %q: certificate %d: %w", name, len(certs)+1, err)
+			return nil, fmt.Errorf("certificate %d: %w", len(certs)+1, err)
 		}
 		certs = append(certs, c)
 	}
-	if len(certs) == 0 {
-		return nil, fmt.Errorf("client CA file %q: no certificates found", name)
-	}
-	return certs, nil
 }
 
 // hasClientAuth reports whether any site requires client certificates.

@@ -2,7 +2,6 @@ package tlsmgr
 
 import (
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"math"
@@ -539,30 +538,16 @@ func caOrDefault(ca string) string {
 
 // loadRoots reads a PEM file of CA root certificates.
 func loadRoots(name string) (*x509.CertPool, error) {
-	data, err := readPEMFile(name)
+	certs, err := readCertificates(name)
 	if err != nil {
 		return nil, fmt.Errorf("tls acme ca root %q: %w", name, err)
 	}
-	pool := x509.NewCertPool()
-	n := 0
-	for rest := data; ; {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			continue
-		}
-		n++
-		cert, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("tls acme ca root %q: certificate %d: %w", name, n, err)
-		}
-		pool.AddCert(cert)
-	}
-	if n == 0 {
+	if len(certs) == 0 {
 		return nil, fmt.Errorf("tls acme ca root %q: no PEM certificate", name)
+	}
+	pool := x509.NewCertPool()
+	for _, c := range certs {
+		pool.AddCert(c)
 	}
 	return pool, nil
 }

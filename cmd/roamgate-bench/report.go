@@ -229,21 +229,18 @@ func intPtr(p *float64) *int64 {
 
 // medianPtr is the median of the present values, nil when none is.
 func medianPtr[T any](rs []T, field func(T) *float64) *float64 {
-	v := medianOf(rs, func(r T) float64 {
-		if p := field(r); p != nil {
-			return *p
-		}
-		return math.NaN()
-	})
-	if math.IsNaN(v) {
-		return nil
-	}
-	return &v
+	return presentOnly(rs, field, medianOf[T])
 }
 
 // maxPtr is the largest of the present values, nil when none is.
 func maxPtr[T any](rs []T, field func(T) *float64) *float64 {
-	v := maxOf(rs, func(r T) float64 {
+	return presentOnly(rs, field, maxOf[T])
+}
+
+// presentOnly applies agg (which skips NaN) to the values field presents,
+// nil when none is.
+func presentOnly[T any](rs []T, field func(T) *float64, agg func([]T, func(T) float64) float64) *float64 {
+	v := agg(rs, func(r T) float64 {
 		if p := field(r); p != nil {
 			return *p
 		}
