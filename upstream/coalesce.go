@@ -21,32 +21,37 @@ const (
 
 var coalescePool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, coalesceBytes) }}
 
-// coalescer is an io.Writer in front of a connection's buffered writer,
-// used by one request body writer at a time; its timer may flush from
-// another goroutine, so every use of the buffers holds mu.
+// coalescer is an io.Writer in front of a connection's buffered writer.
+// A connection keeps one (and its timer) for the request bodies it
+// carries, one at a time; the timer may flush from another goroutine, so
+// every use of the buffers holds mu.
 type coalescer struct {
 	mu    sync.Mutex
-	buf   *bufio.Writer // coalesceBytes, from coalescePool
+	buf   *bufio.Writer // coalesceBytes, from coalescePool, while a body is written
 	dst   *bufio.Writer // the connection's writer
-	delay time.Duration
+	delay time.Duration // 0: coalesceDelay
 	timer *time.Timer
 	armed bool  // the timer will flush
 	done  bool  // finish was called: a late timer does nothing
 	err   error // the first write error; every later call returns it
 }
 
-func newCoalescer(dst *bufio.Writer) *coalescer {
-	w := &coalescer{dst: dst, delay: coalesceDelay, buf: coalescePool.Get().(*bufio.Writer)}
+// start readies the coalescer for a request body going to dst.
+func (w *coalescer) start(dst *bufio.Writer) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.delay == 0 {
+		w.delay = coalesceDelay
+	}
+	w.dst, w.done, w.err = dst, false, nil
+	w.buf = coalescePool.Get().(*bufio.Writer)
 	w.buf.Reset(dst)
 	if dst.Buffered() > 0 {
 		// The request header waits in dst: it goes out with the first body
 		// bytes, or after the delay if the body is slow to come, so the
 		// backend can start (or refuse) the request meanwhile.
-		w.mu.Lock()
 		w.arm()
-		w.mu.Unlock()
 	}
-	return w
 }
 
 // arm starts the timer unless it runs; mu is held.
@@ -104,8 +109,8 @@ func (w *coalescer) flushLocked() error {
 }
 
 // finish moves what is buffered into the connection's writer (not flushing
-// it: the caller may add a trailer) and retires the coalescer: its timer
-// does nothing afterwards and its buffer goes back to the pool.
+// it: the caller may add a trailer) until the next start: its timer does
+// nothing meanwhile and its buffer goes back to the pool.
 func (w *coalescer) finish() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -113,14 +118,14 @@ func (w *coalescer) finish() error {
 		return w.err
 	}
 	w.done = true
-	if w.timer != nil {
-		w.timer.Stop()
+	if w.timer != nil && w.timer.Stop() {
+		w.armed = false // a timer that already fired clears it itself
 	}
 	if w.err == nil {
 		w.err = w.buf.Flush()
 	}
 	w.buf.Reset(nil)
 	coalescePool.Put(w.buf)
-	w.buf = nil
+	w.buf, w.dst = nil, nil
 	return w.err
 }

@@ -3,7 +3,10 @@ package upstream
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
+	"io"
+	"net/http"
 	"sync"
 	"testing"
 	"time"
@@ -37,8 +40,9 @@ func (w *countingWriter) snapshot() (int, []byte) {
 // one write per read, and arrives whole and in order.
 func TestCoalescerBatchesSmallWrites(t *testing.T) {
 	sock := &countingWriter{}
-	co := newCoalescer(bufio.NewWriter(sock))
-	co.delay = time.Hour // only size and finish flush here
+	dst := bufio.NewWriter(sock)
+	co := &coalescer{delay: time.Hour} // only size and finish flush here
+	co.start(dst)
 	var want bytes.Buffer
 	for i := range 1000 {
 		p := bytes.Repeat([]byte{byte(i)}, 1200)
@@ -50,7 +54,7 @@ func TestCoalescerBatchesSmallWrites(t *testing.T) {
 	if err := co.finish(); err != nil {
 		t.Fatal(err)
 	}
-	if err := co.dst.Flush(); err != nil {
+	if err := dst.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	writes, got := sock.snapshot()
@@ -68,7 +72,8 @@ func TestCoalescerBatchesSmallWrites(t *testing.T) {
 // by themselves, after the delay.
 func TestCoalescerFlushesATrickle(t *testing.T) {
 	sock := &countingWriter{}
-	co := newCoalescer(bufio.NewWriter(sock))
+	co := &coalescer{}
+	co.start(bufio.NewWriter(sock))
 	defer co.finish()
 	if _, err := co.Write([]byte("event 1\n")); err != nil {
 		t.Fatal(err)
@@ -105,8 +110,8 @@ func TestCoalescerFlushesATrickle(t *testing.T) {
 func TestCoalescerErrorSticks(t *testing.T) {
 	boom := errors.New("connection reset")
 	sock := &countingWriter{err: boom}
-	co := newCoalescer(bufio.NewWriterSize(sock, 16))
-	co.delay = time.Millisecond
+	co := &coalescer{delay: time.Millisecond}
+	co.start(bufio.NewWriterSize(sock, 16))
 	if _, err := co.Write(bytes.Repeat([]byte("x"), 2*coalesceBytes)); !errors.Is(err, boom) {
 		t.Fatalf("large write: %v, want %v", err, boom)
 	}
@@ -128,7 +133,8 @@ func TestCoalescerSendsAWaitingHeader(t *testing.T) {
 	sock := &countingWriter{}
 	dst := bufio.NewWriter(sock)
 	dst.WriteString("POST / HTTP/1.1\r\nHost: x\r\n\r\n")
-	co := newCoalescer(dst)
+	co := &coalescer{}
+	co.start(dst)
 	defer co.finish()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -139,5 +145,52 @@ func TestCoalescerSendsAWaitingHeader(t *testing.T) {
 			t.Fatal("the header never reached the socket")
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestStreamingBodyReachesTheBackendAsItComes: over a real connection, the
+// first part of a request body reaches the backend while the client still
+// holds the rest (the client waits for the backend to have read it), and a
+// second body on the same connection does too: the coalescer delays a
+// trickle, it never holds it until the body ends.
+func TestStreamingBodyReachesTheBackendAsItComes(t *testing.T) {
+	gotFirst := make(chan string, 1)
+	b := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		first := make([]byte, len("first part;"))
+		if _, err := io.ReadFull(r.Body, first); err != nil {
+			t.Errorf("read the first part: %v", err)
+			return
+		}
+		gotFirst <- string(first)
+		rest, _ := io.ReadAll(r.Body)
+		io.WriteString(w, string(first)+string(rest))
+	})
+	p, _ := newPool(t, Config{Backends: []string{b.addr()}})
+	l := p.Lease(1, nil)
+	defer l.Close()
+	for i := range 2 {
+		pr, pw := io.Pipe()
+		go func() {
+			pw.Write([]byte("first part;"))
+			select {
+			case <-gotFirst:
+				pw.Write([]byte("second part"))
+				pw.Close()
+			case <-time.After(10 * time.Second):
+				pw.CloseWithError(errors.New("the backend never saw the first part"))
+			}
+		}()
+		resp, err := l.RoundTrip(newReq(t, context.Background(), http.MethodPost, "/", pr, -1))
+		if err != nil {
+			t.Fatalf("body %d: %v", i, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(body) != "first part;second part" {
+			t.Fatalf("body %d: backend answered %q", i, body)
+		}
+	}
+	if n := l.Conns(); n != 1 {
+		t.Fatalf("%d upstream connections for two bodies, want 1", n)
 	}
 }

@@ -47,7 +47,8 @@ type conn struct {
 	nc      net.Conn
 	br      *bufio.Reader // reads through conn.Read, which counts bytes
 	bw      *bufio.Writer
-	probe   prober // liveness check of an idle connection
+	probe   prober    // liveness check of an idle connection
+	co      coalescer // request bodies on their way upstream, one at a time
 
 	// Guarded by lease.mu:
 	busy      bool        // reserved for a round trip
@@ -300,7 +301,8 @@ func (c *conn) writeBody(req *http.Request, chunked bool) (err error) {
 	defer copyBufPool.Put(bufp)
 	buf := *bufp
 
-	co := newCoalescer(c.bw)
+	co := &c.co
+	co.start(c.bw)
 	defer func() {
 		if err != nil {
 			// Send what arrived before the failure, as it came: the
