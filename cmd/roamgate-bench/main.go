@@ -126,6 +126,7 @@ type options struct {
 	childLogs   bool
 	cpuProfile  string
 	heapProfile string
+	profileOf   string // the scenario --cpuprofile and --heapprofile profile
 }
 
 // warmupFor is the warm-up before each measured load run: --warmup, or a
@@ -222,8 +223,9 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	})
 	fs.BoolVar(&o.accessLog, "access-log", false, "let roamgate encode its access log (JSON, discarded) as a deployment would")
 	fs.BoolVar(&o.childLogs, "child-logs", false, "copy the servers' logs to stderr (else shown only when one fails)")
-	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of roamgate during its first measured throughput run to this file (go tool pprof)")
-	fs.StringVar(&o.heapProfile, "heapprofile", "", "write a heap profile of roamgate at the end of its first measured throughput run (connections still open) to this file")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of roamgate during its first measured run of --profile-scenario to this file (go tool pprof)")
+	fs.StringVar(&o.heapProfile, "heapprofile", "", "write a heap profile of roamgate at the end of its first measured run of --profile-scenario (connections still open) to this file")
+	fs.StringVar(&o.profileOf, "profile-scenario", scThroughput, "the scenario --cpuprofile and --heapprofile profile: latency, throughput or storm")
 
 	var urls []string
 	for {
@@ -274,6 +276,8 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 		return bad("--storm must be at least 1")
 	case o.timeout <= 0:
 		return bad("--timeout must be positive")
+	case o.profileOf != scLatency && o.profileOf != scThroughput && o.profileOf != scStorm:
+		return bad("--profile-scenario: want latency, throughput or storm, not %q", o.profileOf)
 	}
 	for _, raw := range urls {
 		u, err := url.Parse(raw)

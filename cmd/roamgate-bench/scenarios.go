@@ -45,13 +45,13 @@ func scenarioFor(name string) scenario {
 		return scenario{name, func(o *options) string {
 			return fmt.Sprintf("1 connection × 1 stream, GET of %s", formatSize(o.size))
 		}, anyTarget, func(ctx context.Context, b *bench, t *target) (figures, error) {
-			return b.load(ctx, t, 1, 1, false, false)
+			return b.load(ctx, t, 1, 1, false, b.o.profileOf == scLatency)
 		}}
 	case scThroughput:
 		return scenario{name, func(o *options) string {
 			return fmt.Sprintf("%d connections × %d streams, GET of %s", o.conns, o.streams, formatSize(o.size))
 		}, anyTarget, func(ctx context.Context, b *bench, t *target) (figures, error) {
-			return b.load(ctx, t, b.o.conns, b.o.streams, false, true)
+			return b.load(ctx, t, b.o.conns, b.o.streams, false, b.o.profileOf == scThroughput)
 		}}
 	case scDownload:
 		return scenario{name, func(o *options) string {
@@ -69,7 +69,7 @@ func scenarioFor(name string) scenario {
 		return scenario{name, func(o *options) string {
 			return fmt.Sprintf("%d clients × 1 stream, GET of %s, each migrating once to a new UDP socket under load", o.storm, formatSize(o.size))
 		}, h3Builtin, func(ctx context.Context, b *bench, t *target) (figures, error) {
-			return b.load(ctx, t, b.o.storm, 1, true, false)
+			return b.load(ctx, t, b.o.storm, 1, true, b.o.profileOf == scStorm)
 		}}
 	case scIdle:
 		return scenario{name, func(o *options) string {
@@ -143,8 +143,8 @@ func progressLine(name string, f figures) string {
 // against t: dial, warm up (every stream at least one request, so roamgate
 // has dialled its upstream connections), then measure for --duration.
 // With migrate (the storm), each connection migrates once during the
-// measured run. With profile, roamgate's first measured run is profiled
-// when --cpuprofile asks for it.
+// measured run. With profile (the scenario is --profile-scenario), roamgate's
+// first measured run is profiled when --cpuprofile or --heapprofile ask.
 func (b *bench) load(ctx context.Context, t *target, conns, streams int, migrate, profile bool) (f figures, err error) {
 	workers := conns * streams
 	if t.kind == kindH1 {
