@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -176,6 +177,14 @@ func (c *conn) aborted() error {
 	return c.abortErr
 }
 
+// abortArmDelay is how long a round trip waits for its answer before it
+// watches the client's context. Most backends answer within it, and a round
+// trip whose whole response arrives in time needs no watch at all: a
+// context.AfterFunc costs a few µs and ~750 bytes (it gives the request's
+// context its map of children), on every request. A client that goes away
+// is still noticed: the watch armed late fires at once on a done context.
+const abortArmDelay = 5 * time.Millisecond
+
 // roundTrip writes req and reads the response header. On error the
 // connection has been released (closed); on success it stays reserved until
 // the response body ends.
@@ -184,7 +193,7 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 	c.used = true
 	startRead := c.nread
 	ctx := req.Context()
-	stop := context.AfterFunc(ctx, func() { c.abort(ctx.Err()) })
+	w := watch{c: c, ctx: ctx}
 
 	hasBody := req.Body != nil && req.Body != http.NoBody
 	chunked := hasBody && req.ContentLength < 0
@@ -192,6 +201,9 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 	err := writeRequestHeader(c.bw, req, hasBody, chunked)
 	if err == nil {
 		if hasBody {
+			// A request body can take any time, and its writer's reads of the
+			// client must end when the client goes away: watch from the start.
+			w.arm()
 			// The body is written concurrently with reading the response:
 			// a backend may answer (and stop reading) before the body ends,
 			// and a streaming body must not wait for the response.
@@ -212,17 +224,10 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 
 	var resp *http.Response
 	if err == nil {
-		timeout := c.lease.pool.cfg.ResponseHeaderTimeout
-		if timeout > 0 {
-			c.setReadDeadline(time.Now().Add(timeout))
-		}
-		resp, err = c.readResponse(req)
-		if timeout > 0 {
-			c.setReadDeadline(time.Time{})
-		}
+		resp, err = c.awaitResponse(req, &w)
 	}
 	if err != nil {
-		stop()
+		w.stop()
 		c.abandonWrite(req, wdone)
 		err = c.classify(err, reused && c.nread == startRead)
 		reason := reasonError
@@ -237,24 +242,97 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 		c.lease.release(c, false, reason)
 		return nil, err
 	}
-
-	resp.Body = &body{c: c, rc: resp.Body, req: req, wdone: wdone, stop: stop, connClose: resp.Close}
+	resp.Body = &body{c: c, rc: resp.Body, req: req, wdone: wdone, w: w, connClose: resp.Close}
 	return resp, nil
 }
 
-// readResponse reads the final response header; 1xx informational responses
-// other than 101 are skipped (RFC 9110 §15.2).
-func (c *conn) readResponse(req *http.Request) (*http.Response, error) {
+// awaitResponse reads the response header within ResponseHeaderTimeout.
+// Unless w is armed already, it first waits abortArmDelay unwatched, and
+// arms w only when the answer takes longer or its body is not all here.
+func (c *conn) awaitResponse(req *http.Request, w *watch) (*http.Response, error) {
+	now := time.Now()
+	var deadline time.Time // zero: none
+	if t := c.lease.pool.cfg.ResponseHeaderTimeout; t > 0 {
+		deadline = now.Add(t)
+	}
+	if !w.armed() {
+		if arm := now.Add(abortArmDelay); deadline.IsZero() || arm.Before(deadline) {
+			c.setReadDeadline(arm)
+			_, err := c.br.Peek(1)
+			if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+				return nil, err
+			}
+			if err != nil || !headerBuffered(c.br) {
+				// Slow, or a header in several segments: from here on the
+				// wait is the request's real one.
+				w.arm()
+				c.setReadDeadline(deadline)
+			}
+		} else {
+			w.arm()
+			c.setReadDeadline(deadline)
+		}
+	} else if !deadline.IsZero() {
+		c.setReadDeadline(deadline)
+	}
 	for {
 		resp, err := http.ReadResponse(c.br, req)
-		if err != nil {
-			return nil, err
+		if err == nil && informational(resp.StatusCode) {
+			// RFC 9110 §15.2: skipped; the final response may take long.
+			if !w.armed() {
+				w.arm()
+				c.setReadDeadline(deadline)
+			}
+			continue
 		}
-		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols || resp.StatusCode < 100 {
-			return resp, nil
+		c.setReadDeadline(time.Time{})
+		if err == nil && !w.armed() && !bodyBuffered(c.br, resp) {
+			w.arm() // the body streams on: the client may leave meanwhile
 		}
+		return resp, err
 	}
 }
+
+// informational reports whether a status is a 1xx response other than 101,
+// which a proxy reads past (RFC 9110 §15.2).
+func informational(code int) bool {
+	return code >= 100 && code < 200 && code != http.StatusSwitchingProtocols
+}
+
+// headerBuffered reports whether br holds a whole response header.
+func headerBuffered(br *bufio.Reader) bool {
+	b, _ := br.Peek(br.Buffered())
+	return bytes.Contains(b, crlfcrlf)
+}
+
+var crlfcrlf = []byte("\r\n\r\n")
+
+// bodyBuffered reports whether resp has no body or its whole body (of
+// known length) is in br.
+func bodyBuffered(br *bufio.Reader, resp *http.Response) bool {
+	return resp.Body == http.NoBody || resp.ContentLength >= 0 && int64(br.Buffered()) >= resp.ContentLength
+}
+
+// watch aborts a round trip's connection when the client's context ends,
+// once armed (context.AfterFunc).
+type watch struct {
+	c      *conn
+	ctx    context.Context
+	stopFn func() bool
+}
+
+func (w *watch) armed() bool { return w.stopFn != nil }
+
+func (w *watch) arm() {
+	if w.stopFn == nil {
+		c, ctx := w.c, w.ctx
+		w.stopFn = context.AfterFunc(ctx, func() { c.abort(ctx.Err()) })
+	}
+}
+
+// stop disarms the watch and reports whether it had not fired (an unarmed
+// watch never fires).
+func (w *watch) stop() bool { return w.stopFn == nil || w.stopFn() }
 
 // classify turns a round-trip error into the one the caller acts on.
 func (c *conn) classify(err error, nothingReceived bool) error {
@@ -375,8 +453,8 @@ type body struct {
 	rc        io.ReadCloser
 	req       *http.Request
 	wdone     chan error
-	stop      func() bool // stops the context.AfterFunc of the round trip
-	connClose bool        // the backend said Connection: close
+	w         watch // the round trip's watch on the client's context
+	connClose bool  // the backend said Connection: close
 	done      bool
 	err       error // returned after done
 }
@@ -438,7 +516,7 @@ func (b *body) Close() error {
 func (b *body) finish(clean bool) {
 	b.done = true
 	reuse := clean && !b.connClose && !b.req.Close
-	if !b.stop() {
+	if !b.w.stop() {
 		reuse = false // the round trip was aborted: its deadline poisons the conn
 	}
 	if b.wdone != nil {

@@ -1,0 +1,158 @@
+package upstream
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// TestClientLeavingWhileTheBackendThinks: a client that goes away while its
+// request waits for the backend's answer ends the round trip with its
+// context's error and closes the upstream connection, so the backend sees
+// the request abandoned — both before the watch on the client's context is
+// armed (abortArmDelay) and after.
+func TestClientLeavingWhileTheBackendThinks(t *testing.T) {
+	for _, after := range []time.Duration{abortArmDelay / 5, 6 * abortArmDelay} {
+		t.Run(after.String(), func(t *testing.T) {
+			abandoned := make(chan struct{})
+			b := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+				select {
+				case <-r.Context().Done(): // net/http: the connection closed
+					close(abandoned)
+				case <-time.After(10 * time.Second):
+				}
+			})
+			p, m := newPool(t, Config{Backends: []string{b.addr()}})
+			l := p.Lease(1, nil)
+			defer l.Close()
+			ctx, cancel := context.WithCancel(context.Background())
+			time.AfterFunc(after, cancel)
+			start := time.Now()
+			_, err := l.RoundTrip(newReq(t, ctx, http.MethodGet, "/slow", nil, 0))
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("err = %v, want context.Canceled", err)
+			}
+			if d := time.Since(start); d > 5*time.Second {
+				t.Fatalf("round trip ended %v after it began, long after the client left", d)
+			}
+			select {
+			case <-abandoned:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the backend never saw the request abandoned")
+			}
+			if got := testutil.ToFloat64(m.ConnsClosed.WithLabelValues(b.addr(), reasonAborted)); got != 1 {
+				t.Fatalf("aborted closes = %v, want 1", got)
+			}
+		})
+	}
+}
+
+// TestOnlyAnUnfinishedResponseIsWatched: a response that arrived whole in
+// time leaves the client's context unwatched (no context.AfterFunc on the
+// request path); a body still streaming, a slow answer and a request body
+// are watched.
+func TestOnlyAnUnfinishedResponseIsWatched(t *testing.T) {
+	b := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/stream":
+			_, _ = io.WriteString(w, "first")
+			w.(http.Flusher).Flush()
+			time.Sleep(3 * abortArmDelay)
+			_, _ = io.WriteString(w, "second")
+		case "/slow":
+			time.Sleep(3 * abortArmDelay)
+			_, _ = io.WriteString(w, "late")
+		default:
+			_, _ = io.Copy(io.Discard, r.Body)
+			_, _ = io.WriteString(w, "ok")
+		}
+	})
+	p, _ := newPool(t, Config{Backends: []string{b.addr()}})
+	l := p.Lease(1, nil)
+	defer l.Close()
+	for _, tc := range []struct {
+		method, path string
+		body         string
+		watched      bool
+	}{
+		{"GET", "/", "", false},
+		{"HEAD", "/", "", false},
+		{"GET", "/stream", "", true},
+		{"GET", "/slow", "", true},
+		{"POST", "/", "payload", true},
+		{"GET", "/", "", false}, // the same connection again
+	} {
+		var rb io.ReadCloser
+		if tc.body != "" {
+			rb = io.NopCloser(strings.NewReader(tc.body))
+		}
+		resp, err := l.RoundTrip(newReq(t, context.Background(), tc.method, tc.path, rb, int64(len(tc.body))))
+		if err != nil {
+			t.Fatalf("%s %s: %v", tc.method, tc.path, err)
+		}
+		if got := resp.Body.(*body).w.armed(); got != tc.watched {
+			t.Errorf("%s %s: watched = %v, want %v", tc.method, tc.path, got, tc.watched)
+		}
+		if _, err := io.ReadAll(resp.Body); err != nil {
+			t.Fatalf("%s %s: body: %v", tc.method, tc.path, err)
+		}
+		resp.Body.Close()
+	}
+	if n := len(b.conns()); n != 1 {
+		t.Fatalf("backend saw %d connections, want 1 (every response ended cleanly)", n)
+	}
+}
+
+// TestSlowHeaderSegmentsAreWaitedFor: a response header arriving in pieces
+// further apart than abortArmDelay, and a final response long after a 100
+// Continue, are read whole: the short unwatched wait is no timeout.
+func TestSlowHeaderSegmentsAreWaitedFor(t *testing.T) {
+	pause := 4 * abortArmDelay
+	for name, pieces := range map[string][]string{
+		"split header": {"HTTP/1.1 200 OK\r\nContent-", "Length: 2\r\n\r\nok"},
+		"100 continue": {"HTTP/1.1 100 Continue\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			addr := rawBackend(t, func(_ int, c net.Conn) {
+				if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+					return
+				}
+				for _, p := range pieces {
+					if _, err := io.WriteString(c, p); err != nil {
+						return
+					}
+					time.Sleep(pause)
+				}
+			})
+			p, _ := newPool(t, Config{Backends: []string{addr}, ResponseHeaderTimeout: time.Minute})
+			l := p.Lease(1, nil)
+			defer l.Close()
+			if got := get(t, l, "/"); got != "ok" {
+				t.Fatalf("body = %q, want ok", got)
+			}
+		})
+	}
+}
+
+// TestShortResponseHeaderTimeout: a ResponseHeaderTimeout below
+// abortArmDelay still bounds the wait.
+func TestShortResponseHeaderTimeout(t *testing.T) {
+	release := make(chan struct{})
+	b := newBackend(t, func(w http.ResponseWriter, r *http.Request) { <-release })
+	defer close(release)
+	p, _ := newPool(t, Config{Backends: []string{b.addr()}, ResponseHeaderTimeout: abortArmDelay / 5})
+	l := p.Lease(1, nil)
+	defer l.Close()
+	_, err := l.RoundTrip(newReq(t, context.Background(), "GET", "/", nil, 0))
+	if !errors.Is(err, ErrResponseHeaderTimeout) {
+		t.Fatalf("err = %v, want ErrResponseHeaderTimeout", err)
+	}
+}
