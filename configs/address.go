@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/roamgate/roamgate/upstream"
 )
 
 // hostPort is an address split by splitAddress.
@@ -88,11 +90,21 @@ func canonicalHost(h string) string {
 }
 
 // parseUpstream parses the upstream at the cursor: "host:port", "[::1]:port",
-// ":port" (on localhost), "host" (port 80), optionally after "http://".
+// ":port" (on localhost), "host" (port 80), optionally after "http://"; or
+// "unix/PATH", a Unix domain socket ("unix//run/app.sock").
 func parseUpstream(c *Cursor) (Upstream, error) {
 	text := c.Val()
 	fail := func(msg string) (Upstream, error) {
 		return Upstream{}, c.Err("upstream " + strconv.Quote(text) + ": " + msg)
+	}
+	if path, ok := strings.CutPrefix(text, upstream.UnixPrefix); ok {
+		if err := upstream.CheckSocketPath(path); err != nil {
+			return fail(err.Error())
+		}
+		return Upstream{Pos: c.Token().Pos(), Addr: text, Text: text}, nil
+	}
+	if path, ok := strings.CutPrefix(text, "unix:"); ok {
+		return fail("write a Unix socket as " + upstream.UnixPrefix + path)
 	}
 	hp, err := splitAddress(text)
 	switch {

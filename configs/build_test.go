@@ -319,6 +319,19 @@ a {
 			}),
 		},
 		{
+			name: "unix socket upstreams",
+			src:  "a {\n\treverse_proxy unix//run/app.sock unix/app.sock b:1\n}",
+			want: defaults(Site{
+				Pos:       at(1, 1),
+				Addresses: []Address{{Pos: at(1, 1), Host: "a", Port: 443, Text: "a"}},
+				TLS:       TLS{Pos: at(1, 1)},
+				Routes: only(proxy(at(2, 2),
+					Upstream{Pos: at(2, 16), Addr: "unix//run/app.sock", Text: "unix//run/app.sock"},
+					Upstream{Pos: at(2, 35), Addr: "unix/app.sock", Text: "unix/app.sock"},
+					Upstream{Pos: at(2, 49), Addr: "b:1", Text: "b:1"})),
+			}),
+		},
+		{
 			name: "tls",
 			src:  "a {\n\treverse_proxy b\n\ttls internal\n}\nc {\n\ttls ./c.pem \"./my key.pem\"\n\treverse_proxy d\n}",
 			want: defaults(
@@ -546,6 +559,9 @@ func TestParseErrors(t *testing.T) {
 		{"https upstream", site("reverse_proxy https://b"), `Roamfile:2:16: reverse_proxy: upstream "https://b": TLS to upstreams is not supported yet`},
 		{"upstream scheme", site("reverse_proxy h2c://b"), `Roamfile:2:16: reverse_proxy: upstream "h2c://b": unsupported scheme "h2c"`},
 		{"upstream path", site("reverse_proxy b:80/x"), `Roamfile:2:16: reverse_proxy: upstream "b:80/x": paths are not supported`},
+		{"unix upstream without path", site("reverse_proxy unix/"), `Roamfile:2:16: reverse_proxy: upstream "unix/": missing socket path after unix/`},
+		{"unix upstream path too long", site("reverse_proxy unix//" + strings.Repeat("s", 107)), `Roamfile:2:16: reverse_proxy: upstream "unix//` + strings.Repeat("s", 107) + `": socket path is 108 bytes, longer than the 107 a Unix socket address holds`},
+		{"nginx-style unix upstream", site("reverse_proxy unix:/run/app.sock"), `Roamfile:2:16: reverse_proxy: upstream "unix:/run/app.sock": write a Unix socket as unix//run/app.sock`},
 		{"upstream port 0", site("reverse_proxy b:0"), `Roamfile:2:16: reverse_proxy: upstream "b:0": invalid port "0" (want 1-65535)`},
 		{"upstream wildcard", site("reverse_proxy *.b"), `Roamfile:2:16: reverse_proxy: upstream "*.b": invalid host "*.b"`},
 		{"upstream bare IPv6", site("reverse_proxy ::1:80"), `Roamfile:2:16: reverse_proxy: upstream "::1:80": IPv6 address needs brackets, as in [::1]:8443`},

@@ -26,8 +26,10 @@ const (
 // picks one, how their health is judged, and the limits of the leases taken
 // from it.
 type Config struct {
-	// Backends are dial addresses ("host:port"), in configuration order
-	// (the order the First policy follows). At least one.
+	// Backends are dial addresses, "host:port" or UnixPrefix+path for a
+	// Unix domain socket (a sidecar's backend on the same host: no TCP/IP
+	// stack on the way), in configuration order (the order the First policy
+	// follows). At least one.
 	Backends []string
 	// MaxConnsPerSession bounds the connections one lease holds to its
 	// backend; requests beyond it wait for a connection. Zero means
@@ -173,6 +175,12 @@ func (cfg Config) checked() (Config, error) {
 		return cfg, errors.New("negative limit")
 	}
 	for _, addr := range cfg.Backends {
+		if path, ok := strings.CutPrefix(addr, UnixPrefix); ok {
+			if err := CheckSocketPath(path); err != nil {
+				return cfg, fmt.Errorf("backend %q: %w", addr, err)
+			}
+			continue
+		}
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			return cfg, fmt.Errorf("backend %q: %w", addr, err)
 		}
@@ -236,4 +244,22 @@ func (cfg Config) checked() (Config, error) {
 		}
 	}
 	return cfg, nil
+}
+
+// maxSocketPath is the longest Unix socket path Linux takes (sun_path holds
+// 108 bytes with the terminating NUL); other systems allow 104 or more.
+const maxSocketPath = 107
+
+// CheckSocketPath checks the path of a Unix socket backend (the part of its
+// address after UnixPrefix).
+func CheckSocketPath(path string) error {
+	switch {
+	case path == "":
+		return errors.New("missing socket path after " + UnixPrefix)
+	case len(path) > maxSocketPath:
+		return fmt.Errorf("socket path is %d bytes, longer than the %d a Unix socket address holds", len(path), maxSocketPath)
+	case strings.ContainsRune(path, 0):
+		return errors.New("socket path contains a NUL byte")
+	}
+	return nil
 }

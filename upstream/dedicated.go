@@ -59,7 +59,7 @@ func (l *Lease) Upgrade(req *http.Request) (*http.Response, *Dedicated, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	nc, err := l.pool.dialer.DialContext(ctx, "tcp", b.Addr)
+	nc, err := b.dial(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, nil, ctx.Err()

@@ -233,7 +233,7 @@ func (p *Pool) probe(ctx context.Context, b *Backend) error {
 	h := p.cfg.Health
 	ctx, cancel := context.WithTimeout(ctx, h.Timeout)
 	defer cancel()
-	nc, err := p.dialer.DialContext(ctx, "tcp", b.Addr)
+	nc, err := b.dial(ctx)
 	if err != nil {
 		return fmt.Errorf("health check: dial %s: %w", b.Addr, err)
 	}
@@ -246,7 +246,7 @@ func (p *Pool) probe(ctx context.Context, b *Backend) error {
 	req := &http.Request{
 		Method: http.MethodGet,
 		URL:    &url.URL{Path: h.URI},
-		Host:   b.Addr,
+		Host:   b.hostHeader(),
 		Header: http.Header{
 			"Connection": {"close"},
 			"User-Agent": {"roamgate-health-check"},

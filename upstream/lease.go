@@ -312,7 +312,7 @@ func (l *Lease) dial(ctx context.Context) (*conn, error) {
 		l.unreserve()
 		return nil, ErrLeaseClosed
 	}
-	nc, err := l.pool.dialer.DialContext(ctx, "tcp", b.Addr)
+	nc, err := b.dial(ctx)
 	if err != nil {
 		l.mu.Lock()
 		l.dialing--

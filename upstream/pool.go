@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,8 +16,11 @@ import (
 
 // Backend is one upstream server of a Pool.
 type Backend struct {
-	// Addr is the dial address, "host:port".
+	// Addr is the dial address: "host:port", or "unix/PATH" for a Unix
+	// domain socket (see Config.Backends).
 	Addr string
+
+	network, address string // what Addr dials
 
 	pool    *Pool
 	idx     int          // position in the configuration
@@ -28,6 +32,33 @@ type Backend struct {
 	activeDown bool        // the last active check failed
 	fails      []time.Time // the latest passive failures, oldest first, at most MaxFails
 	recovery   *time.Timer // re-decides health when passive failures age out
+}
+
+// dialTarget splits a backend address into the network and address to dial.
+func dialTarget(addr string) (network, address string) {
+	if path, ok := strings.CutPrefix(addr, UnixPrefix); ok {
+		return "unix", path
+	}
+	return "tcp", addr
+}
+
+// UnixPrefix starts a backend address naming a Unix domain socket:
+// "unix//run/app.sock" (absolute), "unix/app.sock" (relative to the working
+// directory), as in Caddy.
+const UnixPrefix = "unix/"
+
+// dial opens a connection to b.
+func (b *Backend) dial(ctx context.Context) (net.Conn, error) {
+	return b.pool.dialer.DialContext(ctx, b.network, b.address)
+}
+
+// hostHeader is the Host a request roamgate makes itself (a health check)
+// names: the backend's host:port, or localhost for a socket.
+func (b *Backend) hostHeader() string {
+	if b.network == "unix" {
+		return "localhost"
+	}
+	return b.Addr
 }
 
 // Leases reports how many open leases (client sessions) use the backend.
@@ -76,6 +107,7 @@ func New(cfg Config, logger *zap.Logger, metrics *Metrics) (*Pool, error) {
 	}
 	for i, addr := range cfg.Backends {
 		b := &Backend{Addr: addr, pool: p, idx: i, hash: mix64(fnv64a(addr))}
+		b.network, b.address = dialTarget(addr)
 		b.healthy.Store(true)
 		metrics.Healthy.WithLabelValues(addr).Set(1)
 		p.backends = append(p.backends, b)

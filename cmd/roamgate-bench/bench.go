@@ -12,9 +12,12 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/roamgate/roamgate/upstream"
 )
 
 // quicBufferWant is the UDP socket buffer size quic-go asks for (7 MiB),
@@ -133,7 +136,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 // and the extra URLs.
 func (b *bench) startTargets(ctx context.Context, sp *spawner, dir string) error {
 	size := strconv.FormatInt(b.o.size, 10)
-	backend, err := sp.start(ctx, childBackend, "--size", size)
+	backendArgs := []string{"--size", size}
+	withUnix := slices.Contains(b.o.targets, tgRoamgateUnix)
+	if withUnix {
+		backendArgs = append(backendArgs, "--unix", filepath.Join(dir, "backend.sock"))
+	}
+	backend, err := sp.start(ctx, childBackend, backendArgs...)
 	if err != nil {
 		return err
 	}
@@ -147,6 +155,16 @@ func (b *bench) startTargets(ctx context.Context, sp *spawner, dir string) error
 	rg, err := sp.start(ctx, childRoamgate, rgArgs...)
 	if err != nil {
 		return err
+	}
+	var rgUnix *child
+	if withUnix {
+		args := []string{"--backend", upstream.UnixPrefix + backend.info.Unix, "--data-dir", filepath.Join(dir, "data")}
+		if b.o.accessLog {
+			args = append(args, "--access-log")
+		}
+		if rgUnix, err = sp.start(ctx, childRoamgate, args...); err != nil {
+			return err
+		}
 	}
 	plain, err := sp.start(ctx, childPlain, "--size", size, "--cert", rg.info.CertFile, "--key", rg.info.KeyFile)
 	if err != nil {
@@ -185,6 +203,14 @@ func (b *bench) startTargets(ctx context.Context, sp *spawner, dir string) error
 			}
 			t = &target{kind: kindH3, base: base, addr: rg.info.Addr, tls: clientTLS,
 				pid: rg.info.PID, control: rg.info.Control, child: rg, admin: rg.info.Admin,
+				backendPID: backend.info.PID, backendControl: backend.info.Control}
+		case tgRoamgateUnix:
+			base, err := h3Base(rgUnix.info.Addr)
+			if err != nil {
+				return err
+			}
+			t = &target{kind: kindH3, base: base, addr: rgUnix.info.Addr, tls: clientTLS,
+				pid: rgUnix.info.PID, control: rgUnix.info.Control, child: rgUnix, admin: rgUnix.info.Admin,
 				backendPID: backend.info.PID, backendControl: backend.info.Control}
 		case tgDirect:
 			t = &target{kind: kindH1, base: "http://" + backend.info.Addr,

@@ -96,12 +96,18 @@ var allScenarios = []string{scLatency, scThroughput, scIdle, scStorm, scDownload
 
 // Built-in target names.
 const (
-	tgPlain    = "h3-plain"
-	tgRoamgate = "roamgate"
-	tgDirect   = "h1-direct"
+	tgPlain        = "h3-plain"
+	tgRoamgate     = "roamgate"
+	tgRoamgateUnix = "roamgate-unix"
+	tgDirect       = "h1-direct"
 )
 
-var builtinTargets = []string{tgPlain, tgRoamgate, tgDirect}
+// builtinTargets are every built-in target, in table order;
+// defaultTargets those measured unless --targets says otherwise.
+var (
+	builtinTargets = []string{tgPlain, tgRoamgate, tgRoamgateUnix, tgDirect}
+	defaultTargets = []string{tgPlain, tgRoamgate, tgDirect}
+)
 
 // options are the command line, parsed and checked.
 type options struct {
@@ -159,6 +165,8 @@ Targets (each server in its own process, so CPU and memory are its own):
   h3-plain    a plain quic-go HTTP/3 server answering like the backend (the stack's limit)
   roamgate    roamgate (local CA, HTTP/3) in front of an HTTP/1.1 backend
   h1-direct   the backend straight over HTTP/1.1, keep-alive
+  roamgate-unix  roamgate in front of the same backend on a Unix socket, as a sidecar
+              can be (not measured unless --targets names it)
   EXTRA_H3_URL  any HTTP/3 URL, e.g. https://localhost:8443/ (latency and throughput only;
               CPU and RSS with --pid URL=PID; --insecure skips certificate checks)
 
@@ -197,7 +205,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	size := sizeFlag(1024)
 	streamSize := sizeFlag(256 << 20)
 	scenarios := strings.Join(allScenarios, ",")
-	targets := strings.Join(builtinTargets, ",")
+	targets := strings.Join(defaultTargets, ",")
 	fs.DurationVar(&o.duration, "duration", 5*time.Second, "measured load per target and round (latency, throughput, storm)")
 	fs.DurationVar(&o.warmup, "warmup", 0, "load before each measured run, not counted (0: a fifth of --duration, at most 1s)")
 	fs.IntVar(&o.rounds, "rounds", 3, "rounds; targets alternate round by round and tables show medians")

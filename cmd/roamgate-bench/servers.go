@@ -15,6 +15,7 @@ import (
 	"runtime/debug"
 	rtmetrics "runtime/metrics"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -46,6 +47,7 @@ const readyPrefix = "roamgate-bench-ready "
 type childInfo struct {
 	PID      int    `json:"pid"`
 	Addr     string `json:"addr"`                // HTTP/1.1 (TCP) for the backend, HTTP/3 (UDP) otherwise
+	Unix     string `json:"unix,omitempty"`      // the backend's Unix socket, with --unix
 	Control  string `json:"control"`             // the control endpoint: POST /gc, GET /stats
 	Admin    string `json:"admin,omitempty"`     // roamgate's admin endpoint (/metrics)
 	CertFile string `json:"cert_file,omitempty"` // roamgate's certificate for localhost, from its local CA
@@ -79,6 +81,7 @@ func childMain(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	cert := fs.String("cert", "", "certificate file (h3-plain)")
 	key := fs.String("key", "", "key file (h3-plain)")
 	backend := fs.String("backend", "", "the backend's address (roamgate)")
+	unixPath := fs.String("unix", "", "also serve on this Unix socket (backend)")
 	dataDir := fs.String("data-dir", "", "the data directory (roamgate)")
 	accessLog := fs.Bool("access-log", false, "encode access logs (roamgate)")
 	removeOnExit := fs.String("remove-on-exit", "", "a directory to remove on exit, so a benchmark killed outright leaves no temporary files")
@@ -102,7 +105,7 @@ func childMain(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	var err error
 	switch kind {
 	case childBackend:
-		info, stop, err = serveBackend(h, &conns)
+		info, stop, err = serveBackend(h, &conns, *unixPath)
 	case childPlain:
 		info, stop, err = servePlain(h, &conns, *cert, *key)
 	case childRoamgate:
@@ -188,12 +191,21 @@ type connCounter struct {
 func (c *connCounter) add()  { c.opened.Add(1); c.open.Add(1) }
 func (c *connCounter) done() { c.open.Add(-1) }
 
-// serveBackend serves h over HTTP/1.1 on a loopback port, counting
-// accepted TCP connections.
-func serveBackend(h http.Handler, conns *connCounter) (childInfo, func() error, error) {
+// serveBackend serves h over HTTP/1.1 on a loopback port, and on the Unix
+// socket unixPath unless empty, counting accepted connections.
+func serveBackend(h http.Handler, conns *connCounter, unixPath string) (childInfo, func() error, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return childInfo{}, nil, fmt.Errorf("listen: %w", err)
+	}
+	lns := []net.Listener{ln}
+	if unixPath != "" {
+		uln, err := net.Listen("unix", unixPath)
+		if err != nil {
+			ln.Close()
+			return childInfo{}, nil, fmt.Errorf("listen: %w", err)
+		}
+		lns = append(lns, uln)
 	}
 	srv := &http.Server{
 		Handler:           h,
@@ -207,11 +219,10 @@ func serveBackend(h http.Handler, conns *connCounter) (childInfo, func() error, 
 			}
 		},
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = srv.Serve(ln)
-	}()
+	var wg sync.WaitGroup
+	for _, l := range lns {
+		wg.Go(func() { _ = srv.Serve(l) })
+	}
 	stop := func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), childShutdownGrace)
 		defer cancel()
@@ -219,10 +230,10 @@ func serveBackend(h http.Handler, conns *connCounter) (childInfo, func() error, 
 		if err != nil {
 			err = srv.Close()
 		}
-		<-done
+		wg.Wait()
 		return err
 	}
-	return childInfo{Addr: ln.Addr().String()}, stop, nil
+	return childInfo{Addr: ln.Addr().String(), Unix: unixPath}, stop, nil
 }
 
 // plainQUICConfig is the QUIC configuration of h3-plain: roamgate's

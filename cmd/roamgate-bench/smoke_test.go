@@ -22,6 +22,7 @@ import (
 var smokeArgs = []string{
 	"--duration", "200ms", "--rounds", "1", "--idle", "20", "--storm", "10", "--stream-size", "1MiB",
 	"--conns", "5", "--scenarios", "latency,throughput,idle,storm,download,upload",
+	"--targets", "h3-plain,roamgate,roamgate-unix,h1-direct",
 }
 
 // TestSmoke runs the whole benchmark with tiny settings, its servers being
@@ -43,12 +44,12 @@ func TestSmoke(t *testing.T) {
 	out := stdout.String()
 
 	want := map[string][]string{
-		scLatency:    {tgPlain, tgRoamgate, tgDirect},
-		scThroughput: {tgPlain, tgRoamgate, tgDirect},
-		scDownload:   {tgPlain, tgRoamgate, tgDirect},
-		scUpload:     {tgPlain, tgRoamgate, tgDirect},
-		scStorm:      {tgPlain, tgRoamgate},
-		scIdle:       {tgPlain, tgRoamgate},
+		scLatency:    {tgPlain, tgRoamgate, tgRoamgateUnix, tgDirect},
+		scThroughput: {tgPlain, tgRoamgate, tgRoamgateUnix, tgDirect},
+		scDownload:   {tgPlain, tgRoamgate, tgRoamgateUnix, tgDirect},
+		scUpload:     {tgPlain, tgRoamgate, tgRoamgateUnix, tgDirect},
+		scStorm:      {tgPlain, tgRoamgate, tgRoamgateUnix},
+		scIdle:       {tgPlain, tgRoamgate, tgRoamgateUnix},
 	}
 	for sc, targets := range want {
 		table := section(out, sc)
@@ -95,10 +96,11 @@ func TestSmoke(t *testing.T) {
 		}
 	}
 
-	// The servers reported their PIDs in the progress log; all are gone.
+	// The servers reported their PIDs in the progress log (one per target:
+	// the backend is h1-direct's); all are gone.
 	pids := regexp.MustCompile(`\(pid (\d+)\)`).FindAllStringSubmatch(stderr.String(), -1)
-	if len(pids) != 3 {
-		t.Errorf("%d server PIDs in the progress log, want 3:\n%s", len(pids), &stderr)
+	if len(pids) != 4 {
+		t.Errorf("%d server PIDs in the progress log, want 4:\n%s", len(pids), &stderr)
 	}
 	for _, m := range pids {
 		if _, err := os.Stat("/proc/" + m[1]); err == nil {

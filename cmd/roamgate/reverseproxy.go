@@ -17,7 +17,7 @@ import (
 func reverseProxyCmd(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := flag.NewFlagSet("reverse-proxy", flag.ContinueOnError)
 	from := fs.String("from", "", "the site address to serve, HOST:PORT (e.g. localhost:8443, :443)")
-	to := fs.String("to", "", "the upstream(s), HOST:PORT[,HOST:PORT...]")
+	to := fs.String("to", "", "the upstream(s), HOST:PORT or unix//SOCKET[,...]")
 	bind := fs.String("bind", "", "the host address to listen on (default: all interfaces)")
 	dataDir := fs.String("data-dir", "", "where certificates and the local CA live")
 	grace := fs.Duration("grace", defaultGrace, "how long in-flight requests may finish on shutdown")

@@ -66,6 +66,12 @@ func Start(addr, name string, h http.Handler) (*App, error) {
 	if err != nil {
 		return nil, fmt.Errorf("legacy app: %w", err)
 	}
+	return Serve(ln, name, h), nil
+}
+
+// Serve runs the app on a listener of the caller's (a Unix socket, say),
+// as Start does; Close closes ln.
+func Serve(ln net.Listener, name string, h http.Handler) *App {
 	a := &App{name: name, ln: ln, handler: h, done: make(chan struct{})}
 	if a.handler == nil {
 		a.handler = defaultHandler()
@@ -88,7 +94,7 @@ func Start(addr, name string, h http.Handler) (*App, error) {
 		defer close(a.done)
 		_ = a.srv.Serve(ln)
 	}()
-	return a, nil
+	return a
 }
 
 func (a *App) connState(c net.Conn, st http.ConnState) {
