@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,6 +26,7 @@ import (
 	"github.com/roamgate/roamgate/proxy/h3client"
 	"github.com/roamgate/roamgate/tlsmgr"
 	"github.com/roamgate/roamgate/tlsmgr/acmetest"
+	"github.com/roamgate/roamgate/upstream"
 )
 
 func TestMain(m *testing.M) {
@@ -215,6 +217,24 @@ func startApp(t testing.TB, name string, h http.Handler) *legacyapp.App {
 	}
 	t.Cleanup(func() { a.Close() })
 	return a
+}
+
+// startAppOn starts a legacy app serving h on loopback TCP or on a Unix
+// socket in a test directory, and returns it with its upstream address.
+func startAppOn(t testing.TB, network string, h http.Handler) (*legacyapp.App, string) {
+	t.Helper()
+	if network == "tcp" {
+		a := startApp(t, "app", h)
+		return a, a.Addr()
+	}
+	sock := filepath.Join(t.TempDir(), "app.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := legacyapp.Serve(ln, "app", h)
+	t.Cleanup(func() { a.Close() })
+	return a, upstream.UnixPrefix + sock
 }
 
 // eventually polls cond until it holds or five seconds pass.

@@ -1,16 +1,11 @@
-//go:build unix
-
 package proxy
 
 import (
 	"context"
-	"net"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/roamgate/roamgate/examples/legacyapp"
-	"github.com/roamgate/roamgate/upstream"
 )
 
 // TestUnixSocketBackendAcrossMigration: a sidecar's backend on a Unix socket
@@ -18,14 +13,8 @@ import (
 // connection, with the client's forwarding headers, before and after the
 // client migrates; a second client gets a connection of its own.
 func TestUnixSocketBackendAcrossMigration(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "app.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	app := legacyapp.Serve(ln, "app", nil)
-	t.Cleanup(func() { app.Close() })
-	h := startProxy(t, siteFor("", upstream.UnixPrefix+sock), nil)
+	_, upstreamAddr := startAppOn(t, "unix", nil)
+	h := startProxy(t, siteFor("", upstreamAddr), nil)
 
 	c := h.dial(t)
 	start := c.LocalAddr()

@@ -41,12 +41,19 @@ func (e *wsEcho) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // TestWebSocketOverHTTP1: a classic WebSocket upgrade on the TCP listener
-// goes to the backend on a dedicated connection; messages flow both ways,
-// in order, with the subprotocol negotiated end to end.
+// goes to the backend (on TCP, or on a Unix socket) on a dedicated
+// connection; messages flow both ways, in order, with the subprotocol
+// negotiated end to end.
 func TestWebSocketOverHTTP1(t *testing.T) {
+	for _, network := range []string{"tcp", "unix"} {
+		t.Run(network, func(t *testing.T) { testWebSocketOverHTTP1(t, network) })
+	}
+}
+
+func testWebSocketOverHTTP1(t *testing.T, network string) {
 	echo := &wsEcho{}
-	app := startApp(t, "app", echo)
-	h := startProxy(t, siteFor("", app.Addr()), nil)
+	app, upstreamAddr := startAppOn(t, network, echo)
+	h := startProxy(t, siteFor("", upstreamAddr), nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	dialer := &net.Dialer{}
