@@ -256,7 +256,7 @@ func (c *conn) awaitResponse(req *http.Request, w *watch) (*http.Response, error
 		deadline = now.Add(t)
 	}
 	if !w.armed() {
-		if arm := now.Add(abortArmDelay); deadline.IsZero() || arm.Before(deadline) {
+		if arm := now.Add(c.lease.pool.armDelay); deadline.IsZero() || arm.Before(deadline) {
 			c.setReadDeadline(arm)
 			_, err := c.br.Peek(1)
 			if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {

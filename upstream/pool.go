@@ -77,6 +77,7 @@ type Pool struct {
 	metrics  *Metrics
 	sel      selector
 	now      func() time.Time // the clock of passive failures; tests replace it
+	armDelay time.Duration    // abortArmDelay; tests replace it
 
 	mu      sync.Mutex // guards the following
 	started bool
@@ -99,11 +100,12 @@ func New(cfg Config, logger *zap.Logger, metrics *Metrics) (*Pool, error) {
 		metrics = NewMetrics(nil)
 	}
 	p := &Pool{
-		cfg:     cfg,
-		dialer:  net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second},
-		logger:  logger,
-		metrics: metrics,
-		now:     time.Now,
+		cfg:      cfg,
+		dialer:   net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second},
+		logger:   logger,
+		metrics:  metrics,
+		now:      time.Now,
+		armDelay: abortArmDelay,
 	}
 	for i, addr := range cfg.Backends {
 		b := &Backend{Addr: addr, pool: p, idx: i, hash: mix64(fnv64a(addr))}

@@ -58,17 +58,19 @@ func TestClientLeavingWhileTheBackendThinks(t *testing.T) {
 // TestOnlyAnUnfinishedResponseIsWatched: a response that arrived whole in
 // time leaves the client's context unwatched (no context.AfterFunc on the
 // request path); a body still streaming, a slow answer and a request body
-// are watched.
+// are watched. The arming delay is a minute for the fast cases (so a slow
+// test machine cannot make them slow) and a millisecond for the slow one
+// (whose backend takes 50).
 func TestOnlyAnUnfinishedResponseIsWatched(t *testing.T) {
 	b := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/stream":
 			_, _ = io.WriteString(w, "first")
 			w.(http.Flusher).Flush()
-			time.Sleep(3 * abortArmDelay)
+			time.Sleep(50 * time.Millisecond)
 			_, _ = io.WriteString(w, "second")
 		case "/slow":
-			time.Sleep(3 * abortArmDelay)
+			time.Sleep(50 * time.Millisecond)
 			_, _ = io.WriteString(w, "late")
 		default:
 			_, _ = io.Copy(io.Discard, r.Body)
@@ -81,15 +83,17 @@ func TestOnlyAnUnfinishedResponseIsWatched(t *testing.T) {
 	for _, tc := range []struct {
 		method, path string
 		body         string
+		armDelay     time.Duration
 		watched      bool
 	}{
-		{"GET", "/", "", false},
-		{"HEAD", "/", "", false},
-		{"GET", "/stream", "", true},
-		{"GET", "/slow", "", true},
-		{"POST", "/", "payload", true},
-		{"GET", "/", "", false}, // the same connection again
+		{"GET", "/", "", time.Minute, false},
+		{"HEAD", "/", "", time.Minute, false},
+		{"GET", "/stream", "", time.Minute, true},
+		{"GET", "/slow", "", time.Millisecond, true},
+		{"POST", "/", "payload", time.Minute, true},
+		{"GET", "/", "", time.Minute, false}, // the same connection again
 	} {
+		p.armDelay = tc.armDelay
 		var rb io.ReadCloser
 		if tc.body != "" {
 			rb = io.NopCloser(strings.NewReader(tc.body))
