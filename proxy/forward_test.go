@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -457,4 +458,74 @@ func TestGracefulShutdown(t *testing.T) {
 		conns[r.Conn] = true
 	}
 	eventually(t, "the backend to see every upstream connection close", func() bool { return len(app.ClosedConns()) == len(conns) })
+}
+
+// TestConcurrentUploadsAndEarlyAnswers: many clients stream request bodies
+// at once while the backend answers some before reading them. Every
+// exchange gets its own answer with its own header, and (under -race) no
+// request's pooled upstream form is touched by its body writer once a
+// later request has taken it.
+func TestConcurrentUploadsAndEarlyAnswers(t *testing.T) {
+	app := startApp(t, "app", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Seen-Tag", r.Header.Get("X-Tag"))
+		if r.URL.Path == "/early" {
+			w.WriteHeader(http.StatusRequestEntityTooLarge)
+			return
+		}
+		n, _ := io.Copy(io.Discard, r.Body)
+		fmt.Fprintf(w, "%d", n)
+	}))
+	h := startProxy(t, siteFor("", app.Addr()), nil)
+	const clients, streams, rounds = 6, 4, 6
+	var wg sync.WaitGroup
+	for i := range clients {
+		c := h.dial(t)
+		for j := range streams {
+			wg.Go(func() {
+				for k := range rounds {
+					tag := fmt.Sprintf("%d-%d-%d", i, j, k)
+					early := k%3 == 2
+					size := 1 + (i*7919+j*104729+k*1299709)%(64<<10)
+					path := "/up"
+					if early {
+						path, size = "/early", 256<<10
+					}
+					pr, pw := io.Pipe()
+					go func() {
+						chunk := make([]byte, 8<<10)
+						for left := size; left > 0; left -= len(chunk) {
+							if _, err := pw.Write(chunk[:min(left, len(chunk))]); err != nil {
+								return
+							}
+						}
+						pw.Close()
+					}()
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					req, _ := http.NewRequestWithContext(ctx, "POST", "https://localhost:"+strconv.Itoa(h.port)+path, pr)
+					req.Header.Set("X-Tag", tag)
+					resp, err := c.RoundTrip(req)
+					if err != nil {
+						cancel()
+						pr.CloseWithError(err)
+						t.Errorf("%s: %v", tag, err)
+						return
+					}
+					body, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					cancel()
+					pr.CloseWithError(io.ErrClosedPipe)
+					if got := resp.Header.Get("X-Seen-Tag"); got != tag {
+						t.Errorf("%s: answer for %q", tag, got)
+					}
+					switch {
+					case early && resp.StatusCode != http.StatusRequestEntityTooLarge:
+						t.Errorf("%s: status %d, want 413", tag, resp.StatusCode)
+					case !early && (resp.StatusCode != http.StatusOK || string(body) != strconv.Itoa(size)):
+						t.Errorf("%s: %d %q, want 200 %d", tag, resp.StatusCode, body, size)
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
 }

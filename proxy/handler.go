@@ -208,7 +208,9 @@ func (h *handler) reverseProxy(w http.ResponseWriter, r *http.Request, s *sessio
 	if rt.strip != "" {
 		target = stripTarget(r, rt.strip)
 	}
-	out, err := outRequest(w, r, s, target, early)
+	o := getOutgoing()
+	defer o.release() // after the response body is closed (deferred below): the exchange is over
+	out, err := outRequest(o, w, r, s, target, early)
 	if err != nil {
 		h.fail(w, r, s, st, rt, rec, err)
 		return

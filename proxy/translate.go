@@ -65,8 +65,10 @@ func (e *badRequestError) Error() string { return "bad request: " + e.reason }
 //   - the request target is origin-form (never absolute-form): target, or
 //     the client's own when target is empty;
 //   - the body: see upstreamBody.
-func outRequest(w http.ResponseWriter, r *http.Request, s *session, target string, early bool) (*http.Request, error) {
-	out, err := upstreamRequest(r, s, target, early)
+//
+// The request and its header map are o's.
+func outRequest(o *outgoing, w http.ResponseWriter, r *http.Request, s *session, target string, early bool) (*http.Request, error) {
+	out, err := o.fill(r, s, target, early)
 	if err != nil {
 		return nil, err
 	}
@@ -89,12 +91,50 @@ func outRequest(w http.ResponseWriter, r *http.Request, s *session, target strin
 }
 
 // upstreamRequest is outRequest without the body: the checked request, its
-// translated header and target, and no body yet.
+// translated header and target, and no body yet, in new memory.
 func upstreamRequest(r *http.Request, s *session, target string, early bool) (*http.Request, error) {
+	return new(outgoing).fill(r, s, target, early)
+}
+
+// outgoing is a request for the backend and the header map it owns. The
+// reverse proxy's come from outgoingPool and go back once the exchange is
+// over: they are the two largest allocations of a proxied request.
+type outgoing struct {
+	req http.Request
+	hdr http.Header
+}
+
+var outgoingPool = sync.Pool{New: func() any { return new(outgoing) }}
+
+// maxPooledHeader bounds the header maps kept for reuse, so a request with
+// a huge header leaves no huge map behind.
+const maxPooledHeader = 32
+
+// getOutgoing takes an outgoing request from the pool.
+func getOutgoing() *outgoing { return outgoingPool.Get().(*outgoing) }
+
+// release returns o to the pool. Nothing may use o's request after: the
+// upstream round trip, its body writer and its response body must be over.
+func (o *outgoing) release() {
+	if len(o.hdr) > maxPooledHeader {
+		o.hdr = nil
+	} else {
+		clear(o.hdr)
+	}
+	o.req = http.Request{}
+	outgoingPool.Put(o)
+}
+
+// fill makes o's request the upstream form of r (see upstreamRequest) and
+// returns it.
+func (o *outgoing) fill(r *http.Request, s *session, target string, early bool) (*http.Request, error) {
 	if err := checkRequest(r); err != nil {
 		return nil, err
 	}
-	h := make(http.Header, len(r.Header)+5)
+	if o.hdr == nil {
+		o.hdr = make(http.Header, len(r.Header)+5)
+	}
+	h := o.hdr
 	var listed []string
 	for _, v := range r.Header["Connection"] {
 		for f := range strings.SplitSeq(v, ",") {
@@ -124,7 +164,7 @@ func upstreamRequest(r *http.Request, s *session, target string, early bool) (*h
 		h["Early-Data"] = earlyDataValue
 	}
 
-	out := new(http.Request)
+	out := &o.req
 	*out = *r // keeps r's context; everything the wire needs is set below
 	out.Header = h
 	out.RequestURI = target

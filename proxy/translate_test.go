@@ -51,7 +51,7 @@ func FuzzTranslate(f *testing.F) {
 		r.Header = http.Header{"Accept": {"*/*"}}
 		r.Header.Add(name, value) // canonical keys, as http3 and net/http build them
 		r.Body = http.NoBody
-		out, err := outRequest(httptest.NewRecorder(), r, fuzzSession(), "", false)
+		out, err := outRequest(new(outgoing), httptest.NewRecorder(), r, fuzzSession(), "", false)
 		if err != nil {
 			if _, ok := err.(*badRequestError); !ok {
 				t.Fatalf("refused with %T %v, want a 400", err, err)
