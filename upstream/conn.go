@@ -182,8 +182,9 @@ func (c *conn) aborted() error {
 // trip whose whole response arrives in time needs no watch at all: a
 // context.AfterFunc costs a few µs and ~750 bytes (it gives the request's
 // context its map of children), on every request. A client that goes away
-// is still noticed: the watch armed late fires at once on a done context.
-const abortArmDelay = 5 * time.Millisecond
+// is still noticed, at most this late: the watch armed late fires at once
+// on a done context.
+const abortArmDelay = 50 * time.Millisecond
 
 // roundTrip writes req and reads the response header. On error the
 // connection has been released (closed); on success it stays reserved until
@@ -247,8 +248,9 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // awaitResponse reads the response header within ResponseHeaderTimeout.
-// Unless w is armed already, it first waits abortArmDelay unwatched, and
-// arms w only when the answer takes longer or its body is not all here.
+// Unless w is armed already, it first waits the pool's arming delay
+// (abortArmDelay) unwatched, and arms w only when the answer takes longer
+// or its body is not all here.
 func (c *conn) awaitResponse(req *http.Request, w *watch) (*http.Response, error) {
 	now := time.Now()
 	var deadline time.Time // zero: none
@@ -256,19 +258,20 @@ func (c *conn) awaitResponse(req *http.Request, w *watch) (*http.Response, error
 		deadline = now.Add(t)
 	}
 	if !w.armed() {
-		if arm := now.Add(c.lease.pool.armDelay); deadline.IsZero() || arm.Before(deadline) {
-			c.setReadDeadline(arm)
-			_, err := c.br.Peek(1)
-			if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-				return nil, err
-			}
-			if err != nil || !headerBuffered(c.br) {
-				// Slow, or a header in several segments: from here on the
-				// wait is the request's real one.
-				w.arm()
-				c.setReadDeadline(deadline)
-			}
-		} else {
+		// Wait unwatched until the arming delay or the header timeout,
+		// whichever comes first: a request that times out needs no watch.
+		first := now.Add(c.lease.pool.armDelay)
+		if !deadline.IsZero() && deadline.Before(first) {
+			first = deadline
+		}
+		c.setReadDeadline(first)
+		_, err := c.br.Peek(1)
+		if err != nil && (first.Equal(deadline) || !errors.Is(err, os.ErrDeadlineExceeded)) {
+			return nil, err
+		}
+		if err != nil || !headerBuffered(c.br) {
+			// Slow, or a header in several segments: from here on the
+			// wait is the request's real one.
 			w.arm()
 			c.setReadDeadline(deadline)
 		}

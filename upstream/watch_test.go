@@ -14,13 +14,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
+// testArmDelay replaces abortArmDelay where a test waits past it.
+const testArmDelay = 5 * time.Millisecond
+
 // TestClientLeavingWhileTheBackendThinks: a client that goes away while its
 // request waits for the backend's answer ends the round trip with its
 // context's error and closes the upstream connection, so the backend sees
 // the request abandoned — both before the watch on the client's context is
-// armed (abortArmDelay) and after.
+// armed and after.
 func TestClientLeavingWhileTheBackendThinks(t *testing.T) {
-	for _, after := range []time.Duration{abortArmDelay / 5, 6 * abortArmDelay} {
+	for _, after := range []time.Duration{testArmDelay / 5, 6 * testArmDelay} {
 		t.Run(after.String(), func(t *testing.T) {
 			abandoned := make(chan struct{})
 			b := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
@@ -31,6 +34,7 @@ func TestClientLeavingWhileTheBackendThinks(t *testing.T) {
 				}
 			})
 			p, m := newPool(t, Config{Backends: []string{b.addr()}})
+			p.armDelay = testArmDelay
 			l := p.Lease(1, nil)
 			defer l.Close()
 			ctx, cancel := context.WithCancel(context.Background())
@@ -116,10 +120,10 @@ func TestOnlyAnUnfinishedResponseIsWatched(t *testing.T) {
 }
 
 // TestSlowHeaderSegmentsAreWaitedFor: a response header arriving in pieces
-// further apart than abortArmDelay, and a final response long after a 100
-// Continue, are read whole: the short unwatched wait is no timeout.
+// further apart than the arming delay, and a final response long after a
+// 100 Continue, are read whole: the short unwatched wait is no timeout.
 func TestSlowHeaderSegmentsAreWaitedFor(t *testing.T) {
-	pause := 4 * abortArmDelay
+	pause := 4 * testArmDelay
 	for name, pieces := range map[string][]string{
 		"split header": {"HTTP/1.1 200 OK\r\nContent-", "Length: 2\r\n\r\nok"},
 		"100 continue": {"HTTP/1.1 100 Continue\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"},
@@ -137,6 +141,7 @@ func TestSlowHeaderSegmentsAreWaitedFor(t *testing.T) {
 				}
 			})
 			p, _ := newPool(t, Config{Backends: []string{addr}, ResponseHeaderTimeout: time.Minute})
+			p.armDelay = testArmDelay
 			l := p.Lease(1, nil)
 			defer l.Close()
 			if got := get(t, l, "/"); got != "ok" {
@@ -146,13 +151,13 @@ func TestSlowHeaderSegmentsAreWaitedFor(t *testing.T) {
 	}
 }
 
-// TestShortResponseHeaderTimeout: a ResponseHeaderTimeout below
-// abortArmDelay still bounds the wait.
+// TestShortResponseHeaderTimeout: a ResponseHeaderTimeout below the arming
+// delay still bounds the wait.
 func TestShortResponseHeaderTimeout(t *testing.T) {
 	release := make(chan struct{})
 	b := newBackend(t, func(w http.ResponseWriter, r *http.Request) { <-release })
 	defer close(release)
-	p, _ := newPool(t, Config{Backends: []string{b.addr()}, ResponseHeaderTimeout: abortArmDelay / 5})
+	p, _ := newPool(t, Config{Backends: []string{b.addr()}, ResponseHeaderTimeout: abortArmDelay / 50})
 	l := p.Lease(1, nil)
 	defer l.Close()
 	_, err := l.RoundTrip(newReq(t, context.Background(), "GET", "/", nil, 0))
