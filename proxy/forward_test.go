@@ -280,6 +280,24 @@ func TestDeadBackendIs502(t *testing.T) {
 	}
 }
 
+// TestFailureLogsAreRateLimited: a flood of failing requests is not a flood
+// of log lines: per message, the first 20 a second are written, then every
+// 100th (100 requests to a dead backend take milliseconds; the test would
+// only see them all logged below 20 requests a second).
+func TestFailureLogsAreRateLimited(t *testing.T) {
+	h := startProxy(t, siteFor("", deadAddr(t)), nil)
+	c := h.dial(t)
+	const n = 100
+	for range n {
+		if resp, _ := do(t, c, "GET", "https://localhost:"+strconv.Itoa(h.port)+"/", nil, nil); resp.StatusCode != http.StatusBadGateway {
+			t.Fatalf("status %d, want 502", resp.StatusCode)
+		}
+	}
+	if got := len(h.logged("upstream request failed")); got < 20 || got >= n {
+		t.Fatalf("%d failure log lines for %d failures, want 20 and more, fewer than %d", got, n, n)
+	}
+}
+
 // TestSlowBackendIs504: a backend that sends no response header within
 // response_header_timeout gets the client a 504 and a log line.
 func TestSlowBackendIs504(t *testing.T) {

@@ -136,7 +136,7 @@ func (h *handler) refuseClientCert(w http.ResponseWriter, r *http.Request, s *se
 	// The handshake verified a certificate for the server name it named;
 	// this request names a site that wants one of its own CAs.
 	rec.status, rec.err = http.StatusForbidden, err
-	h.srv.errLog.Info("client certificate refused", zap.Uint64("session", s.id),
+	h.srv.errLog.get().Info("client certificate refused", zap.Uint64("session", s.id),
 		zap.String("host", r.Host), zap.Error(err))
 	http.Error(w, "client certificate required", http.StatusForbidden)
 }
@@ -162,7 +162,7 @@ func (h *handler) bodyFailed(r *http.Request, s *session, rec *exchange, err err
 	if errors.Is(err, errClientWrite) || r.Context().Err() != nil {
 		return
 	}
-	h.srv.errLog.Warn("upstream response body failed",
+	h.srv.errLog.get().Warn("upstream response body failed",
 		zap.Uint64("session", s.id), zap.String("backend", rec.backend),
 		zap.String("uri", r.RequestURI), zap.Int64("written", rec.written), zap.Error(err))
 	panic(http.ErrAbortHandler)
@@ -273,12 +273,12 @@ func (h *handler) fail(w http.ResponseWriter, r *http.Request, s *session, st *s
 		}
 		return
 	case http.StatusBadRequest:
-		h.srv.errLog.Info("bad request refused",
+		h.srv.errLog.get().Info("bad request refused",
 			zap.Uint64("session", s.id), zap.String("remote", r.RemoteAddr), zap.Error(err))
 		http.Error(w, "bad request", status)
 		return
 	}
-	h.srv.errLog.Warn("upstream request failed",
+	h.srv.errLog.get().Warn("upstream request failed",
 		zap.Uint64("session", s.id), zap.String("method", r.Method), zap.String("host", r.Host),
 		zap.String("uri", r.RequestURI), zap.String("backend", rec.backend), zap.Int("status", status),
 		zap.Error(err))

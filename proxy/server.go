@@ -68,7 +68,7 @@ type Server struct {
 	cfg      *configs.Config
 	certs    CertSource
 	logger   *zap.Logger
-	errLog   *zap.Logger // per-request failures, rate-limited
+	errLog   lazyLogger // per-request failures, rate-limited
 	access   *zap.Logger
 	registry *prometheus.Registry
 	metrics  *metrics
@@ -134,13 +134,9 @@ func New(cfg *configs.Config, opts Options) (*Server, error) {
 		access = logger.Named("access")
 	}
 	s := &Server{
-		cfg:    cfg,
-		logger: logger,
-		// A flood of failing requests must not become a flood of log lines:
-		// per message, the first 20 a second, then every 100th.
-		errLog: logger.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
-			return zapcore.NewSamplerWithOptions(c, time.Second, 20, 100)
-		})),
+		cfg:        cfg,
+		logger:     logger,
+		errLog:     lazyLogger{base: logger},
 		access:     access,
 		pathSample: time.Second,
 		registry:   reg,
@@ -506,4 +502,24 @@ func (s *Server) closeListeners() {
 	if s.admin != nil && s.admin.ln != nil {
 		_ = s.admin.ln.Close()
 	}
+}
+
+// lazyLogger is the logger of per-request failures: a flood of failing
+// requests must not become a flood of log lines, so per message it writes
+// the first 20 a second, then every 100th. It is made at its first use:
+// zap's sampler allocates a 458 KB table, which a proxy whose requests
+// succeed never needs.
+type lazyLogger struct {
+	base   *zap.Logger
+	once   sync.Once
+	logger *zap.Logger
+}
+
+func (l *lazyLogger) get() *zap.Logger {
+	l.once.Do(func() {
+		l.logger = l.base.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
+			return zapcore.NewSamplerWithOptions(c, time.Second, 20, 100)
+		}))
+	})
+	return l.logger
 }

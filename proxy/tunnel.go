@@ -72,7 +72,7 @@ func (h *handler) tunnel(w http.ResponseWriter, r *http.Request, s *session, st 
 		return
 	case !t.authorized(r):
 		rec.status = http.StatusUnauthorized
-		h.srv.errLog.Info("tunnel refused: no client certificate or valid token",
+		h.srv.errLog.get().Info("tunnel refused: no client certificate or valid token",
 			zap.Uint64("session", s.id), zap.String("remote", r.RemoteAddr))
 		w.Header().Set("WWW-Authenticate", `Bearer realm="roamgate"`)
 		http.Error(w, "unauthorized", http.StatusUnauthorized)
@@ -84,7 +84,7 @@ func (h *handler) tunnel(w http.ResponseWriter, r *http.Request, s *session, st 
 		rec.status = statusFor(r.Context(), &upstream.DialError{Backend: t.backend, Err: err})
 		rec.err = err
 		if rec.status != statusClientClosed {
-			h.srv.errLog.Warn("tunnel backend unreachable", zap.Uint64("session", s.id),
+			h.srv.errLog.get().Warn("tunnel backend unreachable", zap.Uint64("session", s.id),
 				zap.String("backend", t.backend), zap.Int("status", rec.status), zap.Error(err))
 			http.Error(w, http.StatusText(rec.status), rec.status)
 		}

@@ -73,17 +73,16 @@ const (
 // the cache's goroutines with Stop. The TLS configs may be handed out before
 // Start; handshakes fail until certificates are loaded.
 type Manager struct {
-	logger    *zap.Logger
-	denialLog *zap.Logger // on-demand denials, sampled: anyone can cause them
-	storage   certmagic.Storage
-	ca        *LocalCA
-	plan      *plan
-	cache     *certmagic.Cache  // owned; Stop stops it
-	local     *certmagic.Config // plan.issuances[0].magic
-	ask       *asker            // vets on-demand names; nil without Config.OnDemandAsk
-	metrics   *metrics
-	tcpTLS    *tls.Config // template of TLSConfig
-	quicTLS   *tls.Config // template of QUICTLSConfig
+	logger  *zap.Logger
+	storage certmagic.Storage
+	ca      *LocalCA
+	plan    *plan
+	cache   *certmagic.Cache  // owned; Stop stops it
+	local   *certmagic.Config // plan.issuances[0].magic
+	ask     *asker            // vets on-demand names; nil without Config.OnDemandAsk
+	metrics *metrics
+	tcpTLS  *tls.Config // template of TLSConfig
+	quicTLS *tls.Config // template of QUICTLSConfig
 
 	// acmeCtx bounds the background ACME work that Start begins (obtaining,
 	// and retrying with backoff); Stop cancels it.
@@ -132,13 +131,12 @@ func New(cfg Config, logger *zap.Logger) (*Manager, error) {
 	}
 
 	m := &Manager{
-		logger:    log,
-		denialLog: sampled(log),
-		storage:   storage,
-		ca:        ca,
-		plan:      p,
-		ask:       ask,
-		metrics:   metrics,
+		logger:  log,
+		storage: storage,
+		ca:      ca,
+		plan:    p,
+		ask:     ask,
+		metrics: metrics,
 	}
 	m.cache = certmagic.NewCache(certmagic.CacheOptions{
 		GetConfigForCert:   m.configForCert,
