@@ -152,6 +152,10 @@ func (p *clientPool) close() {
 	for _, tr := range p.h1 {
 		tr.CloseIdleConnections()
 	}
+	// At most closeConcurrency at a time: thousands of CONNECTION_CLOSE
+	// packets at once can overflow the server's socket buffer, and a lost
+	// one leaves its connection open until the idle timeout.
+	sem := make(chan struct{}, closeConcurrency)
 	var wg sync.WaitGroup
 	for _, s := range p.slots {
 		s.mu.Lock()
@@ -159,11 +163,18 @@ func (p *clientPool) close() {
 		s.conn = nil
 		s.mu.Unlock()
 		if c != nil {
-			wg.Go(func() { _ = c.Close() })
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				_ = c.Close()
+			})
 		}
 	}
 	wg.Wait()
 }
+
+// closeConcurrency bounds the connections clientPool.close closes at once.
+const closeConcurrency = 64
 
 // phase is one stretch of load: workers start requests until end, and
 // each makes at least one when minOne is set. With migrateAt, each

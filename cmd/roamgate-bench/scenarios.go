@@ -14,8 +14,10 @@ import (
 
 const (
 	// settleTimeout bounds the wait for a server to close the connections of
-	// a finished run before the next target starts.
-	settleTimeout = 10 * time.Second
+	// a finished run before the next target starts. A client's close is one
+	// UDP packet; when it is lost the server closes the connection at its
+	// idle timeout (30 s for both HTTP/3 servers), so the wait covers that.
+	settleTimeout = 35 * time.Second
 	// rssPoll is how often settledRSS reads RSS; rssSettleTimeout bounds it.
 	rssPoll          = 50 * time.Millisecond
 	rssSettleTimeout = 5 * time.Second
