@@ -278,28 +278,18 @@ func (c *conn) awaitResponse(req *http.Request, w *watch) (*http.Response, error
 	} else if !deadline.IsZero() {
 		c.setReadDeadline(deadline)
 	}
-	for {
-		resp, err := http.ReadResponse(c.br, req)
-		if err == nil && informational(resp.StatusCode) {
-			// RFC 9110 §15.2: skipped; the final response may take long.
-			if !w.armed() {
-				w.arm()
-				c.setReadDeadline(deadline)
-			}
-			continue
+	resp, err := readFinalResponse(c.br, req, func() {
+		// The final response may take long after an interim one.
+		if !w.armed() {
+			w.arm()
+			c.setReadDeadline(deadline)
 		}
-		c.setReadDeadline(time.Time{})
-		if err == nil && !w.armed() && !bodyBuffered(c.br, resp) {
-			w.arm() // the body streams on: the client may leave meanwhile
-		}
-		return resp, err
+	})
+	c.setReadDeadline(time.Time{})
+	if err == nil && !w.armed() && !bodyBuffered(c.br, resp) {
+		w.arm() // the body streams on: the client may leave meanwhile
 	}
-}
-
-// informational reports whether a status is a 1xx response other than 101,
-// which a proxy reads past (RFC 9110 §15.2).
-func informational(code int) bool {
-	return code >= 100 && code < 200 && code != http.StatusSwitchingProtocols
+	return resp, err
 }
 
 // headerBuffered reports whether br holds a whole response header.

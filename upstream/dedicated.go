@@ -90,7 +90,7 @@ func (l *Lease) Upgrade(req *http.Request) (*http.Response, *Dedicated, error) {
 		if t := l.pool.cfg.ResponseHeaderTimeout; t > 0 {
 			_ = nc.SetReadDeadline(time.Now().Add(t))
 		}
-		resp, err = readFinalResponse(d.r, req)
+		resp, err = readFinalResponse(d.r, req, nil)
 		_ = nc.SetReadDeadline(time.Time{})
 	}
 	if err != nil {
@@ -113,17 +113,26 @@ func (l *Lease) Upgrade(req *http.Request) (*http.Response, *Dedicated, error) {
 }
 
 // readFinalResponse reads a response header, skipping 1xx informational
-// responses other than 101.
-func readFinalResponse(br *bufio.Reader, req *http.Request) (*http.Response, error) {
+// responses other than 101; onInterim, unless nil, runs after each one.
+func readFinalResponse(br *bufio.Reader, req *http.Request, onInterim func()) (*http.Response, error) {
 	for {
 		resp, err := http.ReadResponse(br, req)
 		if err != nil {
 			return nil, err
 		}
-		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols || resp.StatusCode < 100 {
+		if !informational(resp.StatusCode) {
 			return resp, nil
 		}
+		if onInterim != nil {
+			onInterim()
+		}
 	}
+}
+
+// informational reports whether a status is a 1xx response other than 101,
+// which a proxy reads past (RFC 9110 §15.2).
+func informational(code int) bool {
+	return code >= 100 && code < 200 && code != http.StatusSwitchingProtocols
 }
 
 // closeWith is a body whose Close also runs close.
