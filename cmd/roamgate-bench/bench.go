@@ -145,24 +145,23 @@ func (b *bench) startTargets(ctx context.Context, sp *spawner, dir string) error
 	if err != nil {
 		return err
 	}
+	startRoamgate := func(backendAddr string, extra ...string) (*child, error) {
+		args := append([]string{"--backend", backendAddr, "--data-dir", filepath.Join(dir, "data")}, extra...)
+		if b.o.accessLog {
+			args = append(args, "--access-log")
+		}
+		return sp.start(ctx, childRoamgate, args...)
+	}
 	// roamgate's child removes the temporary directory when it exits: the
 	// children exit when this process dies (their stdin closes), even when
 	// it is killed outright and cannot remove it itself.
-	rgArgs := []string{"--backend", backend.info.Addr, "--data-dir", filepath.Join(dir, "data"), "--remove-on-exit", dir}
-	if b.o.accessLog {
-		rgArgs = append(rgArgs, "--access-log")
-	}
-	rg, err := sp.start(ctx, childRoamgate, rgArgs...)
+	rg, err := startRoamgate(backend.info.Addr, "--remove-on-exit", dir)
 	if err != nil {
 		return err
 	}
 	var rgUnix *child
 	if withUnix {
-		args := []string{"--backend", upstream.UnixPrefix + backend.info.Unix, "--data-dir", filepath.Join(dir, "data")}
-		if b.o.accessLog {
-			args = append(args, "--access-log")
-		}
-		if rgUnix, err = sp.start(ctx, childRoamgate, args...); err != nil {
+		if rgUnix, err = startRoamgate(upstream.UnixPrefix + backend.info.Unix); err != nil {
 			return err
 		}
 	}
@@ -179,42 +178,35 @@ func (b *bench) startTargets(ctx context.Context, sp *spawner, dir string) error
 		return fmt.Errorf("roamgate's local ca %s: no certificate", rg.info.RootFile)
 	}
 	clientTLS := &tls.Config{RootCAs: roots, ServerName: "localhost"}
-	h3Base := func(addr string) (string, error) {
-		_, port, err := net.SplitHostPort(addr)
+	// h3Target is an HTTP/3 child's target; roamgate's has an admin
+	// endpoint, and the backend's figures behind it.
+	h3Target := func(c *child) (*target, error) {
+		_, port, err := net.SplitHostPort(c.info.Addr)
 		if err != nil {
-			return "", fmt.Errorf("child address %q: %w", addr, err)
+			return nil, fmt.Errorf("child address %q: %w", c.info.Addr, err)
 		}
-		return "https://localhost:" + port, nil
+		t := &target{kind: kindH3, base: "https://localhost:" + port, addr: c.info.Addr, tls: clientTLS,
+			pid: c.info.PID, control: c.info.Control, child: c, admin: c.info.Admin}
+		if c.kind == childRoamgate {
+			t.backendPID, t.backendControl = backend.info.PID, backend.info.Control
+		}
+		return t, nil
 	}
 	for _, name := range b.o.targets {
 		var t *target
 		switch name {
 		case tgPlain:
-			base, err := h3Base(plain.info.Addr)
-			if err != nil {
-				return err
-			}
-			t = &target{kind: kindH3, base: base, addr: plain.info.Addr, tls: clientTLS,
-				pid: plain.info.PID, control: plain.info.Control, child: plain}
+			t, err = h3Target(plain)
 		case tgRoamgate:
-			base, err := h3Base(rg.info.Addr)
-			if err != nil {
-				return err
-			}
-			t = &target{kind: kindH3, base: base, addr: rg.info.Addr, tls: clientTLS,
-				pid: rg.info.PID, control: rg.info.Control, child: rg, admin: rg.info.Admin,
-				backendPID: backend.info.PID, backendControl: backend.info.Control}
+			t, err = h3Target(rg)
 		case tgRoamgateUnix:
-			base, err := h3Base(rgUnix.info.Addr)
-			if err != nil {
-				return err
-			}
-			t = &target{kind: kindH3, base: base, addr: rgUnix.info.Addr, tls: clientTLS,
-				pid: rgUnix.info.PID, control: rgUnix.info.Control, child: rgUnix, admin: rgUnix.info.Admin,
-				backendPID: backend.info.PID, backendControl: backend.info.Control}
+			t, err = h3Target(rgUnix)
 		case tgDirect:
 			t = &target{kind: kindH1, base: "http://" + backend.info.Addr,
 				pid: backend.info.PID, control: backend.info.Control, child: backend}
+		}
+		if err != nil {
+			return err
 		}
 		t.name, t.builtin, t.getPath = name, true, "/"
 		b.targets = append(b.targets, t)

@@ -67,6 +67,13 @@ type childStats struct {
 // closed its stdin.
 const childShutdownGrace = 2 * time.Second
 
+// shutdownWithin runs a server's graceful shutdown, given childShutdownGrace.
+func shutdownWithin(shutdown func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), childShutdownGrace)
+	defer cancel()
+	return shutdown(ctx)
+}
+
 // childMain runs one server until ctx ends or stdin closes (the benchmark
 // closes it to stop the child, and it closes by itself when the benchmark
 // dies, so no child outlives it). args[0] is the kind.
@@ -224,9 +231,7 @@ func serveBackend(h http.Handler, conns *connCounter, unixPath string) (childInf
 		wg.Go(func() { _ = srv.Serve(l) })
 	}
 	stop := func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), childShutdownGrace)
-		defer cancel()
-		err := srv.Shutdown(ctx)
+		err := shutdownWithin(srv.Shutdown)
 		if err != nil {
 			err = srv.Close()
 		}
@@ -278,9 +283,7 @@ func servePlain(h http.Handler, conns *connCounter, certFile, keyFile string) (c
 		_ = srv.ServeListener(ln)
 	}()
 	stop := func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), childShutdownGrace)
-		defer cancel()
-		err := srv.Shutdown(ctx)
+		err := shutdownWithin(srv.Shutdown)
 		if errors.Is(err, context.DeadlineExceeded) {
 			err = nil // Shutdown closed what was left
 		}
@@ -345,9 +348,7 @@ func serveRoamgate(ctx context.Context, backend, dataDir string, accessLog bool,
 		return childInfo{}, nil, errors.Join(err, srv.Close())
 	}
 	stop := func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), childShutdownGrace)
-		defer cancel()
-		err := srv.Shutdown(ctx)
+		err := shutdownWithin(srv.Shutdown)
 		if errors.Is(err, context.DeadlineExceeded) {
 			err = nil // Shutdown closed what was left
 		}
