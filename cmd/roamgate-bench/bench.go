@@ -169,6 +169,13 @@ func (b *bench) startTargets(ctx context.Context, sp *spawner, dir string) error
 	if err != nil {
 		return err
 	}
+	var rl *child
+	if slices.Contains(b.o.targets, tgRelay) {
+		rl, err = sp.start(ctx, childRelay, "--backend", backend.info.Addr, "--cert", rg.info.CertFile, "--key", rg.info.KeyFile)
+		if err != nil {
+			return err
+		}
+	}
 	rootPEM, err := os.ReadFile(rg.info.RootFile)
 	if err != nil {
 		return fmt.Errorf("roamgate's local ca: %w", err)
@@ -187,7 +194,7 @@ func (b *bench) startTargets(ctx context.Context, sp *spawner, dir string) error
 		}
 		t := &target{kind: kindH3, base: "https://localhost:" + port, addr: c.info.Addr, tls: clientTLS,
 			pid: c.info.PID, control: c.info.Control, child: c, admin: c.info.Admin}
-		if c.kind == childRoamgate {
+		if c.kind == childRoamgate || c.kind == childRelay {
 			t.backendPID, t.backendControl = backend.info.PID, backend.info.Control
 		}
 		return t, nil
@@ -197,6 +204,8 @@ func (b *bench) startTargets(ctx context.Context, sp *spawner, dir string) error
 		switch name {
 		case tgPlain:
 			t, err = h3Target(plain)
+		case tgRelay:
+			t, err = h3Target(rl)
 		case tgRoamgate:
 			t, err = h3Target(rg)
 		case tgRoamgateUnix:

@@ -97,6 +97,7 @@ var allScenarios = []string{scLatency, scThroughput, scIdle, scStorm, scDownload
 // Built-in target names.
 const (
 	tgPlain        = "h3-plain"
+	tgRelay        = "h3-relay"
 	tgRoamgate     = "roamgate"
 	tgRoamgateUnix = "roamgate-unix"
 	tgDirect       = "h1-direct"
@@ -105,8 +106,8 @@ const (
 // builtinTargets are every built-in target, in table order;
 // defaultTargets those measured unless --targets says otherwise.
 var (
-	builtinTargets = []string{tgPlain, tgRoamgate, tgRoamgateUnix, tgDirect}
-	defaultTargets = []string{tgPlain, tgRoamgate, tgDirect}
+	builtinTargets = []string{tgPlain, tgRelay, tgRoamgate, tgRoamgateUnix, tgDirect}
+	defaultTargets = []string{tgPlain, tgRelay, tgRoamgate, tgDirect}
 )
 
 // options are the command line, parsed and checked.
@@ -163,6 +164,9 @@ Usage:
 
 Targets (each server in its own process, so CPU and memory are its own):
   h3-plain    a plain quic-go HTTP/3 server answering like the backend (the stack's limit)
+  h3-relay    the least a proxy on this stack can do: quic-go relaying each request to the
+              backend over its QUIC connection's own kept-alive TCP connection, parsing
+              nothing but the status, Content-Type and Content-Length (the hop's own cost)
   roamgate    roamgate (local CA, HTTP/3) in front of an HTTP/1.1 backend
   h1-direct   the backend straight over HTTP/1.1, keep-alive
   roamgate-unix  roamgate in front of the same backend on a Unix socket, as a sidecar

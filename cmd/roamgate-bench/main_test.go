@@ -86,7 +86,7 @@ func TestParseOptions(t *testing.T) {
 	if len(o.extra) != 1 || o.pids["https://localhost:8443/"] != 42 {
 		t.Errorf("extra %v, pids %v", o.extra, o.pids)
 	}
-	if got := o.targetNames(); len(got) != 4 || got[3] != "https://localhost:8443/" {
+	if got := o.targetNames(); len(got) != 5 || got[4] != "https://localhost:8443/" {
 		t.Errorf("targets %v", got)
 	}
 

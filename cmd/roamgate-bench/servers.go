@@ -36,6 +36,7 @@ import (
 const (
 	childBackend  = "backend"
 	childPlain    = "h3-plain"
+	childRelay    = "h3-relay"
 	childRoamgate = "roamgate"
 )
 
@@ -85,9 +86,9 @@ func childMain(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	fs := flag.NewFlagSet(kind, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	size := fs.Int64("size", 1024, "body size of GET /")
-	cert := fs.String("cert", "", "certificate file (h3-plain)")
-	key := fs.String("key", "", "key file (h3-plain)")
-	backend := fs.String("backend", "", "the backend's address (roamgate)")
+	cert := fs.String("cert", "", "certificate file (h3-plain, h3-relay)")
+	key := fs.String("key", "", "key file (h3-plain, h3-relay)")
+	backend := fs.String("backend", "", "the backend's address (roamgate, h3-relay)")
 	unixPath := fs.String("unix", "", "also serve on this Unix socket (backend)")
 	dataDir := fs.String("data-dir", "", "the data directory (roamgate)")
 	accessLog := fs.Bool("access-log", false, "encode access logs (roamgate)")
@@ -114,7 +115,13 @@ func childMain(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	case childBackend:
 		info, stop, err = serveBackend(h, &conns, *unixPath)
 	case childPlain:
-		info, stop, err = servePlain(h, &conns, *cert, *key)
+		info, stop, err = servePlain(h, nil, &conns, *cert, *key)
+	case childRelay:
+		if *backend == "" {
+			return errors.New("child h3-relay: --backend is required")
+		}
+		rl := &relay{backend: *backend}
+		info, stop, err = servePlain(rl, rl.connContext, &conns, *cert, *key)
 	case childRoamgate:
 		info, stop, err = serveRoamgate(ctx, *backend, *dataDir, *accessLog, stderr)
 	default:
@@ -250,8 +257,8 @@ func plainQUICConfig() *quic.Config {
 
 // servePlain serves h over HTTP/3 with quic-go alone, as roamgate serves
 // its listeners (own quic.Transport, early listener), with roamgate's
-// certificate.
-func servePlain(h http.Handler, conns *connCounter, certFile, keyFile string) (childInfo, func() error, error) {
+// certificate. connCtx, unless nil, derives each QUIC connection's context.
+func servePlain(h http.Handler, connCtx func(context.Context, *quic.Conn) context.Context, conns *connCounter, certFile, keyFile string) (childInfo, func() error, error) {
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		return childInfo{}, nil, fmt.Errorf("load certificate: %w", err)
@@ -274,6 +281,9 @@ func servePlain(h http.Handler, conns *connCounter, certFile, keyFile string) (c
 		ConnContext: func(ctx context.Context, c *quic.Conn) context.Context {
 			conns.add()
 			context.AfterFunc(c.Context(), conns.done)
+			if connCtx != nil {
+				ctx = connCtx(ctx, c)
+			}
 			return ctx
 		},
 	}

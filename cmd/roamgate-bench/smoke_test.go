@@ -22,7 +22,7 @@ import (
 var smokeArgs = []string{
 	"--duration", "200ms", "--rounds", "1", "--idle", "20", "--storm", "10", "--stream-size", "1MiB",
 	"--conns", "5", "--scenarios", "latency,throughput,idle,storm,download,upload",
-	"--targets", "h3-plain,roamgate,roamgate-unix,h1-direct",
+	"--targets", "h3-plain,h3-relay,roamgate,roamgate-unix,h1-direct",
 }
 
 // TestSmoke runs the whole benchmark with tiny settings, its servers being
@@ -44,12 +44,12 @@ func TestSmoke(t *testing.T) {
 	out := stdout.String()
 
 	want := map[string][]string{
-		scLatency:    {tgPlain, tgRoamgate, tgRoamgateUnix, tgDirect},
-		scThroughput: {tgPlain, tgRoamgate, tgRoamgateUnix, tgDirect},
-		scDownload:   {tgPlain, tgRoamgate, tgRoamgateUnix, tgDirect},
-		scUpload:     {tgPlain, tgRoamgate, tgRoamgateUnix, tgDirect},
-		scStorm:      {tgPlain, tgRoamgate, tgRoamgateUnix},
-		scIdle:       {tgPlain, tgRoamgate, tgRoamgateUnix},
+		scLatency:    {tgPlain, tgRelay, tgRoamgate, tgRoamgateUnix, tgDirect},
+		scThroughput: {tgPlain, tgRelay, tgRoamgate, tgRoamgateUnix, tgDirect},
+		scDownload:   {tgPlain, tgRelay, tgRoamgate, tgRoamgateUnix, tgDirect},
+		scUpload:     {tgPlain, tgRelay, tgRoamgate, tgRoamgateUnix, tgDirect},
+		scStorm:      {tgPlain, tgRelay, tgRoamgate, tgRoamgateUnix},
+		scIdle:       {tgPlain, tgRelay, tgRoamgate, tgRoamgateUnix},
 	}
 	for sc, targets := range want {
 		table := section(out, sc)
@@ -99,8 +99,8 @@ func TestSmoke(t *testing.T) {
 	// The servers reported their PIDs in the progress log (one per target:
 	// the backend is h1-direct's); all are gone.
 	pids := regexp.MustCompile(`\(pid (\d+)\)`).FindAllStringSubmatch(stderr.String(), -1)
-	if len(pids) != 4 {
-		t.Errorf("%d server PIDs in the progress log, want 4:\n%s", len(pids), &stderr)
+	if len(pids) != 5 {
+		t.Errorf("%d server PIDs in the progress log, want 5:\n%s", len(pids), &stderr)
 	}
 	for _, m := range pids {
 		if _, err := os.Stat("/proc/" + m[1]); err == nil {
