@@ -102,18 +102,16 @@ func (l *Lease) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 
 		var c *conn
-		c, err = l.acquire(ctx)
-		var de *DialError
-		switch {
-		case err == nil:
-		case errors.Is(err, errMoved):
-			_, err = l.route(req, failed)
-			continue
-		case errors.As(err, &de):
-			failed = append(failed, de.b)
-			_, err = l.again(ctx, req, failed, de.b, deadline, err)
-			continue
-		default:
+		if c, err = l.acquire(ctx); err != nil {
+			if errors.Is(err, errMoved) {
+				_, err = l.route(req, failed)
+				continue
+			}
+			if de, ok := errors.AsType[*DialError](err); ok {
+				failed = append(failed, de.b)
+				_, err = l.again(ctx, req, failed, de.b, deadline, err)
+				continue
+			}
 			closeBody(req)
 			return nil, err
 		}
