@@ -176,7 +176,7 @@ func (c *relayConn) readHead(hdr http.Header) (status int, n int64, err error) {
 	if len(line) < 12 || !bytes.HasPrefix(line, []byte("HTTP/1.1 ")) {
 		return 0, 0, fmt.Errorf("bad status line %q", line)
 	}
-	if status, err = strconv.Atoi(string(line[9:12])); err != nil {
+	if status = int(digits(line[9:12])); status < 0 {
 		return 0, 0, fmt.Errorf("bad status line %q", line)
 	}
 	n = -1
@@ -191,7 +191,7 @@ func (c *relayConn) readHead(hdr http.Header) (status int, n int64, err error) {
 		}
 		switch {
 		case hasFoldPrefix(line, headContentLength):
-			if n, err = strconv.ParseInt(string(bytes.TrimSpace(line[len(headContentLength):])), 10, 64); err != nil || n < 0 {
+			if n = digits(bytes.TrimSpace(line[len(headContentLength):])); n < 0 {
 				return 0, 0, fmt.Errorf("bad Content-Length %q", line)
 			}
 		case hasFoldPrefix(line, headContentType):
@@ -203,6 +203,22 @@ func (c *relayConn) readHead(hdr http.Header) (status int, n int64, err error) {
 	}
 	hdr["Content-Length"] = []string{strconv.FormatInt(n, 10)}
 	return status, n, nil
+}
+
+// digits parses 1 to 18 decimal digits, without allocating; -1 if b is not
+// that.
+func digits(b []byte) int64 {
+	if len(b) == 0 || len(b) > 18 {
+		return -1
+	}
+	var n int64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return -1
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n
 }
 
 func hasFoldPrefix(s, prefix []byte) bool {

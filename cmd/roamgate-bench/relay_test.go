@@ -160,8 +160,8 @@ func writePEM(t *testing.T, path, typ string, der []byte) {
 	}
 }
 
-// TestRelayBadBackend: a backend that breaks the exchange gets a 502, and
-// a dead one too.
+// TestRelayBadBackend: a dead backend, and one whose answer the relay
+// cannot frame, get a 502 naming the reason, and no connection is kept.
 func TestRelayBadBackend(t *testing.T) {
 	rl := &relay{backend: "127.0.0.1:1"}
 	rc := &relayConns{all: map[*relayConn]struct{}{}}
@@ -172,29 +172,35 @@ func TestRelayBadBackend(t *testing.T) {
 		t.Errorf("dead backend: status %d, want 502", rec.Code)
 	}
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		c, err := ln.Accept()
+	for _, tc := range []struct{ answer, reason string }{
+		{"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "without Content-Length"},
+		{"HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n", "bad status line"},
+		{"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "bad Content-Length"},
+	} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
-			return
+			t.Fatal(err)
 		}
-		buf := make([]byte, 1024)
-		_, _ = c.Read(buf)
-		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
-		c.Close()
-	}()
-	rl.backend = ln.Addr().String()
-	rec = httptest.NewRecorder()
-	rl.ServeHTTP(rec, req)
-	<-done
-	if rec.Code != http.StatusBadGateway || !strings.Contains(rec.Body.String(), "without Content-Length") {
-		t.Errorf("chunked answer: status %d %q, want 502 naming the reason", rec.Code, rec.Body)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			buf := make([]byte, 1024)
+			_, _ = c.Read(buf)
+			_, _ = io.WriteString(c, tc.answer)
+			c.Close()
+		}()
+		rl.backend = ln.Addr().String()
+		rec = httptest.NewRecorder()
+		rl.ServeHTTP(rec, req)
+		<-done
+		ln.Close()
+		if rec.Code != http.StatusBadGateway || !strings.Contains(rec.Body.String(), tc.reason) {
+			t.Errorf("answer %q: status %d %q, want 502 naming %q", tc.answer, rec.Code, rec.Body, tc.reason)
+		}
 	}
 	if len(rc.all) != 0 || len(rc.idle) != 0 {
 		t.Errorf("a broken backend connection was kept: %d known, %d idle", len(rc.all), len(rc.idle))
