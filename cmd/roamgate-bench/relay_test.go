@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
@@ -19,6 +17,8 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go/http3"
+
+	"github.com/roamgate/roamgate/proxy/h3client/edgetest"
 )
 
 // TestRelay runs h3-relay in front of a real HTTP/1.1 backend and checks
@@ -46,21 +46,16 @@ func TestRelay(t *testing.T) {
 	backend.Start()
 	defer backend.Close()
 
-	// The relay serves with httptest's certificate (127.0.0.1 among its
-	// names), written out as servePlain reads it.
-	tlsServer := httptest.NewTLSServer(http.NotFoundHandler())
-	cert := tlsServer.TLS.Certificates[0]
-	roots := x509.NewCertPool()
-	roots.AddCert(tlsServer.Certificate())
-	tlsServer.Close()
+	// The relay serves with a self-signed certificate for 127.0.0.1,
+	// written out as servePlain reads it.
+	cert := edgetest.NewCert(t, "h3-relay")
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	keyDER, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
-	if err != nil {
-		t.Fatal(err)
+	for file, data := range map[string][]byte{certFile: cert.CertPEM, keyFile: cert.KeyPEM} {
+		if err := os.WriteFile(file, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
-	writePEM(t, certFile, "CERTIFICATE", cert.Certificate[0])
-	writePEM(t, keyFile, "PRIVATE KEY", keyDER)
 
 	rl := &relay{backend: backend.Listener.Addr().String()}
 	var conns connCounter
@@ -107,7 +102,7 @@ func TestRelay(t *testing.T) {
 		return f[2]
 	}
 	newClient := func() *http3.Transport {
-		return &http3.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}
+		return &http3.Transport{TLSClientConfig: &tls.Config{RootCAs: cert.Pool}}
 	}
 
 	a, b := newClient(), newClient()
@@ -150,13 +145,6 @@ func TestRelay(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusBadRequest {
 		t.Errorf("PUT: status %d, want 400", resp.StatusCode)
-	}
-}
-
-func writePEM(t *testing.T, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
 	}
 }
 
