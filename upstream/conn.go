@@ -52,9 +52,11 @@ type conn struct {
 	co      coalescer // request bodies on their way upstream, one at a time
 
 	// Guarded by lease.mu:
-	busy      bool        // reserved for a round trip
-	idleAt    time.Time   // when it last became idle
-	idleTimer *time.Timer // closes it after Config.KeepaliveIdle idle; nil without
+	busy      bool            // reserved for a round trip
+	finishing bool            // busy, but its request is over (see Lease.clientGone)
+	ctx       context.Context // the context of the request it carries; nil when idle
+	idleAt    time.Time       // when it last became idle
+	idleTimer *time.Timer     // closes it after Config.KeepaliveIdle idle; nil without
 	// Owned by the goroutine holding the reservation:
 	used  bool  // has carried a request, so a reuse checks liveness first
 	nread int64 // bytes read from nc
@@ -63,10 +65,26 @@ type conn struct {
 	// (as opposed to writing upstream): a response that ends then leaves a
 	// request that may never finish.
 	readingBody atomic.Bool
+	// answered is set once the response header of the current round trip
+	// is in, until the connection is released.
+	answered atomic.Bool
+	// writing is set while a request body writer runs: a client that goes
+	// away then leaves an incomplete request, which only closing ends.
+	writing atomic.Bool
+	// watching counts a round trip's armed watch until it is stopped or
+	// has run, so the end of a round trip can wait for a watch that fired.
+	watching sync.WaitGroup
 
 	mu       sync.Mutex // guards the following
 	abortErr error      // why the current round trip was aborted
-	closed   bool
+	// leftErr is set when the client went away after its request was sent
+	// whole: the response is still read, by leftBy, and discarded, so the
+	// backend sees its request answered and the connection is kept.
+	leftErr error
+	leftBy  time.Time
+	closed  bool
+	// leaving mirrors leftErr != nil for the body's reads, without the lock.
+	leaving atomic.Bool
 }
 
 func newConn(l *Lease, b *Backend, id uint64, nc net.Conn) *conn {
@@ -161,14 +179,63 @@ func (c *conn) abort(err error) {
 	_ = c.nc.SetDeadline(aLongTimeAgo)
 }
 
+// clientLeft handles the end of the client's context during a round trip
+// (the watch). While the request body is still being written the request
+// can never be completed: the round trip is aborted. Once it is sent whole,
+// the backend is given drainTimeout to finish its answer, which is read
+// and discarded; the connection then carries the session's next request
+// instead of being replaced (a legacy backend keeps its per-connection
+// state through a client's cancel).
+func (c *conn) clientLeft(err error) {
+	if c.writing.Load() {
+		c.abort(err)
+		return
+	}
+	c.mu.Lock()
+	if c.abortErr != nil || c.leftErr != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.leftErr = err
+	c.leaving.Store(true)
+	c.leftBy = time.Now().Add(drainTimeout)
+	_ = c.nc.SetReadDeadline(c.leftBy)
+	c.mu.Unlock()
+	c.lease.clientGone(c)
+}
+
+// left returns the client's error once it went away mid-exchange.
+func (c *conn) left() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.leftErr
+}
+
+// rejoin readies a connection whose client had gone away for its next round
+// trip, once that exchange ended cleanly.
+func (c *conn) rejoin() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.leftErr != nil {
+		c.leftErr, c.leftBy = nil, time.Time{}
+		c.leaving.Store(false)
+		_ = c.nc.SetReadDeadline(time.Time{})
+	}
+}
+
 // setReadDeadline sets a read deadline unless the round trip was aborted
-// (whose deadline in the past must stay).
+// (whose deadline in the past must stay); once the client has gone, no
+// later than the exchange may take.
 func (c *conn) setReadDeadline(t time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.abortErr == nil {
-		_ = c.nc.SetReadDeadline(t)
+	if c.abortErr != nil {
+		return
 	}
+	if c.leftErr != nil && (t.IsZero() || t.After(c.leftBy)) {
+		t = c.leftBy
+	}
+	_ = c.nc.SetReadDeadline(t)
 }
 
 func (c *conn) aborted() error {
@@ -209,8 +276,10 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 			// a backend may answer (and stop reading) before the body ends,
 			// and a streaming body must not wait for the response.
 			wdone = make(chan error, 1)
+			c.writing.Store(true)
 			go func() {
 				err := c.writeBody(req, chunked)
+				c.writing.Store(false)
 				if err != nil {
 					// The request cannot be completed: fail the response read
 					// too, with the writer's reason.
@@ -243,7 +312,15 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 		c.lease.release(c, false, reason)
 		return nil, err
 	}
-	resp.Body = &body{c: c, rc: resp.Body, req: req, wdone: wdone, w: w, connClose: resp.Close}
+	c.answered.Store(true)
+	b := &body{c: c, rc: resp.Body, req: req, wdone: wdone, w: w, connClose: resp.Close}
+	if ctx.Err() != nil {
+		// The client went away as the answer came: finish the exchange
+		// (Close reads and discards the rest) and keep the connection.
+		_ = b.Close()
+		return nil, context.Cause(ctx)
+	}
+	resp.Body = b
 	return resp, nil
 }
 
@@ -319,18 +396,38 @@ func (w *watch) armed() bool { return w.stopFn != nil }
 func (w *watch) arm() {
 	if w.stopFn == nil {
 		c, ctx := w.c, w.ctx
-		w.stopFn = context.AfterFunc(ctx, func() { c.abort(ctx.Err()) })
+		c.watching.Add(1)
+		w.stopFn = context.AfterFunc(ctx, func() {
+			defer c.watching.Done()
+			c.clientLeft(context.Cause(ctx))
+		})
 	}
 }
 
 // stop disarms the watch and reports whether it had not fired (an unarmed
-// watch never fires).
-func (w *watch) stop() bool { return w.stopFn == nil || w.stopFn() }
+// watch never fires). A watch that fired has done its work when stop
+// returns.
+func (w *watch) stop() bool {
+	if w.stopFn == nil {
+		return true
+	}
+	stopped := w.stopFn()
+	w.stopFn = nil
+	if stopped {
+		w.c.watching.Done()
+	} else {
+		w.c.watching.Wait()
+	}
+	return stopped
+}
 
 // classify turns a round-trip error into the one the caller acts on.
 func (c *conn) classify(err error, nothingReceived bool) error {
 	if aerr := c.aborted(); aerr != nil {
 		return aerr
+	}
+	if lerr := c.left(); lerr != nil {
+		return lerr
 	}
 	backend := c.backend.Addr
 	if errors.Is(err, os.ErrDeadlineExceeded) {
@@ -457,6 +554,13 @@ func (b *body) Read(p []byte) (int, error) {
 	if b.done {
 		return 0, b.err
 	}
+	if b.c.leaving.Load() {
+		// The client went away: nobody reads on. Finish the exchange.
+		lerr := b.c.left()
+		_ = b.Close()
+		b.err = lerr
+		return 0, lerr
+	}
 	n, err := b.rc.Read(p)
 	switch {
 	case err == io.EOF:
@@ -465,6 +569,8 @@ func (b *body) Read(p []byte) (int, error) {
 	case err != nil:
 		if aerr := b.c.aborted(); aerr != nil {
 			err = aerr
+		} else if lerr := b.c.left(); lerr != nil {
+			err = lerr
 		}
 		b.finish(false)
 		b.err = err
@@ -492,10 +598,13 @@ func (b *body) Buffered() int {
 
 // Close ends the body. An unread rest is drained (within drainLimit and
 // drainTimeout) to keep the connection; otherwise the connection is closed.
+// Meanwhile the connection is no request's: one that needs a connection
+// waits for it rather than dialling.
 func (b *body) Close() error {
 	if b.done {
 		return nil
 	}
+	b.c.lease.clientGone(b.c)
 	if b.c.aborted() == nil && b.c.drain(b.rc) {
 		b.finish(true)
 	} else {
@@ -509,8 +618,9 @@ func (b *body) Close() error {
 func (b *body) finish(clean bool) {
 	b.done = true
 	reuse := clean && !b.connClose && !b.req.Close
-	if !b.w.stop() {
-		reuse = false // the round trip was aborted: its deadline poisons the conn
+	b.w.stop()
+	if b.c.aborted() != nil {
+		reuse = false // its deadline in the past poisons the connection
 	}
 	if b.wdone != nil {
 		select {
@@ -534,11 +644,14 @@ func (b *body) finish(clean bool) {
 	} else {
 		closeBody(b.req)
 	}
+	if reuse {
+		b.c.rejoin()
+	}
 	reason := reasonError
 	switch {
 	case clean && (b.connClose || b.req.Close):
 		reason = reasonBackendClosed
-	case b.c.aborted() != nil:
+	case b.c.aborted() != nil || b.c.left() != nil:
 		reason = reasonAborted
 	}
 	b.c.lease.release(b.c, reuse, reason)

@@ -17,12 +17,19 @@ import (
 // The backend is chosen once, when the lease is taken, and changes only when
 // it becomes unhealthy or unreachable (see RoundTrip). Connections are
 // dialled lazily: a request takes the oldest idle connection; only when all
-// are busy and the lease is below Config.MaxConnsPerSession does it dial a
-// new one, and beyond the bound it waits (FIFO). Idle connections stay open
-// for the lease's whole life (or Config.KeepaliveIdle), so a client that
-// sends one request at a time uses exactly one upstream connection from
-// first request to last. No other lease ever uses them, and Close closes
-// them all.
+// are busy with requests their clients still wait for, and the lease is
+// below Config.MaxConnsPerSession, does it dial a new one. A connection is
+// free again the moment its response has been read whole, before the
+// response's last bytes reach the client, so a client that sends its next
+// request as soon as it has the last byte finds it idle. One whose client
+// went away mid-exchange finishes it (the response read and discarded,
+// within drainLimit and drainTimeout): a request waits for it rather than
+// dialling. Beyond the bound requests wait (FIFO). So a session holds at
+// most as many connections as its client ever had requests in flight at
+// once, and a client that sends one request at a time uses exactly one
+// upstream connection from first request to last. Idle connections stay
+// open for the lease's whole life (or Config.KeepaliveIdle). No other lease
+// ever uses them, and Close closes them all.
 //
 // Lease implements http.RoundTripper. It is safe for concurrent use.
 type Lease struct {
@@ -221,6 +228,16 @@ func (l *Lease) Close() error {
 	return nil
 }
 
+// growWait is how long a request waits, when every connection of its lease
+// is busy and one of them is reading its response, for that connection to
+// come free before it dials a new one. A response being read ends within
+// microseconds to milliseconds on a busy machine; the client may have sent
+// this request on its last byte, or cancelled the other request in a frame
+// the proxy has not handled yet, and then it has no more requests in
+// flight than connections. A client that really raises its concurrency
+// pays the wait once per connection its session grows by.
+const growWait = 5 * time.Millisecond
+
 // probeAfter is how long a connection must have been idle before acquire
 // checks that the backend has not closed it. A backend closes an idle
 // keep-alive connection after seconds (its keep-alive timeout), and one it
@@ -260,7 +277,7 @@ func (l *Lease) reserve(ctx context.Context) (*conn, error) {
 	}
 	for _, c := range l.conns {
 		if !c.busy {
-			c.busy = true
+			c.busy, c.ctx = true, ctx
 			c.attachBuffers()
 			if c.idleTimer != nil {
 				c.idleTimer.Stop()
@@ -269,19 +286,59 @@ func (l *Lease) reserve(ctx context.Context) (*conn, error) {
 			return c, nil
 		}
 	}
-	if len(l.conns)+l.dialing < l.pool.cfg.MaxConnsPerSession {
+	// Dial only when every connection carries a request its client still
+	// waits for. One whose client went away is free again soon: wait for it,
+	// unless waiting requests have claimed every such connection already.
+	below := len(l.conns)+l.dialing < l.pool.cfg.MaxConnsPerSession
+	unclaimed := l.finishingLocked() <= len(l.waiters)
+	if below && unclaimed && !l.answeringLocked() {
 		l.dialing++
 		l.mu.Unlock()
 		return nil, nil
 	}
 	w := make(chan *conn, 1)
 	l.waiters = append(l.waiters, w)
+	b := l.backend.Load()
 	l.mu.Unlock()
 
-	select {
-	case c := <-w:
-		return c, nil
-	case <-ctx.Done():
+	// A response already arriving may end in a moment, and its client may
+	// have sent this request on its last byte, or have abandoned it in a
+	// cancel the proxy has not seen yet: wait growWait for that connection
+	// before growing the set.
+	var grow <-chan time.Time
+	waitInstead := below // of dialling: counted in ConnWaits
+	if below && unclaimed {
+		t := time.NewTimer(l.pool.growWait)
+		defer t.Stop()
+		grow = t.C
+	}
+	for waiting := true; waiting; {
+		select {
+		case c := <-w:
+			if c != nil {
+				l.mu.Lock()
+				c.ctx = ctx
+				l.mu.Unlock()
+				if waitInstead {
+					l.pool.metrics.ConnWaits.WithLabelValues(b.Addr, "reused").Inc()
+				}
+			}
+			return c, nil
+		case <-grow:
+			grow = nil
+			l.mu.Lock()
+			i := slices.Index(l.waiters, w)
+			if i >= 0 && len(l.conns)+l.dialing < l.pool.cfg.MaxConnsPerSession && l.finishingLocked() < len(l.waiters) {
+				l.waiters = slices.Delete(l.waiters, i, i+1)
+				l.dialing++
+				l.mu.Unlock()
+				l.pool.metrics.ConnWaits.WithLabelValues(b.Addr, "dialled").Inc()
+				return nil, nil
+			}
+			l.mu.Unlock() // something is on its way to us, or the set is full: wait on
+		case <-ctx.Done():
+			waiting = false
+		}
 	}
 	l.mu.Lock()
 	if i := slices.Index(l.waiters, w); i >= 0 {
@@ -347,7 +404,7 @@ func (l *Lease) dial(ctx context.Context) (*conn, error) {
 	}
 	l.nextID++
 	c := newConn(l, b, l.nextID, nc)
-	c.busy = true
+	c.busy, c.ctx = true, ctx
 	l.conns = append(l.conns, c)
 	l.peak = max(l.peak, len(l.conns))
 	l.mu.Unlock()
@@ -369,10 +426,11 @@ func (l *Lease) unreserve() {
 	l.mu.Unlock()
 }
 
-// grantLocked hands a free slot to the first waiter, if there is one, and
-// reports whether it did.
+// grantLocked hands a free slot to the first waiter, if there is one that
+// no finishing connection will serve, and reports whether it did.
 func (l *Lease) grantLocked() bool {
-	if l.closed || len(l.waiters) == 0 || len(l.conns)+l.dialing >= l.pool.cfg.MaxConnsPerSession {
+	if l.closed || len(l.waiters) == 0 || len(l.conns)+l.dialing >= l.pool.cfg.MaxConnsPerSession ||
+		len(l.waiters) <= l.finishingLocked() {
 		return false
 	}
 	w := l.waiters[0]
@@ -388,6 +446,8 @@ func (l *Lease) grantLocked() bool {
 // closed ("moved").
 func (l *Lease) release(c *conn, reuse bool, reason string) {
 	l.mu.Lock()
+	c.finishing, c.ctx = false, nil
+	c.answered.Store(false)
 	if reuse && c.backend != l.backend.Load() {
 		reuse, reason = false, reasonMoved
 	}
@@ -421,6 +481,41 @@ func (l *Lease) release(c *conn, reuse bool, reason string) {
 		reason = reasonSessionEnd
 	}
 	c.close(reason)
+}
+
+// clientGone notes that c's round trip is no request's any more (its client
+// went away, or the proxy stopped reading its response): c is busy only
+// until the exchange is finished.
+func (l *Lease) clientGone(c *conn) {
+	l.mu.Lock()
+	c.finishing = true
+	l.mu.Unlock()
+}
+
+// answeringLocked reports whether a busy connection is reading its
+// response's body for a request still in flight.
+func (l *Lease) answeringLocked() bool {
+	for _, c := range l.conns {
+		if c.busy && !c.finishing && c.answered.Load() {
+			return true
+		}
+	}
+	return false
+}
+
+// finishingLocked counts the busy connections whose request is over for its
+// client: marked by clientGone, or with a context that ended (the client's
+// cancel is seen by the request's context before the watch on it runs, and
+// its next request may come between the two). Each is free again in at
+// most drainTimeout, so a request waits for one rather than dialling.
+func (l *Lease) finishingLocked() int {
+	n := 0
+	for _, c := range l.conns {
+		if c.busy && (c.finishing || c.ctx != nil && c.ctx.Err() != nil) {
+			n++
+		}
+	}
+	return n
 }
 
 // expire closes c when it has been idle for Config.KeepaliveIdle. A timer

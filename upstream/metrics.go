@@ -20,6 +20,13 @@ type Metrics struct {
 	// backend (a failed dial, or a reused connection found dead before any
 	// response byte), by the backend of the failed attempt.
 	Retries *prometheus.CounterVec
+	// ConnWaits counts requests that found every connection of their lease
+	// busy, below the lease's bound, and waited for one that was about to
+	// be free (a response arriving, or an exchange whose client went away)
+	// instead of growing the set, by backend and outcome: "reused" (one
+	// came free) or "dialled" (none did within the wait, and the request
+	// dialled a new connection).
+	ConnWaits *prometheus.CounterVec
 	// Healthy is 1 while a backend is healthy, 0 while not.
 	Healthy *prometheus.GaugeVec
 	// HealthCheckFailures counts failed active health checks by backend.
@@ -53,6 +60,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "roamgate", Subsystem: "upstream", Name: "retries_total",
 			Help: "Requests sent again after an attempt that reached no backend (failed dial, or a reused connection dead before any response byte), by the backend of the failed attempt.",
 		}, []string{"backend"}),
+		ConnWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "roamgate", Subsystem: "upstream", Name: "conn_waits_total",
+			Help: "Requests that waited for a session's busy upstream connection about to be free instead of dialling a new one, by backend and outcome (reused, dialled).",
+		}, []string{"backend", "outcome"}),
 		Healthy: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: "roamgate", Subsystem: "upstream", Name: "healthy",
 			Help: "Whether a backend is healthy (1) or not (0).",
@@ -71,7 +82,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"from"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.ConnsOpened, m.ConnsClosed, m.DialErrors, m.Retries,
+		reg.MustRegister(m.ConnsOpened, m.ConnsClosed, m.DialErrors, m.Retries, m.ConnWaits,
 			m.Healthy, m.HealthCheckFailures, m.PassiveFailures, m.SessionMoves)
 	}
 	return m

@@ -78,6 +78,7 @@ type Pool struct {
 	sel      selector
 	now      func() time.Time // the clock of passive failures; tests replace it
 	armDelay time.Duration    // abortArmDelay; tests replace it
+	growWait time.Duration    // growWait; tests replace it
 
 	mu      sync.Mutex // guards the following
 	started bool
@@ -106,6 +107,7 @@ func New(cfg Config, logger *zap.Logger, metrics *Metrics) (*Pool, error) {
 		metrics:  metrics,
 		now:      time.Now,
 		armDelay: abortArmDelay,
+		growWait: growWait,
 	}
 	for i, addr := range cfg.Backends {
 		b := &Backend{Addr: addr, pool: p, idx: i, hash: mix64(fnv64a(addr))}

@@ -64,7 +64,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		Settings: settings{
 			DurationSeconds: o.duration.Seconds(), WarmupSeconds: o.warmupFor().Seconds(), Rounds: o.rounds,
 			Conns: o.conns, Streams: o.streams, SizeBytes: o.size, StreamBytes: o.streamSize,
-			Idle: o.idle, Storm: o.storm, AccessLog: o.accessLog, Targets: o.targetNames(),
+			Idle: o.idle, Storm: o.storm, StormStreams: o.stormStreams, AccessLog: o.accessLog, Targets: o.targetNames(),
 		},
 	}
 	printHeader(out, rep)

@@ -36,6 +36,7 @@ type request struct {
 	wantBytes int64 // expected response body length; -1: any
 	upload    int64 // request body length (POST); 0: none
 	timeout   time.Duration
+	label     bool // send clientHeader: the slot and its migration phase
 }
 
 // clientPool is the load generator's side of one run against one target:
@@ -57,8 +58,10 @@ type clientPool struct {
 
 // slot is one HTTP/3 client connection, re-dialled when it dies.
 type slot struct {
-	mu   sync.Mutex
-	conn *h3client.Conn
+	label    string      // "N", the slot's index, for clientHeader
+	migrated atomic.Bool // its connection migrated
+	mu       sync.Mutex
+	conn     *h3client.Conn
 }
 
 // newClientPool prepares n connections to t (HTTP/3: QUIC connections,
@@ -84,7 +87,7 @@ func newClientPool(t *target, n int, timeout time.Duration) *clientPool {
 	}
 	p.slots = make([]*slot, n)
 	for i := range p.slots {
-		p.slots[i] = &slot{}
+		p.slots[i] = &slot{label: strconv.Itoa(i)}
 	}
 	return p
 }
@@ -237,10 +240,10 @@ func (p *clientPool) run(ctx context.Context, workers, perConn int, ph phase, r 
 // work is one worker's request loop.
 func (p *clientPool) work(ctx context.Context, w, slotIndex int, ph phase, r request, res *workerResult) {
 	var migrateAt time.Time
-	pendingMigration := ph.migrateAt != nil
-	if pendingMigration {
+	if ph.migrateAt != nil {
 		migrateAt = ph.migrateAt(w)
 	}
+	pendingMigration := !migrateAt.IsZero()
 	sentAfterMigration := true
 	for first := true; ctx.Err() == nil; first = false {
 		now := time.Now()
@@ -255,10 +258,17 @@ func (p *clientPool) work(ctx context.Context, w, slotIndex int, ph phase, r req
 		var rt http.RoundTripper
 		var s *slot
 		var c *h3client.Conn
+		label := ""
 		if p.h1 != nil {
 			rt = p.h1[slotIndex]
 		} else {
 			s = p.slots[slotIndex]
+			if r.label {
+				label = s.label + "/0"
+				if s.migrated.Load() {
+					label = s.label + "/1"
+				}
+			}
 			var err error
 			if c, err = p.conn(ctx, s); err != nil {
 				pause(ctx, redialPause) // counted by conn
@@ -267,7 +277,7 @@ func (p *clientPool) work(ctx context.Context, w, slotIndex int, ph phase, r req
 			rt = c
 		}
 		begin := time.Now()
-		if err := p.do(ctx, rt, r); err != nil {
+		if err := p.do(ctx, rt, r, label); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
@@ -305,11 +315,12 @@ func (p *clientPool) migrate(ctx context.Context, s *slot, res *workerResult) {
 	}
 	res.migrated = true
 	res.migrateLat = time.Since(begin)
+	s.migrated.Store(true)
 }
 
 // do sends one request and reads the whole response, checking its status
-// and length.
-func (p *clientPool) do(ctx context.Context, rt http.RoundTripper, r request) error {
+// and length. A label goes in clientHeader.
+func (p *clientPool) do(ctx context.Context, rt http.RoundTripper, r request, label string) error {
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
 	var body io.Reader
@@ -322,6 +333,9 @@ func (p *clientPool) do(ctx context.Context, rt http.RoundTripper, r request) er
 	}
 	if r.upload > 0 {
 		req.ContentLength = r.upload
+	}
+	if label != "" {
+		req.Header.Set(clientHeader, label)
 	}
 	resp, err := rt.RoundTrip(req)
 	if err != nil {

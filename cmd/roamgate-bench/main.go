@@ -112,28 +112,29 @@ var (
 
 // options are the command line, parsed and checked.
 type options struct {
-	args        []string // as given, for the report
-	duration    time.Duration
-	warmup      time.Duration // 0: auto
-	rounds      int
-	scenarios   []string // in allScenarios order
-	targets     []string // built-ins, in builtinTargets order
-	conns       int
-	streams     int
-	size        int64
-	streamSize  int64
-	idle        int
-	storm       int
-	timeout     time.Duration
-	jsonPath    string
-	insecure    bool
-	pids        map[string]int // extra URL → server PID
-	extra       []*url.URL
-	accessLog   bool
-	childLogs   bool
-	cpuProfile  string
-	heapProfile string
-	profileOf   string // the scenario --cpuprofile and --heapprofile profile
+	args         []string // as given, for the report
+	duration     time.Duration
+	warmup       time.Duration // 0: auto
+	rounds       int
+	scenarios    []string // in allScenarios order
+	targets      []string // built-ins, in builtinTargets order
+	conns        int
+	streams      int
+	size         int64
+	streamSize   int64
+	idle         int
+	storm        int
+	stormStreams int
+	timeout      time.Duration
+	jsonPath     string
+	insecure     bool
+	pids         map[string]int // extra URL → server PID
+	extra        []*url.URL
+	accessLog    bool
+	childLogs    bool
+	cpuProfile   string
+	heapProfile  string
+	profileOf    string // the scenario --cpuprofile and --heapprofile profile
 }
 
 // warmupFor is the warm-up before each measured load run: --warmup, or a
@@ -221,6 +222,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.Var(&streamSize, "stream-size", "size of the download and the upload (e.g. 256MiB)")
 	fs.IntVar(&o.idle, "idle", 5000, "connections the idle scenario holds open")
 	fs.IntVar(&o.storm, "storm", 500, "clients of the migration storm, each migrating once")
+	fs.IntVar(&o.stormStreams, "storm-streams", 1, "requests each storm client keeps in flight (its backend must see at most this many connections of it)")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "timeout of one request and of one handshake (transfers get more, by size)")
 	fs.StringVar(&o.jsonPath, "json", "", "also write the results as JSON to this file (-: stdout, the tables then go to stderr)")
 	fs.BoolVar(&o.insecure, "insecure", false, "do not verify the certificates of the extra URLs")
@@ -286,6 +288,8 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 		return bad("--idle must be at least 1")
 	case o.storm < 1:
 		return bad("--storm must be at least 1")
+	case o.stormStreams < 1 || o.stormStreams > 8:
+		return bad("--storm-streams must be between 1 and 8 (roamgate's default max_conns_per_session)")
 	case o.timeout <= 0:
 		return bad("--timeout must be positive")
 	case o.profileOf != scLatency && o.profileOf != scThroughput && o.profileOf != scStorm:

@@ -45,6 +45,7 @@ type settings struct {
 	StreamBytes     int64    `json:"stream_size_bytes"`
 	Idle            int      `json:"idle"`
 	Storm           int      `json:"storm"`
+	StormStreams    int      `json:"storm_streams"`
 	AccessLog       bool     `json:"access_log"`
 	Targets         []string `json:"targets"`
 }
@@ -76,35 +77,45 @@ type check struct {
 // one scenario measured. Latencies are in microseconds. CPU is per request,
 // or per MB in the transfer scenarios. Pointers are absent when unknown.
 type figures struct {
-	Round             int          `json:"round,omitempty"`
-	Failed            string       `json:"failed,omitempty"`
-	Conns             int          `json:"conns"`
-	Requests          int64        `json:"requests"`
-	Seconds           float64      `json:"seconds"`
-	ReqPerSec         float64      `json:"req_per_sec"`
-	P50US             float64      `json:"p50_us"`
-	P99US             float64      `json:"p99_us"`
-	MaxUS             float64      `json:"max_us"`
-	Errors            int64        `json:"errors"`
-	ErrorSamples      []string     `json:"error_samples,omitempty"`
-	Handshakes        int64        `json:"handshakes"`
-	ServerConns       *int64       `json:"server_conns_opened,omitempty"`
-	CPUUS             *float64     `json:"server_cpu_us,omitempty"`
-	BackendCPUUS      *float64     `json:"backend_cpu_us,omitempty"`
-	RSS               *int64       `json:"server_rss_bytes,omitempty"`
-	PeakRSS           *int64       `json:"server_peak_rss_bytes,omitempty"`
-	PeakGrowth        *int64       `json:"server_peak_growth_bytes,omitempty"` // peak RSS of the run minus RSS when it started
-	UpstreamOpened    *int64       `json:"upstream_conns_opened,omitempty"`
-	ServerErrors      *int64       `json:"server_non_2xx,omitempty"`
-	Bytes             int64        `json:"bytes,omitempty"`
-	MBPerSec          float64      `json:"mb_per_sec,omitempty"`
-	Migrations        int64        `json:"migrations,omitempty"`
-	MigrationFailures int64        `json:"migration_failures,omitempty"`
-	MigrateP50US      float64      `json:"migrate_p50_us,omitempty"`
-	MigrateMaxUS      float64      `json:"migrate_max_us,omitempty"`
-	SessionMoves      *int64       `json:"session_moves,omitempty"`
-	PathChanges       *int64       `json:"path_changes,omitempty"`
-	Idle              *idleFigures `json:"idle,omitempty"`
+	Round             int      `json:"round,omitempty"`
+	Failed            string   `json:"failed,omitempty"`
+	Conns             int      `json:"conns"`
+	Requests          int64    `json:"requests"`
+	Seconds           float64  `json:"seconds"`
+	ReqPerSec         float64  `json:"req_per_sec"`
+	P50US             float64  `json:"p50_us"`
+	P99US             float64  `json:"p99_us"`
+	MaxUS             float64  `json:"max_us"`
+	Errors            int64    `json:"errors"`
+	ErrorSamples      []string `json:"error_samples,omitempty"`
+	Handshakes        int64    `json:"handshakes"`
+	ServerConns       *int64   `json:"server_conns_opened,omitempty"`
+	CPUUS             *float64 `json:"server_cpu_us,omitempty"`
+	BackendCPUUS      *float64 `json:"backend_cpu_us,omitempty"`
+	RSS               *int64   `json:"server_rss_bytes,omitempty"`
+	PeakRSS           *int64   `json:"server_peak_rss_bytes,omitempty"`
+	PeakGrowth        *int64   `json:"server_peak_growth_bytes,omitempty"` // peak RSS of the run minus RSS when it started
+	UpstreamOpened    *int64   `json:"upstream_conns_opened,omitempty"`
+	ServerErrors      *int64   `json:"server_non_2xx,omitempty"`
+	Bytes             int64    `json:"bytes,omitempty"`
+	MBPerSec          float64  `json:"mb_per_sec,omitempty"`
+	Migrations        int64    `json:"migrations,omitempty"`
+	MigrationFailures int64    `json:"migration_failures,omitempty"`
+	MigrateP50US      float64  `json:"migrate_p50_us,omitempty"`
+	MigrateMaxUS      float64  `json:"migrate_max_us,omitempty"`
+	SessionMoves      *int64   `json:"session_moves,omitempty"`
+	// The storm, as the backend saw it (roamgate targets): upstream
+	// connections per client, the most of one client, clients whose
+	// requests after their migration came over a connection not in their
+	// set before, connections that carried more than one client.
+	Streams              int          `json:"streams,omitempty"`
+	TrackedClients       *int64       `json:"tracked_clients,omitempty"`
+	UpstreamPerClient    *float64     `json:"upstream_conns_per_client,omitempty"`
+	UpstreamMaxPerClient *int64       `json:"upstream_conns_max_per_client,omitempty"`
+	SetsChanged          *int64       `json:"clients_whose_set_changed,omitempty"`
+	SharedUpstream       *int64       `json:"upstream_conns_shared,omitempty"`
+	PathChanges          *int64       `json:"path_changes,omitempty"`
+	Idle                 *idleFigures `json:"idle,omitempty"`
 }
 
 // idleFigures is what the idle scenario measured of a server's memory.
@@ -176,6 +187,12 @@ func summarize(rounds []figures) figures {
 	s.MigrateP50US = medianOf(ok, func(f figures) float64 { return f.MigrateP50US })
 	s.MigrateMaxUS = maxOf(ok, func(f figures) float64 { return f.MigrateMaxUS })
 	s.SessionMoves = sumPtr(ok, func(f figures) *int64 { return f.SessionMoves })
+	s.Streams = ok[0].Streams
+	s.TrackedClients = sumPtr(ok, func(f figures) *int64 { return f.TrackedClients })
+	s.UpstreamPerClient = maxPtr(ok, func(f figures) *float64 { return f.UpstreamPerClient })
+	s.UpstreamMaxPerClient = intPtr(maxPtr(ok, func(f figures) *float64 { return floatPtr(f.UpstreamMaxPerClient) }))
+	s.SetsChanged = sumPtr(ok, func(f figures) *int64 { return f.SetsChanged })
+	s.SharedUpstream = sumPtr(ok, func(f figures) *int64 { return f.SharedUpstream })
 	s.PathChanges = sumPtr(ok, func(f figures) *int64 { return f.PathChanges })
 	if ok[0].Idle != nil {
 		s.Idle = summarizeIdle(ok)
@@ -309,6 +326,13 @@ func (b *bench) checks(scenarioName string, t *target, tr *targetReport) []check
 		if s.PathChanges != nil {
 			add("roamgate saw every migration", *s.PathChanges == s.Migrations, "%d path changes", *s.PathChanges)
 		}
+		if s.UpstreamMaxPerClient != nil {
+			add("every client reached the backend", *s.TrackedClients == conns, "%d of %d", *s.TrackedClients, conns)
+			add("backend saw at most --storm-streams connections per client", *s.UpstreamMaxPerClient <= int64(s.Streams),
+				"%.2f per client, at most %d, for %d in flight", *s.UpstreamPerClient, *s.UpstreamMaxPerClient, s.Streams)
+			add("every client kept its set across its migration", *s.SetsChanged == 0, "%d changed", *s.SetsChanged)
+			add("no upstream connection carried two clients", *s.SharedUpstream == 0, "%d shared", *s.SharedUpstream)
+		}
 	}
 	if scenarioName == scIdle && s.Idle != nil && s.Idle.UpstreamAfterClose != nil {
 		add("upstream connections closed with their sessions", *s.Idle.UpstreamAfterClose == 0, "%d left", *s.Idle.UpstreamAfterClose)
@@ -358,10 +382,15 @@ func printScenario(w io.Writer, rep *scenarioReport, rounds int) {
 	tw.Flush()
 	if rep.Name == scStorm {
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "target\tmigrations\tfailed\tmigrate p50\tmigrate max\tsession moves\tpath changes seen\tupstream conns opened")
+		fmt.Fprintln(tw, "target\tmigrations\tfailed\tmigrate p50\tmigrate max\tsession moves\tpath changes seen\tupstream conns opened\tbackend conns per client (max)\tsets changed\tshared")
 		for _, tr := range rep.Targets {
 			s := tr.Summary
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", tr.Target, s.Migrations, s.MigrationFailures, fmtUS(s.MigrateP50US), fmtUS(s.MigrateMaxUS), fmtInt(s.SessionMoves), fmtInt(s.PathChanges), fmtInt(s.UpstreamOpened))
+			perClient := "-"
+			if s.UpstreamPerClient != nil {
+				perClient = fmt.Sprintf("%.2f (%d)", *s.UpstreamPerClient, *s.UpstreamMaxPerClient)
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", tr.Target, s.Migrations, s.MigrationFailures, fmtUS(s.MigrateP50US), fmtUS(s.MigrateMaxUS),
+				fmtInt(s.SessionMoves), fmtInt(s.PathChanges), fmtInt(s.UpstreamOpened), perClient, fmtInt(s.SetsChanged), fmtInt(s.SharedUpstream))
 		}
 		tw.Flush()
 	}

@@ -69,9 +69,9 @@ func scenarioFor(name string) scenario {
 		}}
 	case scStorm:
 		return scenario{name, func(o *options) string {
-			return fmt.Sprintf("%d clients × 1 stream, GET of %s, each migrating once to a new UDP socket under load", o.storm, formatSize(o.size))
+			return fmt.Sprintf("%d clients with %d requests in flight each, GET of %s, each migrating once to a new UDP socket under load", o.storm, o.stormStreams, formatSize(o.size))
 		}, h3Builtin, func(ctx context.Context, b *bench, t *target) (figures, error) {
-			return b.load(ctx, t, b.o.storm, 1, true, b.o.profileOf == scStorm)
+			return b.load(ctx, t, b.o.storm, b.o.stormStreams, true, b.o.profileOf == scStorm)
 		}}
 	case scIdle:
 		return scenario{name, func(o *options) string {
@@ -159,12 +159,22 @@ func (b *bench) load(ctx context.Context, t *target, conns, streams int, migrate
 	if t.builtin {
 		r.wantBytes = b.o.size
 	}
+	// In the storm, the backend records which of its connections each
+	// client's requests came over (roamgate only: the other HTTP/3
+	// targets have no backend, or forward no header).
+	trackSets := migrate && t.isRoamgate() && t.backendControl != ""
+	r.label = trackSets
 	pre, err := b.sample(ctx, t)
 	if err != nil {
 		return f, err
 	}
 	if err := p.open(ctx); err != nil {
 		return f, err
+	}
+	if trackSets {
+		if err := b.ctl.resetSets(ctx, t.backendControl); err != nil {
+			return f, err
+		}
 	}
 	warm := p.run(ctx, workers, streams, phase{end: time.Now().Add(b.o.warmupFor()), minOne: true}, r)
 
@@ -176,8 +186,13 @@ func (b *bench) load(ctx context.Context, t *target, conns, streams int, migrate
 	ph := phase{end: time.Now().Add(b.o.duration)}
 	if migrate {
 		start, d := time.Now(), b.o.duration
+		// Each connection migrates once, by its first worker, while its
+		// other workers' requests are in flight.
 		ph.migrateAt = func(w int) time.Time {
-			frac := migrationStart + migrationSpan*float64(w)/float64(max(workers-1, 1))
+			if w%streams != 0 {
+				return time.Time{}
+			}
+			frac := migrationStart + migrationSpan*float64(w/streams)/float64(max(conns-1, 1))
 			return start.Add(time.Duration(frac * float64(d)))
 		}
 	}
@@ -227,6 +242,19 @@ func (b *bench) load(ctx context.Context, t *target, conns, streams int, migrate
 			f.SessionMoves = ptr(delta(before, after, mSessionMoves))
 			f.PathChanges = ptr(delta(before, after, mPathChanges))
 		}
+	}
+	if trackSets {
+		sets, err := b.ctl.sets(ctx, t.backendControl)
+		if err != nil {
+			return f, err
+		}
+		sf := sets.figures()
+		f.Streams = streams
+		f.UpstreamPerClient = &sf.PerClient
+		f.UpstreamMaxPerClient = &sf.MaxPerConn
+		f.SetsChanged = &sf.Changed
+		f.SharedUpstream = &sf.Shared
+		f.TrackedClients = &sf.Clients
 	}
 	return f, nil
 }

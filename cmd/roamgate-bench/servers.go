@@ -107,6 +107,11 @@ func childMain(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	}()
 
 	h := newBackendHandler(*size)
+	var sets *setRecorder
+	if kind == childBackend {
+		sets = &setRecorder{}
+		h.sets = sets
+	}
 	var conns connCounter
 	var info childInfo
 	var stop func() error
@@ -130,7 +135,7 @@ func childMain(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	if err != nil {
 		return fmt.Errorf("child %s: %w", kind, err)
 	}
-	ctl, err := startControl(&conns)
+	ctl, err := startControl(&conns, sets)
 	if err != nil {
 		return errors.Join(fmt.Errorf("child %s: %w", kind, err), stop())
 	}
@@ -149,7 +154,8 @@ func childMain(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 //	POST /upload      reads and discards the body; answers its length
 type backendHandler struct {
 	body  []byte
-	chunk []byte // what /bytes writes, over and over
+	chunk []byte       // what /bytes writes, over and over
+	sets  *setRecorder // the backend's; nil elsewhere
 }
 
 func newBackendHandler(size int64) *backendHandler {
@@ -164,6 +170,9 @@ func newBackendHandler(size int64) *backendHandler {
 }
 
 func (h *backendHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h.sets != nil {
+		h.sets.record(r)
+	}
 	switch {
 	case r.URL.Path == "/" && (r.Method == http.MethodGet || r.Method == http.MethodHead):
 		w.Header().Set("Content-Type", "text/plain")
@@ -224,6 +233,7 @@ func serveBackend(h http.Handler, conns *connCounter, unixPath string) (childInf
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
+		ConnContext:       func(ctx context.Context, _ net.Conn) context.Context { return withConnID(ctx) },
 		ConnState: func(_ net.Conn, s http.ConnState) {
 			switch s {
 			case http.StateNew:
@@ -390,14 +400,15 @@ func serveRoamgate(ctx context.Context, backend, dataDir string, accessLog bool,
 // control is a child's control endpoint on a loopback port of its own (so
 // its connections count nowhere): POST /gc collects garbage and returns
 // freed memory to the kernel, so RSS shows live memory; GET /stats answers
-// a childStats.
+// a childStats; the backend's also GET /sets and POST /sets/reset (see
+// setRecorder).
 type control struct {
 	Addr string
 	srv  *http.Server
 	done chan struct{}
 }
 
-func startControl(conns *connCounter) (*control, error) {
+func startControl(conns *connCounter, sets *setRecorder) (*control, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("listen control: %w", err)
@@ -424,6 +435,9 @@ func startControl(conns *connCounter) (*control, error) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(st)
 	})
+	if sets != nil {
+		sets.serve(mux)
+	}
 	c := &control{Addr: ln.Addr().String(), srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, done: make(chan struct{})}
 	go func() {
 		defer close(c.done)

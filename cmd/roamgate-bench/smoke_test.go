@@ -20,7 +20,7 @@ import (
 // smokeArgs are the tiniest settings that still run every scenario on
 // every built-in target.
 var smokeArgs = []string{
-	"--duration", "200ms", "--rounds", "1", "--idle", "20", "--storm", "10", "--stream-size", "1MiB",
+	"--duration", "200ms", "--rounds", "1", "--idle", "20", "--storm", "10", "--storm-streams", "2", "--stream-size", "1MiB",
 	"--conns", "5", "--scenarios", "latency,throughput,idle,storm,download,upload",
 	"--targets", "h3-plain,h3-relay,roamgate,roamgate-unix,h1-direct",
 }

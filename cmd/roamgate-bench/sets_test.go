@@ -1,0 +1,91 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+// TestSetFigures: the backend's record of the storm's clients gives
+// connections per client, the clients whose set changed across their
+// migration, and connections shared by clients.
+func TestSetFigures(t *testing.T) {
+	f := setsReport{
+		"0": {{1, 2}, {1, 2}}, // kept its set
+		"1": {{3}, {3}},       // one connection
+		"2": {{4, 5}, {4, 6}}, // a new connection after migrating
+		"3": {{7}, {1}},       // another client's connection
+	}.figures()
+	if f.Clients != 4 || f.Changed != 2 || f.MaxPerConn != 3 || f.Shared != 1 {
+		t.Fatalf("figures = %+v, want 4 clients, 2 changed, at most 3, 1 shared", f)
+	}
+	if f.PerClient != 2 { // (2+1+3+2)/4
+		t.Fatalf("per client = %v, want 2", f.PerClient)
+	}
+}
+
+// TestSetRecorder: the backend records each labelled request's connection
+// by client and phase, and answers and resets the record on its control
+// endpoint.
+func TestSetRecorder(t *testing.T) {
+	rec := &setRecorder{}
+	mux := http.NewServeMux()
+	rec.serve(mux)
+	ctl := httptest.NewServer(mux)
+	defer ctl.Close()
+	for _, tc := range []struct {
+		label string
+		conn  uint64
+	}{{"7/0", 1}, {"7/0", 2}, {"7/1", 2}, {"", 3}, {"8/1", 4}} {
+		r := httptest.NewRequest("GET", "/", nil)
+		if tc.label != "" {
+			r.Header.Set(clientHeader, tc.label)
+		}
+		rec.record(r.WithContext(context.WithValue(r.Context(), connIDKey{}, tc.conn)))
+	}
+	c := newControlClient()
+	defer c.close()
+	addr := strings.TrimPrefix(ctl.URL, "http://")
+	got, err := c.sets(context.Background(), addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || len(got["7"][0]) != 2 || len(got["7"][1]) != 1 || got["8"][1][0] != 4 {
+		t.Fatalf("sets = %v", got)
+	}
+	if err := c.resetSets(context.Background(), addr); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.sets(context.Background(), addr); err != nil || len(got) != 0 {
+		t.Fatalf("after reset: %v, %v", got, err)
+	}
+}
+
+// TestStormChecksCatchAGrowingSet: the storm's checks fail when a client
+// used more connections than it had requests in flight, or changed its set.
+func TestStormChecksCatchAGrowingSet(t *testing.T) {
+	b := &bench{o: &options{}}
+	tg := &target{builtin: true}
+	run := func(maxPer, changed int64) map[string]bool {
+		s := figures{Conns: 10, Handshakes: 10, Migrations: 10, Streams: 2,
+			TrackedClients: ptr(int64(10)), UpstreamPerClient: ptr(2.0), UpstreamMaxPerClient: &maxPer,
+			SetsChanged: &changed, SharedUpstream: ptr(int64(0))}
+		ok := map[string]bool{}
+		for _, c := range b.checks(scStorm, tg, &targetReport{Rounds: []figures{s}, Summary: s}) {
+			ok[c.Name] = c.OK
+		}
+		return ok
+	}
+	const bound, kept = "backend saw at most --storm-streams connections per client", "every client kept its set across its migration"
+	if ok := run(2, 0); !ok[bound] || !ok[kept] {
+		t.Fatalf("a client within its bound failed the checks: %v", ok)
+	}
+	if ok := run(3, 0); ok[bound] {
+		t.Fatal("3 connections for 2 in flight passed")
+	}
+	if ok := run(2, 1); ok[kept] {
+		t.Fatal("a changed set passed")
+	}
+}
