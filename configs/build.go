@@ -38,16 +38,18 @@ func Parse(filename string, src []byte, env func(string) (string, bool)) (*Confi
 	}
 	b := &builder{
 		cfg: &Config{
-			File:           filename,
-			HTTPSPort:      DefaultHTTPSPort,
-			HTTPPort:       DefaultHTTPPort,
-			ZeroRTT:        true,
-			MaxHeaderBytes: DefaultMaxHeaderBytes,
-			Log:            Log{Level: "info", Format: "console"},
+			File:                filename,
+			HTTPSPort:           DefaultHTTPSPort,
+			HTTPPort:            DefaultHTTPPort,
+			ZeroRTT:             true,
+			MaxHeaderBytes:      DefaultMaxHeaderBytes,
+			MaxHeaderFieldBytes: DefaultMaxHeaderFieldBytes,
+			Log:                 Log{Level: "info", Format: "console"},
 		},
-		addrs: make(map[string]Position),
-		ports: make(map[string]Position),
-		hosts: make(map[string]hostSite),
+		addrs:    make(map[string]Position),
+		ports:    make(map[string]Position),
+		limitPos: make(map[string]Position),
+		hosts:    make(map[string]hostSite),
 	}
 	if global != nil {
 		b.global(global)
@@ -70,6 +72,8 @@ type builder struct {
 	errs  []error
 	addrs map[string]Position // "host:port" of each site address → where first used
 	ports map[string]Position // http_port and https_port, when read without error → where the number is
+	// limitPos holds where the global header limits were written.
+	limitPos map[string]Position
 	// hosts maps each site host ("" for a catch-all) to the first site
 	// that has it, on any port: sites of one host must agree on
 	// client_auth (see checkClientAuth).
@@ -114,6 +118,7 @@ func (b *builder) global(blk *Block) {
 		}
 	}
 	b.checkPorts(seen)
+	b.checkLimits(Limits{HeaderBytes: b.cfg.MaxHeaderBytes, FieldBytes: b.cfg.MaxHeaderFieldBytes}, b.limitPos)
 }
 
 // checkPorts reports http_port and https_port that are equal, after
@@ -157,8 +162,17 @@ func (b *builder) site(blk Block) {
 		site.Addresses = append(site.Addresses, a)
 	}
 	var implicit Route // the handler outside any handle block
-	sc := &scope{site: &site, route: &implicit, headers: &site.Headers}
+	sc := &scope{site: &site, route: &implicit, headers: &site.Headers, limitPos: make(map[string]Position)}
 	b.directives(blk.Segments, sc)
+	if site.Limits.HeaderBytes == 0 {
+		site.Limits.HeaderBytes = b.cfg.MaxHeaderBytes
+	}
+	if site.Limits.FieldBytes == 0 {
+		site.Limits.FieldBytes = b.cfg.MaxHeaderFieldBytes
+	}
+	if len(sc.limitPos) > 0 { // else the global ones, checked already
+		b.checkLimits(site.Limits, sc.limitPos)
+	}
 	if sc.handler != "" {
 		// It matches every path, so it comes after the handle blocks,
 		// wherever it is written.
@@ -232,6 +246,7 @@ type scope struct {
 	// not; routeNames holds the directive of each of site.Routes.
 	blocks     int
 	routeNames []string
+	limitPos   map[string]Position // where the site's header limits were written
 }
 
 // directives reads segs, the directives of sc, reporting each error on its

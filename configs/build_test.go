@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -42,19 +43,34 @@ func only(rp *ReverseProxy) []Route { return []Route{{Pos: rp.Pos, ReverseProxy:
 // defaults returns the Config of a file with no global options and sites.
 func defaults(sites ...Site) *Config {
 	return &Config{
-		File:           "Roamfile",
-		HTTPSPort:      DefaultHTTPSPort,
-		HTTPPort:       DefaultHTTPPort,
-		ZeroRTT:        true,
-		MaxHeaderBytes: DefaultMaxHeaderBytes,
-		Log:            Log{Level: "info", Format: "console"},
-		Sites:          sites,
+		File:                "Roamfile",
+		HTTPSPort:           DefaultHTTPSPort,
+		HTTPPort:            DefaultHTTPPort,
+		ZeroRTT:             true,
+		MaxHeaderBytes:      DefaultMaxHeaderBytes,
+		MaxHeaderFieldBytes: DefaultMaxHeaderFieldBytes,
+		Log:                 Log{Level: "info", Format: "console"},
+		Sites:               sites,
 	}
+}
+
+// withLimits returns want with the global header limits in each site that
+// names none of its own, as Parse gives them.
+func withLimits(want *Config) *Config {
+	w := *want
+	w.Sites = slices.Clone(want.Sites)
+	for i := range w.Sites {
+		if w.Sites[i].Limits == (Limits{}) {
+			w.Sites[i].Limits = Limits{HeaderBytes: w.MaxHeaderBytes, FieldBytes: w.MaxHeaderFieldBytes}
+		}
+	}
+	return &w
 }
 
 // diffConfig describes the first difference between got and want, or
 // returns "" if they are equal.
 func diffConfig(got, want *Config) string {
+	want = withLimits(want)
 	if reflect.DeepEqual(got, want) {
 		return ""
 	}
@@ -162,15 +178,16 @@ Example.COM:0 {
 	reverse_proxy 10.0.0.6
 }`,
 			want: &Config{
-				File:           "Roamfile",
-				ZeroRTT:        true,
-				MaxHeaderBytes: DefaultMaxHeaderBytes,
-				HTTPSPort:      8443,
-				HTTPPort:       0,
-				DataDir:        "/var/lib/roam gate",
-				DefaultBind:    []string{"127.0.0.1", "::1", "localhost"},
-				Admin:          "localhost:2019",
-				Log:            Log{Level: "debug", Format: "json"},
+				File:                "Roamfile",
+				ZeroRTT:             true,
+				MaxHeaderBytes:      DefaultMaxHeaderBytes,
+				MaxHeaderFieldBytes: DefaultMaxHeaderFieldBytes,
+				HTTPSPort:           8443,
+				HTTPPort:            0,
+				DataDir:             "/var/lib/roam gate",
+				DefaultBind:         []string{"127.0.0.1", "::1", "localhost"},
+				Admin:               "localhost:2019",
+				Log:                 Log{Level: "debug", Format: "json"},
 				Sites: []Site{
 					{
 						Pos:       at(12, 1),
@@ -208,17 +225,18 @@ a {
 	reverse_proxy b
 }`,
 			want: &Config{
-				File:           "Roamfile",
-				ZeroRTT:        true,
-				MaxHeaderBytes: DefaultMaxHeaderBytes,
-				HTTPSPort:      8443,
-				HTTPPort:       443,
-				DataDir:        "/var/lib/roamgate",
-				Email:          "ops@example.com",
-				ACMECA:         "https://acme-staging-v02.api.letsencrypt.org/directory",
-				ACMECARoot:     "/etc/roamgate/acme-ca.pem",
-				OnDemandAsk:    "http://localhost:9123/check?x=1",
-				Log:            Log{Level: "info", Format: "console"},
+				File:                "Roamfile",
+				ZeroRTT:             true,
+				MaxHeaderBytes:      DefaultMaxHeaderBytes,
+				MaxHeaderFieldBytes: DefaultMaxHeaderFieldBytes,
+				HTTPSPort:           8443,
+				HTTPPort:            443,
+				DataDir:             "/var/lib/roamgate",
+				Email:               "ops@example.com",
+				ACMECA:              "https://acme-staging-v02.api.letsencrypt.org/directory",
+				ACMECARoot:          "/etc/roamgate/acme-ca.pem",
+				OnDemandAsk:         "http://localhost:9123/check?x=1",
+				Log:                 Log{Level: "info", Format: "console"},
 				Sites: []Site{{
 					Pos:       at(12, 1),
 					Addresses: []Address{{Pos: at(12, 1), Host: "a", Port: 8443, Text: "a"}},
@@ -266,6 +284,27 @@ a {
 					Routes:    []Route{{Pos: at(5, 5), Respond: &Respond{Pos: at(5, 5), Status: 200, Body: "1"}}},
 				})
 				c.ZeroRTT, c.MaxHeaderBytes = false, 64<<10
+				return c
+			}(),
+		},
+		{
+			name: "header limits, global and per site",
+			src:  "{\n\tmax_header_bytes 16KiB\n\tmax_header_field_bytes 4KiB\n}\na {\n\tmax_header_bytes 64KiB\n\tmax_header_field_bytes 16KiB\n\trespond 1\n}\nb {\n\tmax_header_field_bytes 2KiB\n\trespond 1\n}",
+			want: func() *Config {
+				c := defaults(Site{
+					Pos:       at(5, 1),
+					Addresses: []Address{{Pos: at(5, 1), Host: "a", Port: 443, Text: "a"}},
+					TLS:       TLS{Pos: at(5, 1)},
+					Routes:    []Route{{Pos: at(8, 2), Respond: &Respond{Pos: at(8, 2), Status: 200, Body: "1"}}},
+					Limits:    Limits{HeaderBytes: 64 << 10, FieldBytes: 16 << 10},
+				}, Site{
+					Pos:       at(10, 1),
+					Addresses: []Address{{Pos: at(10, 1), Host: "b", Port: 443, Text: "b"}},
+					TLS:       TLS{Pos: at(10, 1)},
+					Routes:    []Route{{Pos: at(12, 2), Respond: &Respond{Pos: at(12, 2), Status: 200, Body: "1"}}},
+					Limits:    Limits{HeaderBytes: 16 << 10, FieldBytes: 2 << 10}, // the global total
+				})
+				c.MaxHeaderBytes, c.MaxHeaderFieldBytes = 16<<10, 4<<10
 				return c
 			}(),
 		},
@@ -477,16 +516,24 @@ func TestParseErrors(t *testing.T) {
 		{"zero_rtt twice", global("zero_rtt on\n\tzero_rtt off"), `Roamfile:3:2: zero_rtt: already set at Roamfile:2:2`},
 		{"zero_rtt in site", site("zero_rtt off\n\trespond 1"), `Roamfile:2:2: zero_rtt is a global option; set it in the global options block at the top of the file`},
 		{"max_header_bytes missing", global("max_header_bytes"), `Roamfile:2:2: max_header_bytes: missing argument`},
+		{"field limit above the global total", global("max_header_bytes 4KiB\n\tmax_header_field_bytes 8KiB"),
+			`Roamfile:3:25: max_header_field_bytes: max_header_field_bytes 8192 is above max_header_bytes 4096 (one field must fit in the head)`},
+		{"site total below the default field limit", site("max_header_bytes 4KiB\n\trespond 1"),
+			`Roamfile:2:19: max_header_bytes: max_header_field_bytes 8192 is above max_header_bytes 4096 (one field must fit in the head)`},
+		{"site field limit twice", site("max_header_field_bytes 4KiB\n\tmax_header_field_bytes 2KiB\n\trespond 1"),
+			`Roamfile:3:2: max_header_field_bytes: already set at Roamfile:2:2`},
+		{"field limit in a handle block", site("handle /a {\n\t\tmax_header_field_bytes 4KiB\n\t\trespond 1\n\t}"),
+			`Roamfile:3:3: handle: max_header_field_bytes is not allowed in a handle block (set it at site level)`},
 		{"max_header_bytes extra", global("max_header_bytes 1 MiB"), `Roamfile:2:21: max_header_bytes: unexpected argument "MiB"`},
 		{"max_header_bytes too small", global("max_header_bytes 1023"), `Roamfile:2:19: max_header_bytes: size "1023" out of range (want 1KiB-64MiB)`},
 		{"max_header_bytes decimal KB too small", global("max_header_bytes 1KB"), `Roamfile:2:19: max_header_bytes: size "1KB" out of range (want 1KiB-64MiB)`},
 		{"max_header_bytes too large", global("max_header_bytes 65MiB"), `Roamfile:2:19: max_header_bytes: size "65MiB" out of range (want 1KiB-64MiB)`},
 		{"max_header_bytes overflow", global("max_header_bytes 99999999999999999999"), `Roamfile:2:19: max_header_bytes: size "99999999999999999999" out of range (want 1KiB-64MiB)`},
 		{"max_header_bytes overflow with unit", global("max_header_bytes 9999999999999999MiB"), `Roamfile:2:19: max_header_bytes: size "9999999999999999MiB" out of range (want 1KiB-64MiB)`},
-		{"max_header_bytes fraction", global("max_header_bytes 1.5MiB"), `Roamfile:2:19: max_header_bytes: invalid size "1.5MiB" (want a number of bytes or a size such as 64KiB or 1MiB)`},
-		{"max_header_bytes unknown unit", global("max_header_bytes 1GiB"), `Roamfile:2:19: max_header_bytes: invalid size "1GiB" (want a number of bytes or a size such as 64KiB or 1MiB)`},
-		{"max_header_bytes negative", global("max_header_bytes -4096"), `Roamfile:2:19: max_header_bytes: invalid size "-4096" (want a number of bytes or a size such as 64KiB or 1MiB)`},
-		{"max_header_bytes unit only", global("max_header_bytes KiB"), `Roamfile:2:19: max_header_bytes: invalid size "KiB" (want a number of bytes or a size such as 64KiB or 1MiB)`},
+		{"max_header_bytes fraction", global("max_header_bytes 1.5MiB"), `Roamfile:2:19: max_header_bytes: invalid size "1.5MiB" (want a number of bytes or a size such as 8KiB or 64KiB)`},
+		{"max_header_bytes unknown unit", global("max_header_bytes 1GiB"), `Roamfile:2:19: max_header_bytes: invalid size "1GiB" (want a number of bytes or a size such as 8KiB or 64KiB)`},
+		{"max_header_bytes negative", global("max_header_bytes -4096"), `Roamfile:2:19: max_header_bytes: invalid size "-4096" (want a number of bytes or a size such as 8KiB or 64KiB)`},
+		{"max_header_bytes unit only", global("max_header_bytes KiB"), `Roamfile:2:19: max_header_bytes: invalid size "KiB" (want a number of bytes or a size such as 8KiB or 64KiB)`},
 
 		// ACME, storage and port options.
 		{"email missing", global("email"), `Roamfile:2:2: email: missing argument`},

@@ -17,7 +17,8 @@ const (
 	DefaultLBTryInterval         = 250 * time.Millisecond
 	DefaultHealthInterval        = 30 * time.Second
 	DefaultHealthTimeout         = 5 * time.Second
-	DefaultMaxHeaderBytes        = 1 << 20
+	DefaultMaxHeaderBytes        = 32 << 10 // nginx's default (4 buffers of 8 KiB)
+	DefaultMaxHeaderFieldBytes   = 8 << 10  // nginx's default (one buffer)
 	DefaultLBCookie              = "roamgate_lb"
 )
 
@@ -64,10 +65,13 @@ type Config struct {
 	// resumed HTTP/3 clients. Early requests with unsafe methods get 425
 	// Too Early (RFC 8470). Default true; "zero_rtt off" turns it off.
 	ZeroRTT bool
-	// MaxHeaderBytes is the global max_header_bytes option: the largest
-	// request header block accepted (HTTP/3, HTTP/2, HTTP/1.1); larger gets
-	// 431. Default 1 MiB (net/http's DefaultMaxHeaderBytes).
+	// MaxHeaderBytes is the global max_header_bytes option: the default of
+	// every site's Limits.HeaderBytes. Default DefaultMaxHeaderBytes.
 	MaxHeaderBytes int
+	// MaxHeaderFieldBytes is the global max_header_field_bytes option: the
+	// default of every site's Limits.FieldBytes. Default
+	// DefaultMaxHeaderFieldBytes.
+	MaxHeaderFieldBytes int
 	// OnDemandAsk is the URL of the global "on_demand_tls { ask URL }": it
 	// must answer 200 for a name (?domain=NAME) before an on-demand
 	// certificate is obtained for it. Empty means on-demand TLS is off.
@@ -108,6 +112,9 @@ type Site struct {
 	// Headers are the site-level header directives: they apply to every
 	// response of the site, after the route's own.
 	Headers []HeaderOp
+	// Limits bound the site's request heads: the site's max_header_bytes
+	// and max_header_field_bytes, else the global ones.
+	Limits Limits
 	// Tunnel is the site's tunnel directive: HTTP/3 CONNECT requests
 	// (RFC 9114 §4.4) to the site are spliced to this one backend, whatever
 	// authority they name. A site needs routes, a tunnel, or both.

@@ -12,19 +12,20 @@ import (
 // called with the cursor on the option's name and returns the first error
 // that stops it; errors it can read past go to b.report.
 var globalOptions = map[string]func(b *builder, c *Cursor) error{
-	"acme_ca":          acmeCA,
-	"acme_ca_root":     acmeCARoot,
-	"admin":            admin,
-	"data_dir":         dataDir,
-	"default_bind":     defaultBind,
-	"email":            emailOption,
-	"http_port":        func(b *builder, c *Cursor) error { return b.portArg(c, &b.cfg.HTTPPort) },
-	"https_port":       func(b *builder, c *Cursor) error { return b.portArg(c, &b.cfg.HTTPSPort) },
-	"log":              logOption,
-	"max_header_bytes": maxHeaderBytes,
-	"on_demand_tls":    onDemandTLSOption,
-	"storage":          storage,
-	"zero_rtt":         zeroRTT,
+	"acme_ca":                acmeCA,
+	"acme_ca_root":           acmeCARoot,
+	"admin":                  admin,
+	"data_dir":               dataDir,
+	"default_bind":           defaultBind,
+	"email":                  emailOption,
+	"http_port":              func(b *builder, c *Cursor) error { return b.portArg(c, &b.cfg.HTTPPort) },
+	"https_port":             func(b *builder, c *Cursor) error { return b.portArg(c, &b.cfg.HTTPSPort) },
+	"log":                    logOption,
+	"max_header_bytes":       globalHeaderSize(func(c *Config) *int { return &c.MaxHeaderBytes }),
+	"max_header_field_bytes": globalHeaderSize(func(c *Config) *int { return &c.MaxHeaderFieldBytes }),
+	"on_demand_tls":          onDemandTLSOption,
+	"storage":                storage,
+	"zero_rtt":               zeroRTT,
 }
 
 // exclusiveOptions maps a global option to the other option that makes the
@@ -38,12 +39,14 @@ var exclusiveOptions = map[string]struct{ other, setting string }{
 // handle blocks, into sc, like globalOptions. handle and handle_path are
 // added by init: they read their blocks with siteDirectives.
 var siteDirectives = map[string]func(b *builder, c *Cursor, sc *scope) error{
-	"header":        headerDirective,
-	"redir":         redir,
-	"respond":       respond,
-	"reverse_proxy": reverseProxy,
-	"tls":           tlsDirective,
-	"tunnel":        tunnel,
+	"header":                 headerDirective,
+	"max_header_bytes":       siteHeaderSize(func(l *Limits) *int { return &l.HeaderBytes }),
+	"max_header_field_bytes": siteHeaderSize(func(l *Limits) *int { return &l.FieldBytes }),
+	"redir":                  redir,
+	"respond":                respond,
+	"reverse_proxy":          reverseProxy,
+	"tls":                    tlsDirective,
+	"tunnel":                 tunnel,
 }
 
 func init() {
@@ -237,29 +240,6 @@ func zeroRTT(b *builder, c *Cursor) error {
 	default:
 		return c.Errf("unknown value %q (want on, off)", t.Text)
 	}
-	return nil
-}
-
-// Bounds of max_header_bytes.
-const (
-	minHeaderBytes = 1 << 10
-	maxHeaderLimit = 64 << 20
-)
-
-// maxHeaderBytes reads "max_header_bytes SIZE".
-func maxHeaderBytes(b *builder, c *Cursor) error {
-	t, err := oneArg(c)
-	if err != nil {
-		return err
-	}
-	n, ok := parseSize(t.Text)
-	switch {
-	case !ok:
-		return c.Errf("invalid size %q (want a number of bytes or a size such as 64KiB or 1MiB)", t.Text)
-	case n < minHeaderBytes || n > maxHeaderLimit:
-		return c.Errf("size %q out of range (want 1KiB-64MiB)", t.Text)
-	}
-	b.cfg.MaxHeaderBytes = int(n)
 	return nil
 }
 

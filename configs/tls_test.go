@@ -102,17 +102,18 @@ func TestParseACMEFile(t *testing.T) {
 	g := *cfg
 	g.Sites = nil
 	wantGlobal := Config{
-		File:           "Roamfile",
-		ZeroRTT:        true,
-		MaxHeaderBytes: DefaultMaxHeaderBytes,
-		HTTPSPort:      443,
-		HTTPPort:       8080,
-		DataDir:        "/var/lib/roamgate",
-		Email:          "ops@example.com",
-		ACMECA:         "https://acme-v02.api.letsencrypt.org/directory",
-		ACMECARoot:     "/etc/roamgate/acme-roots.pem",
-		OnDemandAsk:    "http://localhost:9123/check",
-		Log:            Log{Level: "info", Format: "console"},
+		File:                "Roamfile",
+		ZeroRTT:             true,
+		MaxHeaderBytes:      DefaultMaxHeaderBytes,
+		MaxHeaderFieldBytes: DefaultMaxHeaderFieldBytes,
+		HTTPSPort:           443,
+		HTTPPort:            8080,
+		DataDir:             "/var/lib/roamgate",
+		Email:               "ops@example.com",
+		ACMECA:              "https://acme-v02.api.letsencrypt.org/directory",
+		ACMECARoot:          "/etc/roamgate/acme-roots.pem",
+		OnDemandAsk:         "http://localhost:9123/check",
+		Log:                 Log{Level: "info", Format: "console"},
 	}
 	if !reflect.DeepEqual(g, wantGlobal) {
 		t.Errorf("global settings\n got %+v\nwant %+v", g, wantGlobal)

@@ -51,6 +51,9 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "misdirected request: no site for this host", http.StatusMisdirectedRequest)
 		return
 	}
+	if !h.checkHead(w, r, s, st, &rec) {
+		return
+	}
 	if len(st.clientCAs) > 0 {
 		if err := h.srv.verifyClientCert(st.clientCAs, r.TLS); err != nil {
 			h.refuseClientCert(w, r, s, &rec, err)
@@ -273,6 +276,7 @@ func (h *handler) fail(w http.ResponseWriter, r *http.Request, s *session, st *s
 		}
 		return
 	case http.StatusBadRequest:
+		h.srv.metrics.refused.WithLabelValues(refusedMalformed).Inc()
 		h.srv.errLog.get().Info("bad request refused",
 			zap.Uint64("session", s.id), zap.String("remote", r.RemoteAddr), zap.Error(err))
 		http.Error(w, "bad request", status)
@@ -294,7 +298,7 @@ func statusFor(ctx context.Context, err error) int {
 	var gone *clientGoneError
 	var dial *upstream.DialError
 	switch {
-	case errors.As(err, &bad):
+	case errors.As(err, &bad), errors.Is(err, upstream.ErrMalformedRequest):
 		return http.StatusBadRequest
 	case errors.As(err, &gone), ctx.Err() != nil, errors.Is(err, context.Canceled),
 		errors.Is(err, errSessionClosed), errors.Is(err, upstream.ErrLeaseClosed):

@@ -109,7 +109,7 @@ func TestMaliciousHTTP2Requests(t *testing.T) {
 		{"content-length below the body", postFields(h, h3Field{"content-length", "3"}), []byte("hello"), reset},
 		{"differing content-lengths", postFields(h, h3Field{"content-length", "5"}, h3Field{"content-length", "6"}), []byte("hello"), h3Result{status: http.StatusBadRequest}},
 		{"missing :path", getFields(h)[:3], nil, reset},
-		{"oversized header block", getFields(h, h3Field{"x-big", big}), nil, reset},
+		{"oversized header block", getFields(h, h3Field{"x-big", big}), nil, h3Result{status: http.StatusRequestHeaderFieldsTooLarge}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := rawH2(t, h, tc.fields, tc.body); got != tc.want {

@@ -12,6 +12,7 @@ type metrics struct {
 	pathChanges    *prometheus.CounterVec // by kind: migration, nat_rebinding
 	requests       *prometheus.CounterVec // by proto and status class
 	tooEarly       prometheus.Counter     // 0-RTT requests answered 425
+	refused        *prometheus.CounterVec // client errors refused before the backend, by reason
 
 	// byClass caches the requests counters so counting a request neither
 	// allocates nor hashes labels.
@@ -40,6 +41,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "roamgate", Name: "too_early_total",
 			Help: "Requests that arrived in 0-RTT data with an unsafe method and were answered 425 Too Early (RFC 8470).",
 		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "roamgate", Name: "requests_refused_total",
+			Help: "Requests refused as the client's error, before anything reached the backend or with the upstream request aborted, by reason (malformed, head_too_large, field_too_large, uri_too_long).",
+		}, []string{"reason"}),
 		byClass: map[string]*[len(statusClasses)]prometheus.Counter{},
 	}
 	for _, proto := range []string{"h3", "tcp"} {
@@ -50,7 +55,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.byClass[proto] = &cs
 	}
 	if reg != nil {
-		reg.MustRegister(m.sessionsOpened, m.sessionsActive, m.pathChanges, m.requests, m.tooEarly)
+		reg.MustRegister(m.sessionsOpened, m.sessionsActive, m.pathChanges, m.requests, m.tooEarly, m.refused)
 	}
 	return m
 }

@@ -17,6 +17,7 @@ type site struct {
 	headers   headerOps    // the site-level header directives
 	tunnel    *tunnelRoute // nil without a tunnel directive
 	clientCAs []string     // the site's tls client_auth CA files; every request must carry a certificate of theirs
+	limits    configs.Limits
 }
 
 // route is one handle/handle_path block (or the site's own handler): a path

@@ -153,7 +153,7 @@ func New(cfg *configs.Config, opts Options) (*Server, error) {
 	upMetrics := upstream.NewMetrics(reg)
 	byPort := map[int]*portServer{}
 	for _, sc := range cfg.Sites {
-		st := &site{name: sc.Addresses[0].Text, headers: compileHeaderOps(sc.Headers), clientCAs: sc.TLS.ClientCAFiles}
+		st := &site{name: sc.Addresses[0].Text, headers: compileHeaderOps(sc.Headers), clientCAs: sc.TLS.ClientCAFiles, limits: siteLimits(sc.Limits)}
 		if sc.Tunnel != nil {
 			st.tunnel = newTunnelRoute(sc.Tunnel, len(sc.TLS.ClientCAFiles) > 0)
 		}
@@ -311,10 +311,7 @@ func (s *Server) BoundPort(port int) int {
 // serve starts HTTP/3 and TCP serving on a port's bound sockets.
 func (s *Server) serve(ps *portServer) error {
 	slogger := slog.New(zapslog.NewHandler(s.logger.Named("http3").Core()))
-	maxHeader := s.cfg.MaxHeaderBytes
-	if maxHeader == 0 {
-		maxHeader = configs.DefaultMaxHeaderBytes
-	}
+	maxHeader := protocolHeaderLimit(s.cfg)
 	ps.h3 = &http3.Server{
 		MaxHeaderBytes: maxHeader,
 		Handler:        &handler{srv: s, router: ps.rt},

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"io"
 	"maps"
 	"net/http"
@@ -11,7 +13,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/quic-go/quic-go"
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/roamgate/roamgate/upstream"
 )
 
 // hopByHop are the connection-specific header fields of RFC 9110 §7.6.1 (and
@@ -84,6 +89,13 @@ func outRequest(o *outgoing, w http.ResponseWriter, r *http.Request, s *session,
 	}
 	out.Body, out.ContentLength = nil, n
 	if body != nil {
+		if eof {
+			// The body was read whole: its trailer is here, and is checked
+			// before anything goes upstream.
+			if err := checkTrailer(r.Trailer); err != nil {
+				return nil, err
+			}
+		}
 		out.Trailer = maps.Clone(r.Trailer) // the announced names; values arrive at the end
 		out.Body = &clientBody{Reader: body, client: r, upstream: out, rc: http.NewResponseController(w), eof: eof}
 	}
@@ -170,6 +182,11 @@ func (o *outgoing) fill(r *http.Request, s *session, target string, early bool) 
 	out.RequestURI = target
 	if target == "" {
 		out.RequestURI = requestTarget(r)
+	}
+	if err := upstream.CheckRequestLine(out.Method, out.RequestURI, out.Host); err != nil {
+		// quic-go passes a :path or :authority with a space, say, which
+		// would split the request line: refused before any upstream I/O.
+		return nil, badRequest(err.Error())
 	}
 	out.Proto, out.ProtoMajor, out.ProtoMinor = "HTTP/1.1", 1, 1
 	out.Close = false
@@ -308,7 +325,7 @@ func upstreamBody(r *http.Request) (body io.Reader, n int64, eof bool, err error
 	case rerr == io.EOF:
 		return bytes.NewReader(bytes.Clone(buf[:n])), n, true, nil
 	case rerr != nil:
-		return nil, 0, false, &clientGoneError{rerr}
+		return nil, 0, false, clientBodyError(r, rerr)
 	}
 	return io.MultiReader(bytes.NewReader(bytes.Clone(buf[:n])), r.Body), -1, false, nil
 }
@@ -365,8 +382,17 @@ type clientBody struct {
 
 func (b *clientBody) Read(p []byte) (int, error) {
 	n, err := b.Reader.Read(p)
+	if err != nil && err != io.EOF {
+		return n, clientBodyError(b.client, err)
+	}
 	if err == io.EOF && !b.eof {
 		b.eof = true
+		if err := checkTrailer(b.client.Trailer); err != nil {
+			// The body went upstream already: failing the read aborts the
+			// upstream request (its connection is closed, the chunked body
+			// never ends), so the backend never sees a complete message.
+			return n, err
+		}
 		if len(b.client.Trailer) > 0 {
 			if b.upstream.Trailer == nil {
 				b.upstream.Trailer = make(http.Header, len(b.client.Trailer))
@@ -384,6 +410,54 @@ func (b *clientBody) Close() error {
 		_ = b.rc.SetReadDeadline(time.Unix(1, 0))
 	}
 	return b.client.Body.Close()
+}
+
+// clientBodyError classifies a failure reading the client's body: the
+// client went away (its context ended, or it reset the stream), or its
+// body is malformed (shorter or longer than its Content-Length, or
+// refused by the protocol layer), a 400.
+func clientBodyError(r *http.Request, err error) error {
+	if r.Context().Err() != nil || errors.Is(err, context.Canceled) {
+		return &clientGoneError{err}
+	}
+	if _, ok := errors.AsType[*quic.StreamError](err); ok {
+		return &clientGoneError{err}
+	}
+	return badRequest("request body: ", err.Error())
+}
+
+// forbiddenTrailers are the fields a trailer section must not carry (RFC
+// 9110 §6.5.1: framing, routing, request modifiers, authentication,
+// content format): net/http's list, with the connection-specific fields
+// and the cookies. A legacy backend that merges trailers into the header
+// would act on them.
+var forbiddenTrailers = map[string]bool{
+	"Authorization": true, "Cache-Control": true, "Connection": true, "Content-Encoding": true,
+	"Content-Length": true, "Content-Range": true, "Content-Type": true, "Expect": true,
+	"Host": true, "Keep-Alive": true, "Max-Forwards": true, "Pragma": true,
+	"Proxy-Authenticate": true, "Proxy-Authorization": true, "Proxy-Connection": true,
+	"Range": true, "Realm": true, "Te": true, "Trailer": true, "Transfer-Encoding": true,
+	"Www-Authenticate": true, "Cookie": true, "Set-Cookie": true, "Upgrade": true,
+}
+
+// checkTrailer refuses a client's trailer section that HTTP/1.1 cannot
+// carry (a name that is not a token, a value with CR, LF or NUL) or that
+// holds a field trailers must not (forbiddenTrailers).
+func checkTrailer(tr http.Header) error {
+	for k, vv := range tr {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return badRequest("invalid trailer name ", quoteForLog(k))
+		}
+		if forbiddenTrailers[textproto.CanonicalMIMEHeaderKey(k)] {
+			return badRequest("trailer field ", k, " is not allowed in a trailer")
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return badRequest("invalid value in trailer ", k)
+			}
+		}
+	}
+	return nil
 }
 
 // copyResponseHeader copies a backend's response header for the client,

@@ -31,6 +31,11 @@ const (
 // response arrived: the backend had closed it. Such requests may be retried.
 var errConnLost = errors.New("upstream connection lost before response")
 
+// errClientBody marks a failure reading the client's request body: the
+// client's doing (it went away, or sent a malformed body or trailer), not
+// the backend's.
+var errClientBody = errors.New("read request body")
+
 // drainLimit and drainTimeout bound how much of an unread response body is
 // read to keep its connection when the client goes away mid-response.
 const (
@@ -301,10 +306,11 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 		c.abandonWrite(req, wdone)
 		err = c.classify(err, reused && c.nread == startRead)
 		reason := reasonError
-		if errors.Is(err, errConnLost) {
+		switch {
+		case errors.Is(err, errConnLost):
 			reason = reasonBackendClosed
-		} else if ctx.Err() != nil {
-			reason = reasonAborted
+		case ctx.Err() != nil, errors.Is(err, errClientBody), errors.Is(err, ErrMalformedRequest):
+			reason = reasonAborted // the client's doing
 		}
 		if wdone == nil {
 			closeBody(req)
@@ -493,7 +499,7 @@ func (c *conn) writeBody(req *http.Request, chunked bool) (err error) {
 		c.readingBody.Store(false)
 		if n > 0 {
 			if !chunked && written+int64(n) > req.ContentLength {
-				return fmt.Errorf("request body longer than its Content-Length %d", req.ContentLength)
+				return fmt.Errorf("%w: body longer than its Content-Length %d", ErrMalformedRequest, req.ContentLength)
 			}
 			if _, err := dst.Write(buf[:n]); err != nil {
 				return err
@@ -504,13 +510,13 @@ func (c *conn) writeBody(req *http.Request, chunked bool) (err error) {
 			break
 		}
 		if rerr != nil {
-			return fmt.Errorf("read request body: %w", rerr)
+			return fmt.Errorf("%w: %w", errClientBody, rerr)
 		}
 	}
 	if !chunked && written != req.ContentLength {
 		// Read no further than Content-Length: the request is complete
 		// (the client's protocol layer enforces the length).
-		return fmt.Errorf("request body of %d bytes shorter than its Content-Length %d: %w", written, req.ContentLength, io.ErrUnexpectedEOF)
+		return fmt.Errorf("%w: body of %d bytes shorter than its Content-Length %d: %w", ErrMalformedRequest, written, req.ContentLength, io.ErrUnexpectedEOF)
 	}
 	if chunked {
 		if err := cw.Close(); err != nil {

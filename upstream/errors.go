@@ -2,7 +2,10 @@ package upstream
 
 import (
 	"errors"
+	"fmt"
 	"net"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // ErrLeaseClosed is returned for requests on a lease whose session ended.
@@ -28,6 +31,29 @@ func (e *DialError) Unwrap() error { return e.Err }
 func (e *DialError) Timeout() bool {
 	var ne net.Error
 	return errors.As(e.Err, &ne) && ne.Timeout()
+}
+
+// ErrMalformedRequest marks a request that cannot go upstream as HTTP/1.1:
+// its method, target or Host, a header or trailer field, or its body's
+// length is not what HTTP/1.1 can carry. It is the client's error (400):
+// the proxy checks the request before the lease sees it, and the lease's
+// own checks are the last guard.
+var ErrMalformedRequest = errors.New("malformed request")
+
+// CheckRequestLine reports, as an ErrMalformedRequest, a method that is
+// not a token, a request target that is empty or holds whitespace or
+// control bytes, or a Host that is not a valid host[:port]: anything that
+// would let a request line or Host line carry a second request.
+func CheckRequestLine(method, target, host string) error {
+	switch {
+	case !httpguts.ValidHeaderFieldName(method): // a token, as a field name is
+		return fmt.Errorf("%w: method %q", ErrMalformedRequest, method)
+	case !validRequestTarget(target):
+		return fmt.Errorf("%w: request target %q", ErrMalformedRequest, target)
+	case !httpguts.ValidHostHeader(host):
+		return fmt.Errorf("%w: host %q", ErrMalformedRequest, host)
+	}
+	return nil
 }
 
 // ErrNoHealthyBackend is returned for a request when no backend of the pool

@@ -2,7 +2,7 @@ package upstream
 
 import (
 	"bufio"
-	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httputil"
@@ -15,7 +15,7 @@ import (
 
 // errInvalidHeader guards the wire against a header the proxy should have
 // rejected already: a name or value that could split the request.
-var errInvalidHeader = errors.New("invalid header field")
+var errInvalidHeader = fmt.Errorf("%w: invalid header field", ErrMalformedRequest)
 
 // keysPool holds the scratch slices used to write header keys in order.
 var keysPool = sync.Pool{New: func() any { s := make([]string, 0, 32); return &s }}
@@ -29,8 +29,8 @@ func writeRequestHeader(w *bufio.Writer, req *http.Request, hasBody, chunked boo
 	if uri == "" {
 		uri = req.URL.RequestURI()
 	}
-	if !validRequestTarget(uri) || !httpguts.ValidHostHeader(req.Host) || !httpguts.ValidHeaderFieldName(req.Method) {
-		return errInvalidHeader
+	if err := CheckRequestLine(req.Method, uri, req.Host); err != nil {
+		return err
 	}
 	w.WriteString(req.Method)
 	w.WriteByte(' ')

@@ -3,6 +3,7 @@ package upstream
 import (
 	"bufio"
 	"bytes"
+	"io"
 	"net/http"
 	"net/textproto"
 	"net/url"
@@ -55,6 +56,45 @@ func FuzzWriteRequestHeader(f *testing.F) {
 			}
 			if k != textproto.CanonicalMIMEHeaderKey(name) {
 				t.Fatalf("field %q appeared: %q", k, wire)
+			}
+		}
+	})
+}
+
+// FuzzWriteTrailer: a trailer section the writer accepts ends a chunked
+// body as exactly the fields given; nothing it writes becomes a second
+// request or a field of its own (issue 12: a trailer value with CR LF,
+// arriving after the body was streamed, must never reach the backend as
+// a complete message with a field injected).
+func FuzzWriteTrailer(f *testing.F) {
+	f.Add("X-Checksum", "abc")
+	f.Add("X-Evil", "a\r\nX-Injected: 1")
+	f.Add("X-Evil", "a\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
+	f.Add("X\r\nY", "1")
+	f.Add("Content-Length", "5")
+	f.Fuzz(func(t *testing.T, name, value string) {
+		var buf bytes.Buffer
+		buf.WriteString("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n")
+		bw := bufio.NewWriter(&buf)
+		if err := writeTrailer(bw, http.Header{name: {value}}); err != nil {
+			return
+		}
+		bw.Flush()
+		wire := buf.String()
+		br := bufio.NewReader(&buf)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		if _, err := io.Copy(io.Discard, req.Body); err != nil {
+			return // net/http refuses some trailers; refusing is safe
+		}
+		if br.Buffered() != 0 {
+			t.Fatalf("bytes follow the trailer section: %q", wire)
+		}
+		for k := range req.Trailer {
+			if k != textproto.CanonicalMIMEHeaderKey(name) {
+				t.Fatalf("trailer field %q appeared: %q", k, wire)
 			}
 		}
 	})
