@@ -157,12 +157,23 @@ func checkSets(t *testing.T, reqs []legacyapp.Request, clients, c int) {
 		if len(s[1]) == 0 {
 			t.Fatalf("%s sent nothing after its migration", client)
 		}
-		all := len(s[0])
+		// A set smaller than c before the migration may grow after it
+		// (roamgate waits briefly for a connection about to be free
+		// rather than dial, so a client can reach its last connection
+		// late), keeping the ones it had; a new connection in place of
+		// one from before, or added to a full set, is a change.
+		all, added, dropped := len(s[0]), 0, false
 		for a := range s[1] {
 			if !s[0][a] {
 				all++
-				t.Errorf("%s used upstream connection %s after its migration, not one of the %d before", client, a, len(s[0]))
+				added++
 			}
+		}
+		for a := range s[0] {
+			dropped = dropped || !s[1][a]
+		}
+		if added > 0 && (dropped || len(s[0]) >= c) {
+			t.Errorf("%s used %d new upstream connection(s) after its migration, in place of one of the %d before", client, added, len(s[0]))
 		}
 		if all > c {
 			t.Errorf("%s used %d upstream connections with %d requests in flight", client, all, c)

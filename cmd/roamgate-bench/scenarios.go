@@ -248,11 +248,15 @@ func (b *bench) load(ctx context.Context, t *target, conns, streams int, migrate
 		if err != nil {
 			return f, err
 		}
-		sf := sets.figures()
+		sf := sets.figures(streams)
 		f.Streams = streams
 		f.UpstreamPerClient = &sf.PerClient
 		f.UpstreamMaxPerClient = &sf.MaxPerConn
 		f.SetsChanged = &sf.Changed
+		f.SetsGrew = &sf.Grew
+		// Over the sessions' whole lives, warm-up included: a client
+		// may reach its last connection after the warm-up.
+		f.UpstreamOpenedAll = ptr(delta(pre, after, mUpstreamOpened))
 		f.SharedUpstream = &sf.Shared
 		f.TrackedClients = &sf.Clients
 	}

@@ -92,17 +92,27 @@ func (s *setRecorder) serve(mux *http.ServeMux) {
 }
 
 // setFigures is what the backend saw of the storm's clients: connections
-// per client (mean and largest), and clients whose requests after their
-// migration came over a connection not in their set before.
+// per client (mean and largest), clients whose set changed across their
+// migration, and clients whose set grew after it.
+//
+// A client with streams requests in flight may reach the backend over
+// fewer connections for a while (roamgate waits briefly for a connection
+// about to be free rather than dial), so a set that had fewer than streams
+// connections before the migration and only gained one after it, keeping
+// the ones it had, grew: the bound (at most streams per client) still
+// holds. A set changed when a connection appeared after the migration in
+// place of one from before: a full set gained one, or one from before was
+// never used again.
 type setFigures struct {
 	Clients    int64
 	PerClient  float64
 	MaxPerConn int64 // largest set of one client
 	Changed    int64
+	Grew       int64
 	Shared     int64 // connections that carried more than one client
 }
 
-func (r setsReport) figures() setFigures {
+func (r setsReport) figures(streams int) setFigures {
 	var f setFigures
 	var total int64
 	owner := map[uint64]string{}
@@ -113,15 +123,25 @@ func (r setsReport) figures() setFigures {
 		for _, id := range sets[0] {
 			all[id] = true
 		}
-		changed := false
+		after := map[uint64]bool{}
+		added := false
 		for _, id := range sets[1] {
+			after[id] = true
 			if !all[id] {
-				changed = true
+				added = true
 				all[id] = true
 			}
 		}
-		if changed {
-			f.Changed++
+		if added {
+			dropped := false
+			for _, id := range sets[0] {
+				dropped = dropped || !after[id]
+			}
+			if dropped || len(sets[0]) >= streams {
+				f.Changed++
+			} else {
+				f.Grew++
+			}
 		}
 		for id := range all {
 			if o, ok := owner[id]; ok && o != c {

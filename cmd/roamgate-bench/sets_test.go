@@ -17,11 +17,13 @@ func TestSetFigures(t *testing.T) {
 		"1": {{3}, {3}},       // one connection
 		"2": {{4, 5}, {4, 6}}, // a new connection after migrating
 		"3": {{7}, {1}},       // another client's connection
-	}.figures()
-	if f.Clients != 4 || f.Changed != 2 || f.MaxPerConn != 3 || f.Shared != 1 {
-		t.Fatalf("figures = %+v, want 4 clients, 2 changed, at most 3, 1 shared", f)
+		"4": {{8}, {8, 9}},    // reached its second connection late
+		"5": {{10}, {11}},     // one connection in place of another
+	}.figures(2)
+	if f.Clients != 6 || f.Changed != 3 || f.Grew != 1 || f.MaxPerConn != 3 || f.Shared != 1 {
+		t.Fatalf("figures = %+v, want 6 clients, 3 changed, 1 grew, at most 3, 1 shared", f)
 	}
-	if f.PerClient != 2 { // (2+1+3+2)/4
+	if f.PerClient != 2 { // (2+1+3+2+2+2)/6
 		t.Fatalf("per client = %v, want 2", f.PerClient)
 	}
 }
@@ -68,24 +70,33 @@ func TestSetRecorder(t *testing.T) {
 func TestStormChecksCatchAGrowingSet(t *testing.T) {
 	b := &bench{o: &options{}}
 	tg := &target{builtin: true}
-	run := func(maxPer, changed int64) map[string]bool {
+	run := func(maxPer, changed, opened int64) map[string]bool {
 		s := figures{Conns: 10, Handshakes: 10, Migrations: 10, Streams: 2,
 			TrackedClients: ptr(int64(10)), UpstreamPerClient: ptr(2.0), UpstreamMaxPerClient: &maxPer,
-			SetsChanged: &changed, SharedUpstream: ptr(int64(0))}
+			SetsChanged: &changed, SetsGrew: ptr(int64(1)), SharedUpstream: ptr(int64(0)),
+			// One session reached its second connection after the warm-up.
+			UpstreamOpened: ptr(int64(1)), UpstreamOpenedAll: &opened}
 		ok := map[string]bool{}
 		for _, c := range b.checks(scStorm, tg, &targetReport{Rounds: []figures{s}, Summary: s}) {
 			ok[c.Name] = c.OK
 		}
 		return ok
 	}
-	const bound, kept = "backend saw at most --storm-streams connections per client", "every client kept its set across its migration"
-	if ok := run(2, 0); !ok[bound] || !ok[kept] {
-		t.Fatalf("a client within its bound failed the checks: %v", ok)
+	const bound, kept, life = "backend saw at most --storm-streams connections per client",
+		"every client kept its set across its migration", "sessions never outgrew their clients"
+	if ok := run(2, 0, 20); !ok[bound] || !ok[kept] || !ok[life] {
+		t.Fatalf("clients within their bound failed the checks: %v", ok)
 	}
-	if ok := run(3, 0); ok[bound] {
+	if kept, present := run(2, 0, 20)["sessions kept their upstream connections"]; present && !kept {
+		t.Fatal("a connection first dialled after the warm-up, within the bound, failed the storm")
+	}
+	if ok := run(3, 0, 20); ok[bound] {
 		t.Fatal("3 connections for 2 in flight passed")
 	}
-	if ok := run(2, 1); ok[kept] {
+	if ok := run(2, 1, 20); ok[kept] {
 		t.Fatal("a changed set passed")
+	}
+	if ok := run(2, 0, 21); ok[life] {
+		t.Fatal("21 connections for 10 clients × 2 in flight passed")
 	}
 }
