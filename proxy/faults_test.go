@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/netip"
 	"strconv"
 	"testing"
 	"time"
@@ -48,11 +47,7 @@ func TestFaultyPathUnderMigration(t *testing.T) {
 	const clients, inFlight, size = 8, 2, 20000
 	app := startApp(t, "app", http.HandlerFunc(bodyOf))
 	h := startProxy(t, siteFor("", app.Addr()), nil)
-	relay, err := impair.New(netip.MustParseAddrPort(h.addr), impair.Faults{Loss: 0.05, Jitter: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { relay.Close() })
+	relay := startRelay(t, h.addr, impair.Faults{Loss: 0.05, Jitter: 50 * time.Millisecond})
 	conns := make([]*h3client.Conn, clients)
 	for i := range conns {
 		conns[i] = h.dialTo(t, relay.Addr().String())

@@ -7,11 +7,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,6 +24,7 @@ import (
 	"github.com/roamgate/roamgate/configs"
 	"github.com/roamgate/roamgate/examples/legacyapp"
 	"github.com/roamgate/roamgate/proxy/h3client"
+	"github.com/roamgate/roamgate/proxy/h3client/impair"
 	"github.com/roamgate/roamgate/tlsmgr"
 	"github.com/roamgate/roamgate/tlsmgr/acmetest"
 	"github.com/roamgate/roamgate/upstream"
@@ -256,113 +257,14 @@ func (h *harness) logged(msg string) []observer.LoggedEntry {
 
 func itoa(n int) string { return strconv.Itoa(n) }
 
-// natRelay is a UDP NAT between clients and a server: each client address
-// gets a mapping (an upstream socket of its own), and rebind replaces every
-// mapping's socket, as a NAT whose mappings timed out does. The server then
-// sees the same connection IDs from a new source port.
-type natRelay struct {
-	front  *net.UDPConn
-	server *net.UDPAddr
-
-	mu   sync.Mutex
-	maps map[string]*natMapping // by client address
-	wg   sync.WaitGroup
-}
-
-type natMapping struct {
-	client net.Addr
-	back   *net.UDPConn // guarded by natRelay.mu
-}
-
-func newNATRelay(t *testing.T, server string) *natRelay {
+// startRelay starts an impair relay (a NAT, and faults as f says) in front
+// of the proxy, closed when the test ends.
+func startRelay(t testing.TB, server string, f impair.Faults) *impair.Relay {
 	t.Helper()
-	sa, err := net.ResolveUDPAddr("udp", server)
+	r, err := impair.New(netip.MustParseAddrPort(server), f)
 	if err != nil {
 		t.Fatal(err)
 	}
-	front, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &natRelay{front: front, server: sa, maps: map[string]*natMapping{}}
-	r.wg.Go(r.forward)
-	t.Cleanup(r.close)
+	t.Cleanup(func() { r.Close() })
 	return r
-}
-
-func (r *natRelay) addr() string { return r.front.LocalAddr().String() }
-
-// rebind moves every mapping to a new upstream port and drops the old one.
-func (r *natRelay) rebind(t *testing.T) {
-	t.Helper()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, m := range r.maps {
-		back, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		m.back.Close()
-		m.back = back
-		r.wg.Go(func() { r.backward(m, back) })
-	}
-}
-
-// forward carries client packets to the server through their mapping,
-// creating it for a new client address.
-func (r *natRelay) forward() {
-	buf := make([]byte, 2048)
-	for {
-		n, from, err := r.front.ReadFrom(buf)
-		if err != nil {
-			return
-		}
-		r.mu.Lock()
-		m := r.maps[from.String()]
-		if m == nil {
-			back, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-			if err != nil {
-				r.mu.Unlock()
-				continue
-			}
-			m = &natMapping{client: from, back: back}
-			r.maps[from.String()] = m
-			r.wg.Go(func() { r.backward(m, back) })
-		}
-		back := m.back
-		r.mu.Unlock()
-		back.WriteTo(buf[:n], r.server)
-	}
-}
-
-// backward carries server packets arriving on back to the mapping's client.
-func (r *natRelay) backward(m *natMapping, back *net.UDPConn) {
-	buf := make([]byte, 2048)
-	for {
-		n, _, err := back.ReadFrom(buf)
-		if err != nil {
-			return
-		}
-		r.front.WriteTo(buf[:n], m.client)
-	}
-}
-
-// backAddr is the upstream address of the (single) client's mapping.
-func (r *natRelay) backAddr() string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, m := range r.maps {
-		return m.back.LocalAddr().String()
-	}
-	return ""
-}
-
-func (r *natRelay) close() {
-	r.front.Close()
-	r.mu.Lock()
-	for _, m := range r.maps {
-		m.back.Close()
-	}
-	r.mu.Unlock()
-	r.wg.Wait()
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/roamgate/roamgate/examples/legacyapp"
 	"github.com/roamgate/roamgate/proxy/h3client"
+	"github.com/roamgate/roamgate/proxy/h3client/impair"
 )
 
 // checkSameView asserts the backend saw every request on one upstream TCP
@@ -98,16 +99,18 @@ func TestActiveMigration(t *testing.T) {
 func TestNATRebinding(t *testing.T) {
 	app := startApp(t, "app", nil)
 	h := startProxy(t, siteFor("", app.Addr()), nil)
-	relay := newNATRelay(t, h.addr)
-	c := h.dialTo(t, relay.addr())
-	startPort := portOf(relay.backAddr())
+	relay := startRelay(t, h.addr, impair.Faults{})
+	c := h.dialTo(t, relay.Addr().String())
+	startPort := int(relay.Mappings()[0].Port())
 
 	var reqs []legacyapp.Request
 	for range 3 {
 		reqs = append(reqs, seen(t, c, h, "c1"))
 	}
 	for i := range 2 {
-		relay.rebind(t)
+		if err := relay.Rebind(); err != nil {
+			t.Fatal(err)
+		}
 		for range 3 {
 			reqs = append(reqs, seen(t, c, h, "c1"))
 		}
@@ -129,12 +132,6 @@ func TestNATRebinding(t *testing.T) {
 	// shutdown need not wait for a vanished client.
 	c.Close()
 	eventually(t, "the session to end", func() bool { return testutil.ToFloat64(h.srv.metrics.sessionsActive) == 0 })
-}
-
-func portOf(addr string) int {
-	i := strings.LastIndexByte(addr, ':')
-	p, _ := strconv.Atoi(addr[i+1:])
-	return p
 }
 
 // concurrencyBarrier holds each client's concurrent requests at the backend

@@ -14,6 +14,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/quicvarint"
+	"github.com/roamgate/roamgate/proxy/h3client/impair"
 )
 
 // echoServer is a raw TCP echo backend (an SSH server or a database in
@@ -202,8 +203,8 @@ func TestTunnelEndsWithTheSession(t *testing.T) {
 func TestTunnelSurvivesNetworkChanges(t *testing.T) {
 	echo := startEcho(t)
 	h := startProxy(t, tunnelSite(echo.addr(), ""), nil)
-	relay := newNATRelay(t, h.addr)
-	c := h.dialTo(t, relay.addr())
+	relay := startRelay(t, h.addr, impair.Faults{})
+	c := h.dialTo(t, relay.Addr().String())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	tun, err := c.Tunnel(ctx, "localhost:"+strconv.Itoa(h.port), http.Header{"Authorization": {"Bearer s3cret"}})
@@ -228,7 +229,9 @@ func TestTunnelSurvivesNetworkChanges(t *testing.T) {
 	for n := range 3 {
 		round(n)
 	}
-	relay.rebind(t)
+	if err := relay.Rebind(); err != nil {
+		t.Fatal(err)
+	}
 	for n := 3; n < 6; n++ {
 		round(n)
 	}

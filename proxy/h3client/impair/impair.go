@@ -97,6 +97,39 @@ func (r *Relay) SetFaults(f Faults) error {
 	return nil
 }
 
+// Rebind moves every client's mapping to a new upstream socket and closes
+// the old one, as a NAT whose mappings timed out does: the edge then sees
+// the same connections from new source ports.
+func (r *Relay) Rebind() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return net.ErrClosed
+	}
+	for client, old := range r.upstream {
+		up, err := net.ListenUDP("udp", loopback(r.target))
+		if err != nil {
+			return fmt.Errorf("impair: rebind: %w", err)
+		}
+		_ = old.Close()
+		r.upstream[client] = up
+		r.wg.Go(func() { r.backward(client, up) })
+	}
+	return nil
+}
+
+// Mappings are the upstream addresses the edge sees, one per client
+// socket, in no order.
+func (r *Relay) Mappings() []netip.AddrPort {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]netip.AddrPort, 0, len(r.upstream))
+	for _, up := range r.upstream {
+		out = append(out, unmap(up.LocalAddr().(*net.UDPAddr).AddrPort()))
+	}
+	return out
+}
+
 // Addr is where clients send to.
 func (r *Relay) Addr() netip.AddrPort { return unmap(r.front.LocalAddr().(*net.UDPAddr).AddrPort()) }
 

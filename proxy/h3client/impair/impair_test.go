@@ -170,3 +170,27 @@ func TestSetFaults(t *testing.T) {
 		t.Fatalf("%d of 50 round trips through the healed relay", len(got))
 	}
 }
+
+// TestRebind: after a rebind the edge sees the client from a new port
+// (that packets still flow both ways, TestNATRebinding in proxy shows).
+func TestRebind(t *testing.T) {
+	r, err := New(echo(t), Faults{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if got := roundTrips(t, r, 10, 100*time.Millisecond); len(got) != 10 {
+		t.Fatalf("%d of 10 round trips", len(got))
+	}
+	before := r.Mappings()
+	if len(before) != 1 {
+		t.Fatalf("mappings %v, want one", before)
+	}
+	if err := r.Rebind(); err != nil {
+		t.Fatal(err)
+	}
+	after := r.Mappings()
+	if len(after) != 1 || after[0] == before[0] {
+		t.Fatalf("mappings %v after rebind, were %v", after, before)
+	}
+}
