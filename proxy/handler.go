@@ -252,6 +252,12 @@ func (h *handler) reverseProxy(w http.ResponseWriter, r *http.Request, s *sessio
 	w.WriteHeader(resp.StatusCode)
 	n, err := copyBody(w, resp)
 	rec.written = n
+	if err == nil {
+		// A trailer HTTP cannot carry cuts the response: the client's
+		// stack would refuse it whole, or, dropped, the response would
+		// look complete without it.
+		err = upstream.CheckFields("trailer", resp.Trailer)
+	}
 	if err != nil {
 		h.bodyFailed(r, s, rec, err)
 		return

@@ -162,3 +162,11 @@ func (b *rawBackend) allClosed() bool {
 	}
 	return true
 }
+
+// isClosed reports whether the i-th connection the backend accepted is
+// closed.
+func (b *rawBackend) isClosed(i int) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return i < len(b.conns) && b.conns[i].closed
+}

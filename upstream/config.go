@@ -142,8 +142,10 @@ type PassiveHealth struct {
 	// enough of them age out. Zero means 1.
 	MaxFails int
 	// UnhealthyStatus lists response statuses that count as failures (the
-	// response still goes to the client). A failed dial and a response
-	// header timeout always count.
+	// response still goes to the client). A failed dial, a response header
+	// timeout, and an exchange the backend broke before its response
+	// header ended (a reset or close of a fresh connection, a head that is
+	// not HTTP) always count.
 	UnhealthyStatus []StatusMatch
 }
 

@@ -113,12 +113,16 @@ func (l *Lease) Upgrade(req *http.Request) (*http.Response, *Dedicated, error) {
 }
 
 // readFinalResponse reads a response header, skipping 1xx informational
-// responses other than 101; onInterim, unless nil, runs after each one.
+// responses other than 101; onInterim, unless nil, runs after each one. A
+// header with a field HTTP cannot carry is an ErrMalformedResponse.
 func readFinalResponse(br *bufio.Reader, req *http.Request, onInterim func()) (*http.Response, error) {
 	for {
 		resp, err := http.ReadResponse(br, req)
 		if err != nil {
 			return nil, err
+		}
+		if err := CheckFields("header", resp.Header); err != nil {
+			return nil, err // the caller closes the connection
 		}
 		if !informational(resp.StatusCode) {
 			return resp, nil

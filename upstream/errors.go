@@ -60,3 +60,27 @@ func CheckRequestLine(method, target, host string) error {
 // is healthy (and none became healthy within Config.TryDuration). The proxy
 // answers 503.
 var ErrNoHealthyBackend = errors.New("no healthy upstream backend")
+
+// ErrMalformedResponse marks a backend's response the proxy cannot pass on:
+// a header or trailer field whose name is not a token or whose value holds
+// CR, LF or NUL (HTTP/3 and HTTP/2 clients refuse such a response whole,
+// and an HTTP/1.1 one could read a second response out of it). The
+// connection is closed; the client gets a 502, or a reset stream when the
+// header was already sent.
+var ErrMalformedResponse = errors.New("malformed response")
+
+// CheckFields reports, as an ErrMalformedResponse naming the section
+// ("header", "trailer"), the first field of h that HTTP cannot carry.
+func CheckFields(section string, h map[string][]string) error {
+	for k, vv := range h {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return fmt.Errorf("%w: invalid %s field name %q", ErrMalformedResponse, section, k)
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return fmt.Errorf("%w: invalid value in %s field %s", ErrMalformedResponse, section, k)
+			}
+		}
+	}
+	return nil
+}

@@ -21,6 +21,10 @@ const (
 	failDial          = "dial"
 	failHeaderTimeout = "response_header_timeout"
 	failStatus        = "status"
+	// failBroken: the backend broke the exchange before its response
+	// header ended: it reset or closed a fresh connection, or answered
+	// with a head that is not HTTP (nginx's error and invalid_header).
+	failBroken = "broken"
 )
 
 // Healthy reports whether the backend takes sessions: its last active check

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -304,6 +305,66 @@ func TestPassiveResponseHeaderTimeout(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(m.PassiveFailures.WithLabelValues(b.addr(), failHeaderTimeout)); n != 1 {
 		t.Fatalf("failures %v", n)
+	}
+}
+
+// TestPassiveBrokenExchange: a backend that resets a fresh connection, or
+// answers with a head that is not HTTP, counts a failure ("broken"); a
+// reused connection found reset is not one (the request goes again, and
+// only its failure on a fresh connection counts), nor is a client that
+// went away.
+func TestPassiveBrokenExchange(t *testing.T) {
+	var mode atomic.Int32
+	const (
+		answer = iota
+		reset
+		garbage
+		slow
+	)
+	b := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		switch mode.Load() {
+		case reset, garbage:
+			nc, _, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if mode.Load() == garbage {
+				io.WriteString(nc, "SMTP ready\r\n\r\n")
+			} else {
+				nc.(*net.TCPConn).SetLinger(0)
+			}
+			nc.Close()
+		case slow:
+			<-r.Context().Done()
+		default:
+			io.WriteString(w, "ok")
+		}
+	})
+	p, m := newPool(t, Config{Backends: []string{b.addr()}, Passive: PassiveHealth{FailDuration: time.Minute, MaxFails: 10}})
+	p.now = newFakeClock().Now
+	l := p.Lease(1, nil)
+	defer l.Close()
+	broken := func() float64 { return testutil.ToFloat64(m.PassiveFailures.WithLabelValues(b.addr(), failBroken)) }
+	step := func(name string, mo int32, ctx context.Context, wantErr bool, want float64) {
+		t.Helper()
+		mode.Store(mo)
+		if _, err := tryGet(t, ctx, l, "/"); (err != nil) != wantErr {
+			t.Fatalf("%s: err %v", name, err)
+		}
+		if got := broken(); got != want {
+			t.Fatalf("%s: %v broken exchanges counted, want %v", name, got, want)
+		}
+	}
+	step("answered", answer, context.Background(), false, 0)
+	step("reset, reused then fresh", reset, context.Background(), true, 1)
+	step("not HTTP", garbage, context.Background(), true, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	step("client gone", slow, ctx, true, 2)
+	step("answered again", answer, context.Background(), false, 2)
+	if n := testutil.ToFloat64(m.Retries.WithLabelValues(b.addr())); n != 1 {
+		t.Fatalf("%v retries, want 1 (the reused connection found reset)", n)
 	}
 }
 

@@ -129,8 +129,11 @@ func (l *Lease) RoundTrip(req *http.Request) (*http.Response, error) {
 			c.backend.failStatus(resp.StatusCode)
 			return resp, nil
 		}
-		if errors.Is(err, ErrResponseHeaderTimeout) {
+		switch {
+		case errors.Is(err, ErrResponseHeaderTimeout):
 			c.backend.fail(failHeaderTimeout, "response header timeout")
+		case backendBroke(ctx, err):
+			c.backend.fail(failBroken, err.Error())
 		}
 		if !errors.Is(err, errConnLost) || !replayable(req) {
 			return nil, err
@@ -143,6 +146,15 @@ func (l *Lease) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		_, err = l.again(ctx, req, failed, c.backend, deadline, err)
 	}
+}
+
+// backendBroke reports whether a failed round trip is the backend's fault:
+// not the client's (gone, a body that failed, a request HTTP/1.1 cannot
+// carry), and not a reused connection that had died idle (errConnLost: the
+// request goes again, and only a failure on a fresh one counts).
+func backendBroke(ctx context.Context, err error) bool {
+	return ctx.Err() == nil && !errors.Is(err, context.Canceled) && !errors.Is(err, errClientBody) &&
+		!errors.Is(err, ErrMalformedRequest) && !errors.Is(err, errConnLost) && !errors.Is(err, ErrLeaseClosed)
 }
 
 // errNoMoreTries ends a request's retries when Config.TryDuration is over.

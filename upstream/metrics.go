@@ -33,7 +33,8 @@ type Metrics struct {
 	HealthCheckFailures *prometheus.CounterVec
 	// PassiveFailures counts request failures held against a backend by
 	// passive health checking, by backend and reason: "dial",
-	// "response_header_timeout", "status".
+	// "response_header_timeout", "status", "broken" (reset, closed or
+	// not HTTP before the response header ended).
 	PassiveFailures *prometheus.CounterVec
 	// SessionMoves counts sessions that left a backend (unhealthy or
 	// unreachable) for another, by the backend they left.
@@ -74,7 +75,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"backend"}),
 		PassiveFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "roamgate", Subsystem: "upstream", Name: "passive_failures_total",
-			Help: "Request failures counted by passive health checks, by backend and reason (dial, response_header_timeout, status).",
+			Help: "Request failures counted by passive health checks, by backend and reason (dial, response_header_timeout, status, broken: reset, closed or not HTTP before the response header ended).",
 		}, []string{"backend", "reason"}),
 		SessionMoves: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "roamgate", Subsystem: "upstream", Name: "session_moves_total",
