@@ -44,6 +44,8 @@ func Parse(filename string, src []byte, env func(string) (string, bool)) (*Confi
 			ZeroRTT:             true,
 			MaxHeaderBytes:      DefaultMaxHeaderBytes,
 			MaxHeaderFieldBytes: DefaultMaxHeaderFieldBytes,
+			HandshakeRate:       DefaultHandshakeRate,
+			HandshakeRatePerIP:  DefaultHandshakeRatePerIP,
 			Log:                 Log{Level: "info", Format: "console"},
 		},
 		addrs:    make(map[string]Position),

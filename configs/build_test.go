@@ -49,6 +49,8 @@ func defaults(sites ...Site) *Config {
 		ZeroRTT:             true,
 		MaxHeaderBytes:      DefaultMaxHeaderBytes,
 		MaxHeaderFieldBytes: DefaultMaxHeaderFieldBytes,
+		HandshakeRate:       DefaultHandshakeRate,
+		HandshakeRatePerIP:  DefaultHandshakeRatePerIP,
 		Log:                 Log{Level: "info", Format: "console"},
 		Sites:               sites,
 	}
@@ -182,6 +184,8 @@ Example.COM:0 {
 				ZeroRTT:             true,
 				MaxHeaderBytes:      DefaultMaxHeaderBytes,
 				MaxHeaderFieldBytes: DefaultMaxHeaderFieldBytes,
+				HandshakeRate:       DefaultHandshakeRate,
+				HandshakeRatePerIP:  DefaultHandshakeRatePerIP,
 				HTTPSPort:           8443,
 				HTTPPort:            0,
 				DataDir:             "/var/lib/roam gate",
@@ -229,6 +233,8 @@ a {
 				ZeroRTT:             true,
 				MaxHeaderBytes:      DefaultMaxHeaderBytes,
 				MaxHeaderFieldBytes: DefaultMaxHeaderFieldBytes,
+				HandshakeRate:       DefaultHandshakeRate,
+				HandshakeRatePerIP:  DefaultHandshakeRatePerIP,
 				HTTPSPort:           8443,
 				HTTPPort:            443,
 				DataDir:             "/var/lib/roamgate",
@@ -305,6 +311,20 @@ a {
 					Limits:    Limits{HeaderBytes: 16 << 10, FieldBytes: 2 << 10}, // the global total
 				})
 				c.MaxHeaderBytes, c.MaxHeaderFieldBytes = 16<<10, 4<<10
+				return c
+			}(),
+		},
+		{
+			name: "handshake rates",
+			src:  "{\n\thandshake_rate 0\n\thandshake_rate_per_ip 50\n}\na { respond 1 }",
+			want: func() *Config {
+				c := defaults(Site{
+					Pos:       at(5, 1),
+					Addresses: []Address{{Pos: at(5, 1), Host: "a", Port: 443, Text: "a"}},
+					TLS:       TLS{Pos: at(5, 1)},
+					Routes:    []Route{{Pos: at(5, 5), Respond: &Respond{Pos: at(5, 5), Status: 200, Body: "1"}}},
+				})
+				c.HandshakeRate, c.HandshakeRatePerIP = 0, 50
 				return c
 			}(),
 		},
@@ -515,6 +535,10 @@ func TestParseErrors(t *testing.T) {
 		{"zero_rtt yes", global("zero_rtt yes"), `Roamfile:2:11: zero_rtt: unknown value "yes" (want on, off)`},
 		{"zero_rtt twice", global("zero_rtt on\n\tzero_rtt off"), `Roamfile:3:2: zero_rtt: already set at Roamfile:2:2`},
 		{"zero_rtt in site", site("zero_rtt off\n\trespond 1"), `Roamfile:2:2: zero_rtt is a global option; set it in the global options block at the top of the file`},
+		{"handshake_rate word", global("handshake_rate lots"), `Roamfile:2:17: handshake_rate: invalid rate "lots" (want new connections a second, 0 to 1000000)`},
+		{"handshake_rate negative", global("handshake_rate_per_ip -1"), `Roamfile:2:24: handshake_rate_per_ip: invalid rate "-1" (want new connections a second, 0 to 1000000)`},
+		{"handshake_rate twice", global("handshake_rate 1\n\thandshake_rate 2"), `Roamfile:3:2: handshake_rate: already set at Roamfile:2:2`},
+		{"handshake_rate in site", site("handshake_rate 5\n\trespond 1"), `Roamfile:2:2: handshake_rate is a global option; set it in the global options block at the top of the file`},
 		{"max_header_bytes missing", global("max_header_bytes"), `Roamfile:2:2: max_header_bytes: missing argument`},
 		{"field limit above the global total", global("max_header_bytes 4KiB\n\tmax_header_field_bytes 8KiB"),
 			`Roamfile:3:25: max_header_field_bytes: max_header_field_bytes 8192 is above max_header_bytes 4096 (one field must fit in the head)`},

@@ -20,6 +20,15 @@ const (
 	DefaultMaxHeaderBytes        = 32 << 10 // nginx's default (4 buffers of 8 KiB)
 	DefaultMaxHeaderFieldBytes   = 8 << 10  // nginx's default (one buffer)
 	DefaultLBCookie              = "roamgate_lb"
+	// Above DefaultHandshakeRate new QUIC connections a second (all
+	// clients), clients prove their address with a Retry first; about
+	// half of what one core completes (a handshake costs ~1 ms of CPU).
+	DefaultHandshakeRate = 1000
+	// DefaultHandshakeRatePerIP new QUIC connections a second from one
+	// client address (an IPv6 /64), with bursts of twice as many: generous
+	// for a carrier-grade NAT in front of many phones, small next to a
+	// flood.
+	DefaultHandshakeRatePerIP = 200
 )
 
 // Position is a place in a Roamfile. File is the path as it was given to
@@ -72,6 +81,20 @@ type Config struct {
 	// default of every site's Limits.FieldBytes. Default
 	// DefaultMaxHeaderFieldBytes.
 	MaxHeaderFieldBytes int
+	// HandshakeRate is the global handshake_rate option: new QUIC
+	// connections a second, over all clients, above which a client that
+	// has not proven its address gets a Retry first (RFC 9000 §8.1.2): a
+	// flood from spoofed addresses then costs the server no handshake
+	// state. 0 means every new connection proves its address first.
+	// Default DefaultHandshakeRate.
+	HandshakeRate int
+	// HandshakeRatePerIP is the global handshake_rate_per_ip option: new
+	// QUIC connections a second from one client address (an IPv6 /64),
+	// bursts of twice as many. Over it, an attempt from an address not yet
+	// proven gets a Retry; one from a proven address is refused
+	// (CONNECTION_REFUSED). 0 turns the limit off. Default
+	// DefaultHandshakeRatePerIP.
+	HandshakeRatePerIP int
 	// OnDemandAsk is the URL of the global "on_demand_tls { ask URL }": it
 	// must answer 200 for a name (?domain=NAME) before an on-demand
 	// certificate is obtained for it. Empty means on-demand TLS is off.

@@ -18,6 +18,8 @@ var globalOptions = map[string]func(b *builder, c *Cursor) error{
 	"data_dir":               dataDir,
 	"default_bind":           defaultBind,
 	"email":                  emailOption,
+	"handshake_rate":         handshakeRate(func(c *Config) *int { return &c.HandshakeRate }),
+	"handshake_rate_per_ip":  handshakeRate(func(c *Config) *int { return &c.HandshakeRatePerIP }),
 	"http_port":              func(b *builder, c *Cursor) error { return b.portArg(c, &b.cfg.HTTPPort) },
 	"https_port":             func(b *builder, c *Cursor) error { return b.portArg(c, &b.cfg.HTTPSPort) },
 	"log":                    logOption,
@@ -241,6 +243,26 @@ func zeroRTT(b *builder, c *Cursor) error {
 		return c.Errf("unknown value %q (want on, off)", t.Text)
 	}
 	return nil
+}
+
+// maxHandshakeRate bounds handshake_rate and handshake_rate_per_ip.
+const maxHandshakeRate = 1_000_000
+
+// handshakeRate reads "handshake_rate N" or "handshake_rate_per_ip N": new
+// connections a second, 0 to maxHandshakeRate.
+func handshakeRate(dst func(*Config) *int) func(b *builder, c *Cursor) error {
+	return func(b *builder, c *Cursor) error {
+		t, err := oneArg(c)
+		if err != nil {
+			return err
+		}
+		n, err := strconv.Atoi(t.Text)
+		if err != nil || n < 0 || n > maxHandshakeRate {
+			return c.Errf("invalid rate %q (want new connections a second, 0 to %d)", t.Text, maxHandshakeRate)
+		}
+		*dst(b.cfg) = n
+		return nil
+	}
 }
 
 // sizeUnits are the units parseSize knows, lower-cased.

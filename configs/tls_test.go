@@ -106,6 +106,8 @@ func TestParseACMEFile(t *testing.T) {
 		ZeroRTT:             true,
 		MaxHeaderBytes:      DefaultMaxHeaderBytes,
 		MaxHeaderFieldBytes: DefaultMaxHeaderFieldBytes,
+		HandshakeRate:       DefaultHandshakeRate,
+		HandshakeRatePerIP:  DefaultHandshakeRatePerIP,
 		HTTPSPort:           443,
 		HTTPPort:            8080,
 		DataDir:             "/var/lib/roamgate",

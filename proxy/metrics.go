@@ -13,6 +13,7 @@ type metrics struct {
 	requests       *prometheus.CounterVec // by proto and status class
 	tooEarly       prometheus.Counter     // 0-RTT requests answered 425
 	refused        *prometheus.CounterVec // client errors refused before the backend, by reason
+	admission      *prometheus.CounterVec // new QUIC connections sent a Retry or refused, by decision
 
 	// byClass caches the requests counters so counting a request neither
 	// allocates nor hashes labels.
@@ -45,6 +46,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "roamgate", Name: "requests_refused_total",
 			Help: "Requests refused as the client's error, before anything reached the backend or with the upstream request aborted, by reason (malformed, head_too_large, field_too_large, uri_too_long).",
 		}, []string{"reason"}),
+		admission: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "roamgate", Name: "quic_admission_total",
+			Help: "Initial packets of new QUIC connections answered with a Retry or refused (a client's first flight is one or two packets), by decision: retry_rate (over handshake_rate: the client proves its address with a Retry first), retry_per_ip (an unproven address over handshake_rate_per_ip), refused_per_ip (a proven address over it: CONNECTION_REFUSED).",
+		}, []string{"decision"}),
 		byClass: map[string]*[len(statusClasses)]prometheus.Counter{},
 	}
 	for _, proto := range []string{"h3", "tcp"} {
@@ -55,7 +60,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.byClass[proto] = &cs
 	}
 	if reg != nil {
-		reg.MustRegister(m.sessionsOpened, m.sessionsActive, m.pathChanges, m.requests, m.tooEarly, m.refused)
+		reg.MustRegister(m.sessionsOpened, m.sessionsActive, m.pathChanges, m.requests, m.tooEarly, m.refused, m.admission)
 	}
 	return m
 }

@@ -73,6 +73,7 @@ type Server struct {
 	registry *prometheus.Registry
 	metrics  *metrics
 	quicConf *quic.Config
+	admit    *admission // for every QUIC transport
 	ports    []*portServer
 	pools    []*upstream.Pool // one per reverse_proxy; health checks run while serving
 	poolStop context.CancelFunc
@@ -143,6 +144,7 @@ func New(cfg *configs.Config, opts Options) (*Server, error) {
 		metrics:    newMetrics(reg),
 		quicConf:   qconf,
 	}
+	s.admit = newAdmission(cfg.HandshakeRate, cfg.HandshakeRatePerIP, s.metrics.admission, &s.errLog)
 	secret := opts.CookieSecret
 	if secret == nil {
 		secret = make([]byte, 32)
@@ -332,6 +334,7 @@ func (s *Server) serve(ps *portServer) error {
 	qtls := http3.ConfigureTLSConfig(s.certs.QUICTLSConfig())
 	for i, udp := range ps.udp {
 		tr := &quic.Transport{Conn: udp}
+		s.admit.configure(tr)
 		ln, err := listenQUIC(tr, qtls, s.quicConf)
 		if err != nil {
 			return fmt.Errorf("listen quic %s: %w", udp.LocalAddr(), err)
