@@ -21,8 +21,9 @@ const (
 	DefaultMaxHeaderFieldBytes   = 8 << 10  // nginx's default (one buffer)
 	DefaultLBCookie              = "roamgate_lb"
 	// Above DefaultHandshakeRate new QUIC connections a second (all
-	// clients), clients prove their address with a Retry first; about
-	// half of what one core completes (a handshake costs ~1 ms of CPU).
+	// clients), clients prove their address with a Retry first: half of
+	// what one core completes (BenchmarkHandshake: ~1 ms a handshake,
+	// client and server together; a Retry adds ~60 µs on loopback).
 	DefaultHandshakeRate = 1000
 	// DefaultHandshakeRatePerIP new QUIC connections a second from one
 	// client address (an IPv6 /64), with bursts of twice as many: generous

@@ -247,3 +247,37 @@ func TestAdmissionBuckets(t *testing.T) {
 		t.Fatalf("%v per-address Retries counted, want 2", n)
 	}
 }
+
+// BenchmarkHandshake: new QUIC connections, one after another, with
+// (handshake_rate 0) and without a Retry, client and server in one process
+// (the CPU per handshake is about half each side's): the cost that
+// handshake_rate's default is set against.
+func BenchmarkHandshake(b *testing.B) {
+	for _, tc := range []struct{ name, options string }{
+		{"no_retry", "\thandshake_rate 1000000\n\thandshake_rate_per_ip 0"},
+		{"retry", "\thandshake_rate 0\n\thandshake_rate_per_ip 0"},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			h := startProxyLogging(b, "{\n\tdefault_bind 127.0.0.1\n"+tc.options+"\n}\nlocalhost:0 {\n\trespond ok\n}\n", nil, productionLogger())
+			udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				b.Fatal(err)
+			}
+			tr := &quic.Transport{Conn: udp}
+			defer func() { tr.Close(); udp.Close() }()
+			tlsConf := h.clientTLS()
+			tlsConf.NextProtos = []string{http3.NextProtoH3}
+			to, _ := net.ResolveUDPAddr("udp", h.addr)
+			b.ReportAllocs()
+			for b.Loop() {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				c, err := tr.Dial(ctx, to, tlsConf, &quic.Config{})
+				cancel()
+				if err != nil {
+					b.Fatal(err)
+				}
+				c.CloseWithError(0, "")
+			}
+		})
+	}
+}
