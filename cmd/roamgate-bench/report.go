@@ -497,7 +497,7 @@ func printChecks(w io.Writer, rep *scenarioReport) {
 		fmt.Fprintf(w, "checks: %d of %d passed (no errors, one handshake per connection on both sides", passed, total)
 		switch rep.Name {
 		case scStorm:
-			fmt.Fprint(w, ", every client migrated, no session moved, no upstream connection opened")
+			fmt.Fprint(w, ", every client migrated, no session moved, no session's upstream set past its requests in flight")
 		case scIdle:
 			fmt.Fprint(w, ", upstream connections closed with their sessions")
 		}
