@@ -80,12 +80,20 @@ func TestValidate(t *testing.T) {
 	if err := run(context.Background(), []string{"validate", "--config", good}, &out, io.Discard); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out.String(), "valid (1 site)") {
+	if !strings.Contains(out.String(), "valid (1 site; data directory ") {
 		t.Fatalf("stdout %q", out.String())
 	}
 
+	// A data directory that cannot be one is an error, named with where
+	// it came from.
+	file := writeFile(t, dir, "file", "")
+	err := run(context.Background(), []string{"validate", "--config", good, "--data-dir", filepath.Join(file, "sub")}, io.Discard, io.Discard)
+	if want := "data directory " + filepath.Join(file, "sub") + " (--data-dir): " + file + " is not a directory"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("data dir under a file: %v, want %q", err, want)
+	}
+
 	bad := writeFile(t, dir, "Bad", "localhost:8443 {\n\treverse_proxy 127.0.0.1:9000 {\n\t\tmax_con 4\n\t}\n\ttls missing.pem missing.key\n}\n")
-	err := run(context.Background(), []string{"validate", "--config", bad}, io.Discard, io.Discard)
+	err = run(context.Background(), []string{"validate", "--config", bad}, io.Discard, io.Discard)
 	if err == nil {
 		t.Fatal("a bad Roamfile validated")
 	}

@@ -104,6 +104,7 @@ func serve(ctx context.Context, cfg *configs.Config, o serveOptions) error {
 	if err := certs.Start(ctx); err != nil {
 		return errors.Join(err, shutdown(srv, o.grace, logger))
 	}
+	logger.Info("serving", zap.Int("sites", len(cfg.Sites)), zap.String("data_dir", tcfg.DataDir))
 	var startErr error
 	if o.started != nil {
 		startErr = o.started(ctx, srv, certs)

@@ -10,11 +10,13 @@ import (
 	"github.com/roamgate/roamgate/tlsmgr"
 )
 
-// validateCmd checks a Roamfile and the certificate files it names, and
-// reports every problem with its file, line and column.
+// validateCmd checks a Roamfile, the certificate files it names and the
+// data directory (writable by the user running the check), and reports
+// every problem with its file, line and column.
 func validateCmd(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
 	config := fs.String("config", "Roamfile", "the Roamfile to check")
+	dataDir := fs.String("data-dir", "", "the data directory run would be given (overrides the Roamfile's data_dir)")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
@@ -32,11 +34,23 @@ func validateCmd(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	// Certificate settings: site errors carry their Roamfile position.
-	errs = append(errs, unjoin(tlsmgr.Validate(tlsmgr.ConfigFor(cfg, "")))...)
+	tcfg := tlsmgr.ConfigFor(cfg, *dataDir)
+	errs = append(errs, unjoin(tlsmgr.Validate(tcfg))...)
+	// The data directory, as the user that runs this check.
+	from := "the default"
+	switch {
+	case *dataDir != "":
+		from = "--data-dir"
+	case cfg.DataDir != "":
+		from = "data_dir in " + *config
+	}
+	if err := checkDataDir(tcfg.DataDir, from); err != nil {
+		errs = append(errs, err)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "%s: valid (%d site%s)\n", *config, len(cfg.Sites), plural(len(cfg.Sites)))
+	fmt.Fprintf(stdout, "%s: valid (%d site%s; data directory %s writable by %s)\n", *config, len(cfg.Sites), plural(len(cfg.Sites)), tcfg.DataDir, whoami())
 	return nil
 }
 
