@@ -75,7 +75,7 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			l := srv.Listeners()[0]
 			fmt.Fprintf(stdout, "\nroamgate serves https://localhost:%d/ (HTTP/3 on UDP, HTTP/2 and HTTP/1.1 on TCP) in front of the legacy app at %s.\n", l.Port, app.Addr())
 			fmt.Fprintf(stdout, "Its certificate comes from roamgate's local CA; the root is %s\n", tlsmgr.RootCertPath(*dataDir))
-			fmt.Fprintf(stdout, "Try:  curl --http3-only --cacert %s https://localhost:%d/\n", tlsmgr.RootCertPath(*dataDir), l.Port)
+			fmt.Fprintf(stdout, "Try:  roamgate probe --migrate --ca %s https://localhost:%d/\n", tlsmgr.RootCertPath(*dataDir), l.Port)
 			if *once {
 				cancel()
 				return nil
