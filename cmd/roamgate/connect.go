@@ -32,7 +32,8 @@ const (
 
 // connectOptions are the flags of connect.
 type connectOptions struct {
-	edge       string // the edge's host:port: where QUIC goes, and the CONNECT :authority
+	edge       string // the edge's host:port: where QUIC goes
+	authority  string // the CONNECT :authority: --server-name:port, else edge
 	listen     string
 	token      string
 	tokenFile  string
@@ -81,7 +82,7 @@ func parseConnect(args []string, stderr io.Writer) (*connectOptions, error) {
 	fs.StringVar(&o.cert, "cert", "", "client certificate (PEM) for mutual TLS, with --key")
 	fs.StringVar(&o.key, "key", "", "private key (PEM) of --cert")
 	fs.StringVar(&o.ca, "ca", "", "trust this root (PEM) instead of the system's, e.g. roamgate's local CA: roamgate trust > root.crt")
-	fs.StringVar(&o.serverName, "server-name", "", "the TLS server name to send and verify (default: the URL's host)")
+	fs.StringVar(&o.serverName, "server-name", "", "the edge's name, for TLS (sent and verified) and the tunnels' :authority, when the URL names an address (default: the URL's host)")
 	fs.DurationVar(&o.interval, "interval", time.Second, "how often to check the route and the path to the edge")
 	fs.SetOutput(stderr)
 	usageErr := func(format string, a ...any) (*connectOptions, error) {
@@ -118,8 +119,13 @@ func parseConnect(args []string, stderr io.Writer) (*connectOptions, error) {
 		port = "443"
 	}
 	o.edge = net.JoinHostPort(u.Hostname(), port)
+	o.authority = o.edge
 	if o.serverName == "" {
 		o.serverName = u.Hostname()
+	} else {
+		// The edge routes a CONNECT by its :authority: the name, not
+		// the address it was reached at.
+		o.authority = net.JoinHostPort(o.serverName, port)
 	}
 	switch {
 	case o.token != "" && o.tokenFile != "":
@@ -198,7 +204,7 @@ func runConnect(ctx context.Context, o *connectOptions, tlsConf *tls.Config, hdr
 		return fmt.Errorf("connect to the edge: %w", err)
 	}
 	cn := &connector{
-		authority: o.edge,
+		authority: o.authority,
 		header:    hdr,
 		log:       logger.Named("connect"),
 		stderr:    stderr,

@@ -100,6 +100,12 @@ func TestConnectThroughRoamgate(t *testing.T) {
 // listeners before it loads certificates.
 func waitForCertificate(t *testing.T, edge, dataDir string) {
 	t.Helper()
+	waitForCertificateNamed(t, edge, dataDir, "127.0.0.1")
+}
+
+// waitForCertificateNamed is waitForCertificate for a certificate for name.
+func waitForCertificateNamed(t *testing.T, edge, dataDir, name string) {
+	t.Helper()
 	pem, err := os.ReadFile(tlsmgr.RootCertPath(dataDir))
 	if err != nil {
 		t.Fatal(err)
@@ -109,7 +115,7 @@ func waitForCertificate(t *testing.T, edge, dataDir string) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		c, err := h3client.Dial(ctx, edge, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}, nil)
+		c, err := h3client.Dial(ctx, edge, &tls.Config{RootCAs: pool, ServerName: name}, nil)
 		cancel()
 		if err == nil {
 			c.Close()
@@ -119,5 +125,32 @@ func waitForCertificate(t *testing.T, edge, dataDir string) {
 			t.Fatalf("the edge serves no certificate: %v", err)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestConnectByAddressWithServerName (issue 13): connect reaches the edge
+// by its IP address and names the site with --server-name, which goes in
+// the TLS server name and the tunnel's :authority alike (the name alone
+// in SNI got 421 from the site's router).
+func TestConnectByAddressWithServerName(t *testing.T) {
+	echo := edgetest.StartBackend(t, edgetest.Echo)
+	dir := t.TempDir()
+	dataDir := filepath.Join(dir, "data")
+	roamfile := writeFile(t, dir, "Roamfile", "{\n\tdefault_bind 127.0.0.1\n\tdata_dir "+dataDir+"\n}\nlocalhost:0 {\n\ttunnel "+echo.Addr()+" {\n\t\ttoken "+connectToken+"\n\t}\n}\n")
+	edge, stopEdge := serving(t, []string{"run", "--config", roamfile, "--grace", "1s"})
+	defer func() {
+		if err := stopEdge(); err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}()
+	waitForCertificateNamed(t, edge, dataDir, "localhost")
+	token := writeFile(t, dir, "token", connectToken+"\n")
+	addr, _, stop := connecting(t, "https://"+edge, "--listen", "127.0.0.1:0", "--token-file", token,
+		"--ca", tlsmgr.RootCertPath(dataDir), "--server-name", "localhost")
+	if got := roundTrip(t, addr, "hello by address"); got != "hello by address" {
+		t.Fatalf("echo %q", got)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -313,18 +313,18 @@ func TestConnectUsage(t *testing.T) {
 // TestConnectParse checks the edge URL forms and the defaults.
 func TestConnectParse(t *testing.T) {
 	for _, tc := range []struct {
-		args             []string
-		edge, serverName string
+		args                        []string
+		edge, serverName, authority string
 	}{
-		{[]string{"https://edge.example"}, "edge.example:443", "edge.example"},
-		{[]string{"--listen", "127.0.0.1:0", "https://edge.example:8443/"}, "edge.example:8443", "edge.example"},
-		{[]string{"https://[::1]:4433", "--server-name", "localhost"}, "[::1]:4433", "localhost"},
+		{[]string{"https://edge.example"}, "edge.example:443", "edge.example", "edge.example:443"},
+		{[]string{"--listen", "127.0.0.1:0", "https://edge.example:8443/"}, "edge.example:8443", "edge.example", "edge.example:8443"},
+		{[]string{"https://[::1]:4433", "--server-name", "localhost"}, "[::1]:4433", "localhost", "localhost:4433"},
 	} {
 		o, err := parseConnect(tc.args, io.Discard)
 		if err != nil {
 			t.Fatalf("%q: %v", tc.args, err)
 		}
-		if o.edge != tc.edge || o.serverName != tc.serverName || o.interval != time.Second {
+		if o.edge != tc.edge || o.serverName != tc.serverName || o.authority != tc.authority || o.interval != time.Second {
 			t.Errorf("%q: %+v", tc.args, o)
 		}
 	}
