@@ -193,7 +193,9 @@ type Route struct {
 //	header +NAME VALUE   add a value
 //	header -NAME         delete
 //
-// Values may hold the placeholders {host} (the request's host),
+// Values may hold the placeholders {host} (the request's host, without
+// its port), {hostport} (the host with the port the client named, as it
+// named it: "example.com:8443", or "example.com" when it named none),
 // {uri} (path and query), {path}, {query}, {scheme} and, in header_up,
 // {upstream_hostport} (the backend address); Parse refuses any other
 // "{name}" (letters, digits, '_', '.', '-', '>'), and other braces are

@@ -164,6 +164,7 @@ type placeholder int
 const (
 	phNone placeholder = iota
 	phHost
+	phHostPort
 	phURI
 	phPath
 	phQuery
@@ -172,7 +173,7 @@ const (
 )
 
 var placeholders = map[string]placeholder{
-	"{host}": phHost, "{uri}": phURI, "{path}": phPath, "{query}": phQuery,
+	"{host}": phHost, "{hostport}": phHostPort, "{uri}": phURI, "{path}": phPath, "{query}": phQuery,
 	"{scheme}": phScheme, "{upstream_hostport}": phUpstream,
 }
 
@@ -232,6 +233,11 @@ func (t template) expand(r *http.Request, upstream string) string {
 			b.WriteString(p.lit)
 		case phHost:
 			b.WriteString(hostOnly(r.Host))
+		case phHostPort:
+			// As the client named it (Host, or HTTP/3's :authority): with
+			// the port it used, which {host} drops (issue 13: a redirect
+			// on port 20443 lost its port).
+			b.WriteString(r.Host)
 		case phURI:
 			b.WriteString(r.URL.RequestURI())
 		case phPath:
