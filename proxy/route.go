@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -80,8 +81,9 @@ func stripTarget(r *http.Request, prefix string) string {
 	return u.RequestURI()
 }
 
-// serve runs the respond handler.
-func (rr *respondRoute) serve(w http.ResponseWriter, r *http.Request) int {
+// serve runs the respond handler and returns the status and the body bytes
+// written.
+func (rr *respondRoute) serve(w http.ResponseWriter, r *http.Request) (int, int64) {
 	body := rr.body.expand(r, "")
 	if body != "" {
 		if _, ok := w.Header()["Content-Type"]; !ok {
@@ -90,10 +92,11 @@ func (rr *respondRoute) serve(w http.ResponseWriter, r *http.Request) int {
 		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	}
 	w.WriteHeader(rr.status)
+	var n int
 	if body != "" && r.Method != http.MethodHead {
-		_, _ = w.Write([]byte(body))
+		n, _ = io.WriteString(w, body)
 	}
-	return rr.status
+	return rr.status, int64(n)
 }
 
 // serve runs the redir handler.
