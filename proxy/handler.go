@@ -42,8 +42,13 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec := exchange{status: http.StatusMisdirectedRequest}
 	defer func() {
 		s.observePath() // a long request (a stream) may have seen the path change
-		h.srv.metrics.request(s.proto, rec.status)
-		h.log(r, s, &rec, start)
+		d := time.Since(start)
+		sm := h.srv.metrics.noSite
+		if st != nil {
+			sm = st.metrics
+		}
+		sm.request(s.proto, rec.status, d, rec.stream)
+		h.log(r, s, &rec, d)
 	}()
 	if st == nil {
 		// RFC 9110 §15.5.20: this connection is not authoritative for the
@@ -192,6 +197,7 @@ type exchange struct {
 	status        int
 	written       int64 // body bytes to the client, whoever wrote them: the backend's or the proxy's own
 	upstreamBytes int64 // bytes to the backend, for streams (WebSocket, tunnel)
+	stream        bool  // a WebSocket or tunnel: its time is the stream's life, not a request's
 	backend       string
 	err           error
 }
@@ -335,8 +341,8 @@ func statusFor(ctx context.Context, err error) int {
 	return http.StatusBadGateway
 }
 
-// log writes the access log line of one request.
-func (h *handler) log(r *http.Request, s *session, rec *exchange, start time.Time) {
+// log writes the access log line of one request, which took d.
+func (h *handler) log(r *http.Request, s *session, rec *exchange, d time.Duration) {
 	ce := h.srv.access.Check(zap.InfoLevel, "request")
 	if ce == nil {
 		return
@@ -346,7 +352,7 @@ func (h *handler) log(r *http.Request, s *session, rec *exchange, start time.Tim
 		zap.String("method", r.Method), zap.String("host", r.Host), zap.String("uri", r.RequestURI),
 		zap.String("user_agent", r.UserAgent()),
 		zap.Int("status", rec.status), zap.Int64("bytes", rec.written),
-		zap.Duration("duration", time.Since(start)), zap.String("backend", rec.backend),
+		zap.Duration("duration", d), zap.String("backend", rec.backend),
 		// The connection's path changes so far (RFC 9000 §9); always 0 on TCP.
 		zap.Int64("path_changes", s.pathChanges.Load()),
 	}

@@ -19,6 +19,7 @@ type site struct {
 	tunnel    *tunnelRoute // nil without a tunnel directive
 	clientCAs []string     // the site's tls client_auth CA files; every request must carry a certificate of theirs
 	limits    configs.Limits
+	metrics   *siteMetrics // its request series, labelled with name
 }
 
 // route is one handle/handle_path block (or the site's own handler): a path

@@ -156,6 +156,7 @@ func New(cfg *configs.Config, opts Options) (*Server, error) {
 	byPort := map[int]*portServer{}
 	for _, sc := range cfg.Sites {
 		st := &site{name: sc.Addresses[0].Text, headers: compileHeaderOps(sc.Headers), clientCAs: sc.TLS.ClientCAFiles, limits: siteLimits(sc.Limits)}
+		st.metrics = s.metrics.forSite(st.name)
 		if sc.Tunnel != nil {
 			st.tunnel = newTunnelRoute(sc.Tunnel, len(sc.TLS.ClientCAFiles) > 0)
 		}

@@ -98,6 +98,7 @@ func (h *handler) tunnel(w http.ResponseWriter, r *http.Request, s *session, st 
 	defer str.Close()
 	rec.status = http.StatusOK
 	h.srv.logger.Info("tunnel opened", zap.Uint64("session", s.id), zap.String("backend", t.backend))
+	rec.stream = true
 	defer s.longStream()()
 	rec.upstreamBytes, rec.written, rec.err = splice(h3Side{str}, tcpSide{Conn: conn, r: conn})
 }

@@ -143,6 +143,7 @@ func (h *handler) websocket(w http.ResponseWriter, r *http.Request, s *session, 
 		rec.status = http.StatusSwitchingProtocols
 		client = c
 	}
+	rec.stream = true
 	defer s.longStream()()
 	rec.upstreamBytes, rec.written, rec.err = splice(client, tcpSide{Conn: up, r: up})
 	if rec.err != nil && !errors.Is(rec.err, errClientWrite) {
