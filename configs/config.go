@@ -103,8 +103,9 @@ type Config struct {
 	// DefaultBind is the global default_bind option: the host addresses
 	// listeners bind to. Empty means all interfaces.
 	DefaultBind []string
-	// Admin is the global admin option: the address of the loopback admin
-	// endpoint serving /metrics and /debug/pprof/. Empty means off.
+	// Admin is the global admin option: the address of the admin endpoint
+	// serving /metrics, /healthz and /readyz, and /debug/pprof/ on
+	// loopback. Empty means off.
 	Admin string
 	// Log is the global log block.
 	Log Log

@@ -92,6 +92,7 @@ type Manager struct {
 
 	mu      sync.Mutex // guards the following
 	started bool
+	loaded  bool // Start loaded the files and the local CA's certificates
 	stopped bool
 }
 
@@ -212,6 +213,9 @@ func (m *Manager) Start(ctx context.Context) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
+	m.mu.Lock()
+	m.loaded = true
+	m.mu.Unlock()
 
 	var acmeNames []string
 	for _, u := range m.plan.issuances {

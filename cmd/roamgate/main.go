@@ -8,6 +8,7 @@
 //	roamgate demo                           the proxy, a legacy app and a migrating client
 //	roamgate trust [--install]              print or install the local CA's root
 //	roamgate connect https://EDGE --listen 127.0.0.1:2222   carry local TCP over a roaming tunnel
+//	roamgate health [--admin HOST:PORT] [--ready]   ask a running roamgate's health endpoint
 //	roamgate version
 //
 // main only parses the command line and wires the packages together.
@@ -51,6 +52,7 @@ Usage:
   roamgate demo [--listen 127.0.0.1:8443] [--data-dir DIR] [--once]
   roamgate trust [--install] [--config Roamfile] [--data-dir DIR]
   roamgate connect https://EDGE[:PORT] [--listen 127.0.0.1:2222] [--token T | --token-file F] [--cert F --key F] [--ca F] [--server-name N]
+  roamgate health [--admin HOST:PORT | --config Roamfile] [--ready] [--timeout 5s]
   roamgate version
 `
 
@@ -74,6 +76,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return trustCmd(rest, stdout, stderr)
 	case "connect":
 		return connectCmd(ctx, rest, stdout, stderr)
+	case "health":
+		return healthCmd(ctx, rest, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "roamgate", version())
 		return nil
