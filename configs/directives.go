@@ -201,7 +201,7 @@ func logOption(b *builder, c *Cursor) error {
 	if !c.NextArg() {
 		seen := make(map[string]Position)
 		for c.NextBlock(0) {
-			b.report(logSubdirective(b, c, logOptions, seen))
+			b.report(logSubdirective(b, c, false, seen))
 		}
 		return nil
 	}
@@ -220,7 +220,7 @@ func logOption(b *builder, c *Cursor) error {
 	}
 	seen := make(map[string]Position)
 	for c.NextBlock(0) {
-		b.report(logSubdirective(b, c, accessLogOptions, seen))
+		b.report(logSubdirective(b, c, true, seen))
 	}
 	return nil
 }
@@ -233,11 +233,14 @@ func orWant(hint, want string) string {
 	return want
 }
 
-// logSubdirective reads one line of a log block; known are the
-// subdirectives the block may hold.
-func logSubdirective(b *builder, c *Cursor, known []string, seen map[string]Position) error {
+// logSubdirective reads one line of the process log's block, or of the
+// access log's.
+func logSubdirective(b *builder, c *Cursor, access bool, seen map[string]Position) error {
 	name := c.Val()
-	access := len(known) == len(accessLogOptions)
+	known := logOptions
+	if access {
+		known = accessLogOptions
+	}
 	switch {
 	case access && name == "level":
 		return c.Err("level: the access log has no level (its lines are info; use log access off)")
