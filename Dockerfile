@@ -25,3 +25,10 @@ USER 65532:65532
 EXPOSE 443/udp 443/tcp 80/tcp
 ENTRYPOINT ["/usr/bin/roamgate"]
 CMD ["run", "--config", "/etc/roamgate/Roamfile"]
+# The image has no curl: "roamgate health" asks the admin endpoint (exit 0
+# healthy, 1 not). It needs the Roamfile's "admin 127.0.0.1:2019" option,
+# which the image cannot assume, so the check is left to the Roamfile's
+# owner: add this line to an image built FROM this one, or give docker run
+# --health-cmd "/usr/bin/roamgate health --config /etc/roamgate/Roamfile".
+# Add --ready to wait for certificates and healthy backends as well.
+#   HEALTHCHECK --interval=30s --timeout=5s CMD ["/usr/bin/roamgate", "health", "--config", "/etc/roamgate/Roamfile"]

@@ -107,9 +107,10 @@ func (b *builder) global(blk *Block) {
 		case !ok:
 			b.report(errAtToken(c.Token(), fmt.Sprintf("unknown global option %q%s",
 				name, didYouMean(name, slices.Sorted(maps.Keys(globalOptions))))))
-		case !setOnce(c, seen):
-			b.report(c.Errf("already set at %s", seen[name]))
+		case seen[optionKey(seg)] != (Position{}):
+			b.report(c.Errf("already set at %s", seen[optionKey(seg)]))
 		default:
+			seen[optionKey(seg)] = c.Token().Pos()
 			if ex, ok := exclusiveOptions[name]; ok {
 				if first, dup := seen[ex.other]; dup {
 					b.report(c.Errf("%s already set by %s at %s", ex.setting, ex.other, first))
@@ -121,6 +122,17 @@ func (b *builder) global(blk *Block) {
 	}
 	b.checkPorts(seen)
 	b.checkLimits(Limits{HeaderBytes: b.cfg.MaxHeaderBytes, FieldBytes: b.cfg.MaxHeaderFieldBytes}, b.limitPos)
+}
+
+// optionKey names what a global option sets, for "already set" errors: its
+// name, and for a named log ("log access") the name too.
+func optionKey(seg Segment) string {
+	c := NewCursor(seg)
+	c.Next()
+	if name := c.Val(); name == "log" && c.NextArg() {
+		return name + " " + c.Val()
+	}
+	return c.Val()
 }
 
 // checkPorts reports http_port and https_port that are equal, after

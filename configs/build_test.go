@@ -522,7 +522,7 @@ func TestParseErrors(t *testing.T) {
 		{"admin no port", global("admin localhost"), `Roamfile:2:8: admin: invalid address "localhost" (want host:port, as in 127.0.0.1:2019)`},
 		{"admin bad port", global("admin :x"), `Roamfile:2:8: admin: invalid port "x" (want 0-65535)`},
 		{"admin bad host", global("admin a$b:1"), `Roamfile:2:8: admin: invalid host "a$b"`},
-		{"log argument", global("log json"), `Roamfile:2:6: log: unexpected argument "json"`},
+		{"log argument", global("log json"), `Roamfile:2:6: log: unknown log "json" (want log { ... } for the process log, log access { ... } or log access off)`},
 		{"log unknown subdirective", global("log {\n\t\tlvl debug\n\t}"), `Roamfile:3:3: log: unknown subdirective "lvl"`},
 		{"log suggestion", global("log {\n\t\tformt json\n\t}"), `Roamfile:3:3: log: unknown subdirective "formt" (did you mean format?)`},
 		{"log level", global("log {\n\t\tlevel verbose\n\t}"), `Roamfile:3:9: log: unknown level "verbose" (want debug, info, warn, error)`},

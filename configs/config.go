@@ -103,8 +103,9 @@ type Config struct {
 	// DefaultBind is the global default_bind option: the host addresses
 	// listeners bind to. Empty means all interfaces.
 	DefaultBind []string
-	// Admin is the global admin option: the address of the loopback admin
-	// endpoint serving /metrics and /debug/pprof/. Empty means off.
+	// Admin is the global admin option: the address of the admin endpoint
+	// serving /metrics, /healthz and /readyz, and /debug/pprof/ on
+	// loopback. Empty means off.
 	Admin string
 	// Log is the global log block.
 	Log Log
@@ -113,10 +114,45 @@ type Config struct {
 	Sites []Site
 }
 
-// Log configures the process logger (global "log { level L; format F }").
+// Log configures the process logger and the access log (global options):
+//
+//	log {
+//		output stderr|stdout|discard|file PATH
+//		level debug|info|warn|error
+//		format console|json
+//	}
+//	log access off
+//	log access {
+//		output stderr|stdout|discard|file PATH
+//		format console|json
+//	}
 type Log struct {
-	Level  string // one of debug, info, warn, error; default "info"
-	Format string // "console" or "json"; default "console"
+	Level  string    // one of debug, info, warn, error; default "info"
+	Format string    // "console" or "json"; default "console"
+	Output LogOutput // Kind "" means stderr
+	// Access is the access log: one line per request, at info. By default
+	// its lines go with the process log's (its output and format, logger
+	// "access"), whatever the process log's level.
+	Access AccessLog
+}
+
+// AccessLog is "log access off" or "log access { output O; format F }".
+type AccessLog struct {
+	Off    bool      // "log access off": no access-log lines
+	Output LogOutput // Kind "" means the process log's output
+	Format string    // "" means the process log's format
+}
+
+// LogOutput is where a log's lines go: the "output" subdirective.
+type LogOutput struct {
+	Pos Position // of the output subdirective; zero when it is not written
+	// Kind is "stderr", "stdout", "discard" (nowhere) or "file"; "" when
+	// not written.
+	Kind string
+	// Path is the file of Kind "file", as written (relative to the working
+	// directory). Parse does not open it; roamgate run opens it at start,
+	// appending, and creates it (mode 0600) if it does not exist.
+	Path string
 }
 
 // Site is one site block: the addresses it answers and what it does.
@@ -193,7 +229,9 @@ type Route struct {
 //	header +NAME VALUE   add a value
 //	header -NAME         delete
 //
-// Values may hold the placeholders {host} (the request's host),
+// Values may hold the placeholders {host} (the request's host, without
+// its port), {hostport} (the host with the port the client named, as it
+// named it: "example.com:8443", or "example.com" when it named none),
 // {uri} (path and query), {path}, {query}, {scheme} and, in header_up,
 // {upstream_hostport} (the backend address); Parse refuses any other
 // "{name}" (letters, digits, '_', '.', '-', '>'), and other braces are

@@ -186,30 +186,80 @@ func admin(b *builder, c *Cursor) error {
 }
 
 var (
-	logOptions = []string{"format", "level"}
-	logLevels  = []string{"debug", "info", "warn", "error"}
-	logFormats = []string{"console", "json"}
+	logOptions       = []string{"format", "level", "output"}
+	accessLogOptions = []string{"format", "output"}
+	logNames         = []string{"access"}
+	logLevels        = []string{"debug", "info", "warn", "error"}
+	logFormats       = []string{"console", "json"}
+	logOutputs       = []string{"stderr", "stdout", "discard", "file"}
 )
 
-// logOption reads "log { level L; format F }".
+// logOption reads the process log's block, "log { output O; level L;
+// format F }", and the access log's, "log access { output O; format F }"
+// or "log access off".
 func logOption(b *builder, c *Cursor) error {
-	if c.CountRemainingArgs() > 0 {
-		return c.ArgErr()
+	if !c.NextArg() {
+		seen := make(map[string]Position)
+		for c.NextBlock(0) {
+			b.report(logSubdirective(b, c, false, seen))
+		}
+		return nil
+	}
+	if name := c.Val(); name != "access" {
+		return c.Errf("unknown log %q%s", name, orWant(didYouMean(name, logNames), " (want log { ... } for the process log, log access { ... } or log access off)"))
+	}
+	if c.NextArg() {
+		if c.Val() != "off" {
+			return c.Errf("unknown value %q (want log access off, or a block)", c.Val())
+		}
+		b.cfg.Log.Access.Off = true
+		return c.endOfLine()
+	}
+	if !c.opensBlock() {
+		return c.Err("missing block or off (want log access { output ...; format ... } or log access off)")
 	}
 	seen := make(map[string]Position)
 	for c.NextBlock(0) {
-		b.report(logSubdirective(b, c, seen))
+		b.report(logSubdirective(b, c, true, seen))
 	}
 	return nil
 }
 
-func logSubdirective(b *builder, c *Cursor, seen map[string]Position) error {
-	name := c.Val()
-	if !slices.Contains(logOptions, name) {
-		return c.Errf("unknown subdirective %q%s", name, didYouMean(name, logOptions))
+// orWant returns hint, or want when there is none.
+func orWant(hint, want string) string {
+	if hint != "" {
+		return hint
 	}
-	if !setOnce(c, seen) {
+	return want
+}
+
+// logSubdirective reads one line of the process log's block, or of the
+// access log's.
+func logSubdirective(b *builder, c *Cursor, access bool, seen map[string]Position) error {
+	name := c.Val()
+	known := logOptions
+	if access {
+		known = accessLogOptions
+	}
+	switch {
+	case access && name == "level":
+		return c.Err("level: the access log has no level (its lines are info; use log access off)")
+	case !slices.Contains(known, name):
+		return c.Errf("unknown subdirective %q%s", name, didYouMean(name, known))
+	case !setOnce(c, seen):
 		return c.Errf("%s: already set at %s", name, seen[name])
+	}
+	if name == "output" {
+		out, err := logOutput(c)
+		if err != nil {
+			return err
+		}
+		if access {
+			b.cfg.Log.Access.Output = out
+		} else {
+			b.cfg.Log.Output = out
+		}
+		return nil
 	}
 	t, err := oneArg(c)
 	if err != nil {
@@ -220,12 +270,36 @@ func logSubdirective(b *builder, c *Cursor, seen map[string]Position) error {
 		b.cfg.Log.Level = t.Text
 	case name == "level":
 		return c.Errf("unknown level %q (want debug, info, warn, error)", t.Text)
-	case slices.Contains(logFormats, t.Text):
-		b.cfg.Log.Format = t.Text
-	default:
+	case !slices.Contains(logFormats, t.Text):
 		return c.Errf("unknown format %q (want console, json)", t.Text)
+	case access:
+		b.cfg.Log.Access.Format = t.Text
+	default:
+		b.cfg.Log.Format = t.Text
 	}
 	return nil
+}
+
+// logOutput reads "output stderr|stdout|discard|file PATH".
+func logOutput(c *Cursor) (LogOutput, error) {
+	out := LogOutput{Pos: c.Token().Pos()}
+	if !c.NextArg() {
+		return out, c.ArgErr()
+	}
+	out.Kind = c.Val()
+	if !slices.Contains(logOutputs, out.Kind) {
+		return out, c.Errf("unknown output %q%s", out.Kind, orWant(didYouMean(out.Kind, logOutputs), " (want stderr, stdout, discard or file PATH)"))
+	}
+	if out.Kind == "file" {
+		if !c.NextArg() {
+			return out, c.Err("output: missing path (want output file PATH)")
+		}
+		if c.Val() == "" {
+			return out, c.Err("output: empty path")
+		}
+		out.Path = c.Val()
+	}
+	return out, c.endOfLine()
 }
 
 // zeroRTT reads "zero_rtt on|off".

@@ -95,8 +95,10 @@ func validToken(s string) bool {
 func isControl(r rune) bool { return r < 0x20 && r != '\t' || r == 0x7f }
 
 // placeholders are what header values, respond bodies and redir targets may
-// hold; header_up also knows upstreamPlaceholder.
-var placeholders = []string{"{host}", "{uri}", "{path}", "{query}", "{scheme}"}
+// hold; header_up also knows upstreamPlaceholder. {host} is the request's
+// host without its port, {hostport} the host with the port the client
+// named (as Caddy's {hostport}).
+var placeholders = []string{"{host}", "{hostport}", "{uri}", "{path}", "{query}", "{scheme}"}
 
 const upstreamPlaceholder = "{upstream_hostport}"
 

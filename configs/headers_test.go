@@ -73,8 +73,8 @@ func TestParseHeaderErrors(t *testing.T) {
 	site := func(directives string) string { return inSite(directives + "\n\trespond 200") }
 	rp := func(sub string) string { return inSite("reverse_proxy b {\n\t\t" + sub + "\n\t}") }
 	const (
-		want   = " (want {host}, {uri}, {path}, {query}, {scheme})"
-		wantUp = " (want {host}, {uri}, {path}, {query}, {scheme}, {upstream_hostport})"
+		want   = " (want {host}, {hostport}, {uri}, {path}, {query}, {scheme})"
+		wantUp = " (want {host}, {hostport}, {uri}, {path}, {query}, {scheme}, {upstream_hostport})"
 	)
 	testParseErrors(t, []errorTest{
 		{"header missing", site("header"), `Roamfile:2:2: header: missing argument`},
@@ -132,7 +132,7 @@ func TestPlaceholderError(t *testing.T) {
 		want string
 	}{
 		{"", false, ""},
-		{"{host}{uri}{path}{query}{scheme}", false, ""},
+		{"{host}{hostport}{uri}{path}{query}{scheme}", false, ""},
 		{"{upstream_hostport}", true, ""},
 		{"{upstream_hostport}", false, "placeholder {upstream_hostport} is only known in header_up"},
 		{"{}", false, ""},
@@ -142,9 +142,9 @@ func TestPlaceholderError(t *testing.T) {
 		{"host}", false, ""},
 		{`{"a":1}`, false, ""},
 		{"a{color:red}", false, ""},
-		{"{x}", true, `unknown placeholder "{x}" (want {host}, {uri}, {path}, {query}, {scheme}, {upstream_hostport})`},
-		{"{a.b-c_d>e}", false, `unknown placeholder "{a.b-c_d>e}" (want {host}, {uri}, {path}, {query}, {scheme})`},
-		{"{{x}}", false, `unknown placeholder "{x}" (want {host}, {uri}, {path}, {query}, {scheme})`},
+		{"{x}", true, `unknown placeholder "{x}" (want {host}, {hostport}, {uri}, {path}, {query}, {scheme}, {upstream_hostport})`},
+		{"{a.b-c_d>e}", false, `unknown placeholder "{a.b-c_d>e}" (want {host}, {hostport}, {uri}, {path}, {query}, {scheme})`},
+		{"{{x}}", false, `unknown placeholder "{x}" (want {host}, {hostport}, {uri}, {path}, {query}, {scheme})`},
 	}
 	for _, tt := range tests {
 		if got := placeholderError(tt.s, tt.up); got != tt.want {

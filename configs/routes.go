@@ -319,7 +319,7 @@ func redir(b *builder, c *Cursor, sc *scope) error {
 
 // redirSample is what each placeholder stands for when a redir target is
 // checked.
-var redirSample = strings.NewReplacer("{host}", "example.com", "{uri}", "/", "{path}", "/", "{query}", "", "{scheme}", "https")
+var redirSample = strings.NewReplacer("{host}", "example.com", "{hostport}", "example.com:8443", "{uri}", "/", "{path}", "/", "{query}", "", "{scheme}", "https")
 
 // checkRedirTarget checks the redir target at the cursor: a path starting
 // with "/" or an absolute http:// or https:// URL, once its placeholders

@@ -207,6 +207,8 @@ func TestParseRedir(t *testing.T) {
 		{"https://example.com", "https://example.com", 302},
 		{"http://example.com:8080/x", "http://example.com:8080/x", 302},
 		{"https://{host}{uri}", "https://{host}{uri}", 302},
+		// Regression (issue 13): {hostport} was refused, and {host} loses the port.
+		{"https://{hostport}/new{uri}", "https://{hostport}/new{uri}", 302},
 		{"{scheme}://www.{host}{path}?{query}", "{scheme}://www.{host}{path}?{query}", 302},
 		{"{uri}", "{uri}", 302},
 		{"/x permanent", "/x", 301},
@@ -296,7 +298,7 @@ func TestParseRouteErrors(t *testing.T) {
 		{"respond 204 body", site("respond 204 body"), `Roamfile:2:14: respond: status 204 does not allow a body`},
 		{"respond 304 body", site("respond Cached 304"), `Roamfile:2:10: respond: status 304 does not allow a body`},
 		{"respond 1xx", site("respond 103 hints"), `Roamfile:2:10: respond: invalid status "103" (want 200-999)`},
-		{"respond unknown placeholder", site(`respond "{http.request.host}" 200`), `Roamfile:2:10: respond: unknown placeholder "{http.request.host}" (want {host}, {uri}, {path}, {query}, {scheme})`},
+		{"respond unknown placeholder", site(`respond "{http.request.host}" 200`), `Roamfile:2:10: respond: unknown placeholder "{http.request.host}" (want {host}, {hostport}, {uri}, {path}, {query}, {scheme})`},
 		{"respond upstream placeholder", site("respond {upstream_hostport}"), `Roamfile:2:10: respond: placeholder {upstream_hostport} is only known in header_up`},
 		{"respond block", site("respond 200 {\n\t}"), `Roamfile:2:14: respond: unexpected block`},
 
@@ -310,7 +312,7 @@ func TestParseRouteErrors(t *testing.T) {
 		{"redir no host", site("redir https:///x"), `Roamfile:2:8: redir: invalid target "https:///x" (want a path starting with /, or an http:// or https:// URL)`},
 		{"redir host placeholder only", site("redir {host}/x"), `Roamfile:2:8: redir: invalid target "{host}/x" (want a path starting with /, or an http:// or https:// URL)`},
 		{"redir space", site(`redir "/a b"`), `Roamfile:2:8: redir: invalid target "/a b" (want a path starting with /, or an http:// or https:// URL)`},
-		{"redir unknown placeholder", site("redir https://{hots}/"), `Roamfile:2:8: redir: unknown placeholder "{hots}" (want {host}, {uri}, {path}, {query}, {scheme})`},
+		{"redir unknown placeholder", site("redir https://{hots}/"), `Roamfile:2:8: redir: unknown placeholder "{hots}" (want {host}, {hostport}, {uri}, {path}, {query}, {scheme})`},
 		{"redir code out of range", site("redir /x 309"), `Roamfile:2:11: redir: invalid code "309" (want 300-308, permanent or temporary)`},
 		{"redir code 4xx", site("redir /x 401"), `Roamfile:2:11: redir: invalid code "401" (want 300-308, permanent or temporary)`},
 		{"redir code misspelt", site("redir /x permanant"), `Roamfile:2:11: redir: invalid code "permanant" (did you mean permanent?)`},
@@ -357,7 +359,7 @@ c.com {
 		`Roamfile:14:2: reverse_proxy: handler already set by respond at Roamfile:2:2 (use handle blocks for more than one handler)`,
 		`Roamfile:15:9: header: Connection is managed by the proxy`,
 		`Roamfile:18:9: handle: invalid pattern "api" (want a path starting with / or *, as in /api/*)`,
-		`Roamfile:21:11: header: unknown placeholder "{xyz}" (want {host}, {uri}, {path}, {query}, {scheme})`,
+		`Roamfile:21:11: header: unknown placeholder "{xyz}" (want {host}, {hostport}, {uri}, {path}, {query}, {scheme})`,
 		`Roamfile:23:1: site has no handler (want reverse_proxy, respond, redir or tunnel, at site level or in a handle block)`,
 	}
 	_, err := Parse("Roamfile", []byte(src), testEnv)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -53,6 +54,7 @@ func TestKubernetesManifests(t *testing.T) {
 			}
 			var roamfiles []string
 			var mounts []string
+			var probes [][]string // the roamgate container's exec probes
 			dec := yaml.NewDecoder(bytes.NewReader(data))
 			for {
 				var doc struct {
@@ -60,8 +62,10 @@ func TestKubernetesManifests(t *testing.T) {
 					Data map[string]string
 					Spec struct {
 						Containers []struct {
-							Name         string
-							VolumeMounts []struct{ MountPath string } `yaml:"volumeMounts"`
+							Name           string
+							VolumeMounts   []struct{ MountPath string } `yaml:"volumeMounts"`
+							LivenessProbe  probe                        `yaml:"livenessProbe"`
+							ReadinessProbe probe                        `yaml:"readinessProbe"`
 						}
 					}
 				}
@@ -78,6 +82,7 @@ func TestKubernetesManifests(t *testing.T) {
 						for _, m := range c.VolumeMounts {
 							mounts = append(mounts, m.MountPath)
 						}
+						probes = append(probes, c.LivenessProbe.Exec.Command, c.ReadinessProbe.Exec.Command)
 					}
 				}
 			}
@@ -89,6 +94,7 @@ func TestKubernetesManifests(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
+				checkProbes(t, probes, cfg, mounts)
 				for _, s := range cfg.Sites {
 					for _, p := range []string{s.TLS.CertFile, s.TLS.KeyFile, cfg.DataDir} {
 						if p != "" && !mounted(p, mounts) {
@@ -108,4 +114,34 @@ func mounted(path string, mounts []string) bool {
 		}
 	}
 	return false
+}
+
+// probe is the part of a Kubernetes probe the examples use.
+type probe struct {
+	Exec struct{ Command []string }
+}
+
+// checkProbes checks that the roamgate container's probes run roamgate
+// health (the image has no curl), liveness and readiness, against an admin
+// endpoint the Roamfile has, read from a Roamfile that is mounted.
+func checkProbes(t *testing.T, probes [][]string, cfg *configs.Config, mounts []string) {
+	t.Helper()
+	if len(probes) != 2 {
+		t.Fatalf("probes %q, want a liveness and a readiness probe", probes)
+	}
+	for i, cmd := range probes {
+		if len(cmd) < 2 || cmd[0] != "/usr/bin/roamgate" || cmd[1] != "health" {
+			t.Errorf("probe %q does not run /usr/bin/roamgate health", cmd)
+			continue
+		}
+		if ready := slices.Contains(cmd, "--ready"); ready != (i == 1) {
+			t.Errorf("probe %q: --ready %v, want it on the readiness probe only", cmd, ready)
+		}
+		if j := slices.Index(cmd, "--config"); j < 0 || j+1 == len(cmd) || !mounted(cmd[j+1], mounts) {
+			t.Errorf("probe %q does not read a mounted Roamfile", cmd)
+		}
+	}
+	if cfg.Admin == "" {
+		t.Error("the probes ask the admin endpoint, which the Roamfile does not set")
+	}
 }

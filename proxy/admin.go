@@ -11,8 +11,10 @@ import (
 	"go.uber.org/zap"
 )
 
-// adminServer serves /metrics (Prometheus) and, when bound to a loopback
-// address, /debug/pprof/ for profiling the running proxy.
+// adminServer serves /metrics (Prometheus), the health endpoints /healthz
+// (liveness) and /readyz (readiness) (see Server.liveness and
+// Server.readiness) and, when bound to a loopback address, /debug/pprof/
+// for profiling the running proxy.
 type adminServer struct {
 	addr   string
 	srv    *http.Server
@@ -20,10 +22,12 @@ type adminServer struct {
 	logger *zap.Logger
 }
 
-func newAdminServer(addr string, reg *prometheus.Registry, logger *zap.Logger) *adminServer {
+func newAdminServer(addr string, reg *prometheus.Registry, s *Server, logger *zap.Logger) *adminServer {
 	a := &adminServer{addr: addr, logger: logger.Named("admin")}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: zap.NewStdLog(a.logger)}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { serveHealth(w, s.liveness()) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) { serveHealth(w, s.readiness()) })
 	a.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	return a
 }
@@ -48,8 +52,4 @@ func (a *adminServer) listen() error {
 	return nil
 }
 
-func (a *adminServer) serve() {
-	if err := a.srv.Serve(a.ln); err != nil && err != http.ErrServerClosed {
-		a.logger.Error("admin serving stopped", zap.Error(err))
-	}
-}
+func (a *adminServer) serve() error { return a.srv.Serve(a.ln) }

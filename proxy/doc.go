@@ -9,5 +9,6 @@
 // it owns the listeners, the client sessions (one per QUIC connection, created
 // in http3.Server.ConnContext and closed with the connection; one per TCP
 // connection on the TCP listener), routing by host, the HTTP/3→HTTP/1.1
-// translation, path-change reporting, metrics and graceful shutdown.
+// translation, path-change reporting, metrics, the admin endpoint's health
+// checks and graceful shutdown.
 package proxy

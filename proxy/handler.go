@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net/http"
 	"time"
 
@@ -41,14 +42,19 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec := exchange{status: http.StatusMisdirectedRequest}
 	defer func() {
 		s.observePath() // a long request (a stream) may have seen the path change
-		h.srv.metrics.request(s.proto, rec.status)
-		h.log(r, s, &rec, start)
+		d := time.Since(start)
+		sm := h.srv.metrics.noSite
+		if st != nil {
+			sm = st.metrics
+		}
+		sm.request(s.proto, rec.status, d, rec.stream)
+		h.log(r, s, &rec, d)
 	}()
 	if st == nil {
 		// RFC 9110 §15.5.20: this connection is not authoritative for the
 		// host; a client may retry on another connection. Never another
 		// site's content.
-		http.Error(w, "misdirected request: no site for this host", http.StatusMisdirectedRequest)
+		rec.httpError(w, "misdirected request: no site for this host", http.StatusMisdirectedRequest)
 		return
 	}
 	if !h.checkHead(w, r, s, st, &rec) {
@@ -75,15 +81,13 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case isExtendedConnect(r) && r.Proto != "websocket":
 		// quic-go always advertises extended CONNECT (RFC 9220
 		// SETTINGS_ENABLE_CONNECT_PROTOCOL); roamgate only speaks WebSocket.
-		rec.status = http.StatusNotImplemented
-		http.Error(w, "unsupported :protocol", http.StatusNotImplemented)
+		rec.httpError(w, "unsupported :protocol", http.StatusNotImplemented)
 		return
 	}
 	rt := st.routeFor(r)
 	if rt == nil {
-		rec.status = http.StatusNotFound
 		st.headers.apply(w.Header(), r, "")
-		http.Error(w, "not found", http.StatusNotFound)
+		rec.httpError(w, "not found", http.StatusNotFound)
 		return
 	}
 	if r.ProtoMajor == 1 && len(r.TransferEncoding) > 0 {
@@ -102,7 +106,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case rt.respond != nil:
 		rt.headers.apply(w.Header(), r, "")
 		st.headers.apply(w.Header(), r, "")
-		rec.status = rt.respond.serve(w, r)
+		rec.status, rec.written = rt.respond.serve(w, r)
 	case rt.redir != nil:
 		rt.headers.apply(w.Header(), r, "")
 		st.headers.apply(w.Header(), r, "")
@@ -138,10 +142,10 @@ func stackSink([]byte) {}
 func (h *handler) refuseClientCert(w http.ResponseWriter, r *http.Request, s *session, rec *exchange, err error) {
 	// The handshake verified a certificate for the server name it named;
 	// this request names a site that wants one of its own CAs.
-	rec.status, rec.err = http.StatusForbidden, err
+	rec.err = err
 	h.srv.errLog.get().Info("client certificate refused", zap.Uint64("session", s.id),
 		zap.String("host", r.Host), zap.Error(err))
-	http.Error(w, "client certificate required", http.StatusForbidden)
+	rec.httpError(w, "client certificate required", http.StatusForbidden)
 }
 
 //go:noinline
@@ -191,10 +195,25 @@ func safeMethod(m string) bool {
 // exchange is what the access log records about one request.
 type exchange struct {
 	status        int
-	written       int64 // bytes to the client
+	written       int64 // body bytes to the client, whoever wrote them: the backend's or the proxy's own
 	upstreamBytes int64 // bytes to the backend, for streams (WebSocket, tunnel)
+	stream        bool  // a WebSocket or tunnel: its time is the stream's life, not a request's
 	backend       string
 	err           error
+}
+
+// httpError answers the request with status and msg as http.Error does, and
+// records both, so the access log counts the bytes of the proxy's own
+// answers too (a 502 logged "bytes": 0 while its body was sent: issue 13).
+func (rec *exchange) httpError(w http.ResponseWriter, msg string, status int) {
+	rec.status = status
+	h := w.Header()
+	delete(h, "Content-Length")
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	n, _ := io.WriteString(w, msg+"\n")
+	rec.written += int64(n)
 }
 
 // reverseProxy forwards a request over the session's lease on the route's
@@ -285,14 +304,14 @@ func (h *handler) fail(w http.ResponseWriter, r *http.Request, s *session, st *s
 		h.srv.metrics.refused.WithLabelValues(refusedMalformed).Inc()
 		h.srv.errLog.get().Info("bad request refused",
 			zap.Uint64("session", s.id), zap.String("remote", r.RemoteAddr), zap.Error(err))
-		http.Error(w, "bad request", status)
+		rec.httpError(w, "bad request", status)
 		return
 	}
 	h.srv.errLog.get().Warn("upstream request failed",
 		zap.Uint64("session", s.id), zap.String("method", r.Method), zap.String("host", r.Host),
 		zap.String("uri", r.RequestURI), zap.String("backend", rec.backend), zap.Int("status", status),
 		zap.Error(err))
-	http.Error(w, http.StatusText(status), status)
+	rec.httpError(w, http.StatusText(status), status)
 }
 
 // statusFor maps a forwarding error to the status the client gets: 400 for a
@@ -322,8 +341,8 @@ func statusFor(ctx context.Context, err error) int {
 	return http.StatusBadGateway
 }
 
-// log writes the access log line of one request.
-func (h *handler) log(r *http.Request, s *session, rec *exchange, start time.Time) {
+// log writes the access log line of one request, which took d.
+func (h *handler) log(r *http.Request, s *session, rec *exchange, d time.Duration) {
 	ce := h.srv.access.Check(zap.InfoLevel, "request")
 	if ce == nil {
 		return
@@ -331,8 +350,11 @@ func (h *handler) log(r *http.Request, s *session, rec *exchange, start time.Tim
 	fields := []zap.Field{
 		zap.Uint64("session", s.id), zap.String("proto", r.Proto), zap.String("remote", r.RemoteAddr),
 		zap.String("method", r.Method), zap.String("host", r.Host), zap.String("uri", r.RequestURI),
+		zap.String("user_agent", r.UserAgent()),
 		zap.Int("status", rec.status), zap.Int64("bytes", rec.written),
-		zap.Duration("duration", time.Since(start)), zap.String("backend", rec.backend),
+		zap.Duration("duration", d), zap.String("backend", rec.backend),
+		// The connection's path changes so far (RFC 9000 §9); always 0 on TCP.
+		zap.Int64("path_changes", s.pathChanges.Load()),
 	}
 	if rec.upstreamBytes > 0 {
 		fields = append(fields, zap.Int64("bytes_up", rec.upstreamBytes))

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -62,11 +61,7 @@ func (s *Server) serveHTTP() {
 		return
 	}
 	for _, ln := range s.http.lns {
-		s.serving.Go(func() {
-			if err := s.http.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				s.logger.Error("http serving stopped", zap.Stringer("addr", ln.Addr()), zap.Error(err))
-			}
-		})
+		s.goServe("http serving stopped", "http", ln.Addr(), func() error { return s.http.srv.Serve(ln) })
 		s.logger.Info("listening", zap.Stringer("http", ln.Addr()), zap.Strings("protocols", []string{"http/1.1 (acme, redirect)"}))
 	}
 }

@@ -67,14 +67,14 @@ func (h *handler) refuseHead(w http.ResponseWriter, r *http.Request, s *session,
 	default:
 		why = "request head of " + strconv.Itoa(total) + " bytes over max_header_bytes " + strconv.Itoa(st.limits.HeaderBytes)
 	}
-	rec.status, rec.err = status, &badRequestError{why}
+	rec.err = &badRequestError{why}
 	h.srv.metrics.refused.WithLabelValues(reason).Inc()
 	h.srv.errLog.get().Info("request refused", zap.Uint64("session", s.id), zap.String("remote", r.RemoteAddr),
 		zap.String("site", st.name), zap.Int("status", status), zap.String("reason", why))
 	if r.ProtoMajor == 1 {
 		w.Header().Set("Connection", "close") // what follows the head is not read
 	}
-	http.Error(w, http.StatusText(status), status)
+	rec.httpError(w, http.StatusText(status), status)
 }
 
 // siteLimits is a site's limits, with the defaults for any left unset.

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -18,6 +19,7 @@ type site struct {
 	tunnel    *tunnelRoute // nil without a tunnel directive
 	clientCAs []string     // the site's tls client_auth CA files; every request must carry a certificate of theirs
 	limits    configs.Limits
+	metrics   *siteMetrics // its request series, labelled with name
 }
 
 // route is one handle/handle_path block (or the site's own handler): a path
@@ -80,8 +82,9 @@ func stripTarget(r *http.Request, prefix string) string {
 	return u.RequestURI()
 }
 
-// serve runs the respond handler.
-func (rr *respondRoute) serve(w http.ResponseWriter, r *http.Request) int {
+// serve runs the respond handler and returns the status and the body bytes
+// written.
+func (rr *respondRoute) serve(w http.ResponseWriter, r *http.Request) (int, int64) {
 	body := rr.body.expand(r, "")
 	if body != "" {
 		if _, ok := w.Header()["Content-Type"]; !ok {
@@ -90,10 +93,11 @@ func (rr *respondRoute) serve(w http.ResponseWriter, r *http.Request) int {
 		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	}
 	w.WriteHeader(rr.status)
+	var n int
 	if body != "" && r.Method != http.MethodHead {
-		_, _ = w.Write([]byte(body))
+		n, _ = io.WriteString(w, body)
 	}
-	return rr.status
+	return rr.status, int64(n)
 }
 
 // serve runs the redir handler.
@@ -164,6 +168,7 @@ type placeholder int
 const (
 	phNone placeholder = iota
 	phHost
+	phHostPort
 	phURI
 	phPath
 	phQuery
@@ -172,7 +177,7 @@ const (
 )
 
 var placeholders = map[string]placeholder{
-	"{host}": phHost, "{uri}": phURI, "{path}": phPath, "{query}": phQuery,
+	"{host}": phHost, "{hostport}": phHostPort, "{uri}": phURI, "{path}": phPath, "{query}": phQuery,
 	"{scheme}": phScheme, "{upstream_hostport}": phUpstream,
 }
 
@@ -232,6 +237,11 @@ func (t template) expand(r *http.Request, upstream string) string {
 			b.WriteString(p.lit)
 		case phHost:
 			b.WriteString(hostOnly(r.Host))
+		case phHostPort:
+			// As the client named it (Host, or HTTP/3's :authority): with
+			// the port it used, which {host} drops (issue 13: a redirect
+			// on port 20443 lost its port).
+			b.WriteString(r.Host)
 		case phURI:
 			b.WriteString(r.URL.RequestURI())
 		case phPath:

@@ -238,3 +238,40 @@ func TestKillingABackendMovesOnlyItsSessions(t *testing.T) {
 		t.Fatalf("%d session moves logged, want 2", n)
 	}
 }
+
+// TestHostportKeepsThePort is a regression test (issue 13): on a port other
+// than 443, "redir https://{host}/new{uri}" sent clients to port 443, and
+// {hostport}, which keeps the port the client used, was refused. It works in
+// redir, header and respond alike, and is the bare host when the client
+// named no port.
+func TestHostportKeepsThePort(t *testing.T) {
+	h := startProxy(t, `{
+	default_bind 127.0.0.1
+}
+localhost:0 {
+	header X-Hostport {hostport}
+	handle /old/* {
+		redir https://{hostport}/new{uri} permanent
+	}
+	respond "on {hostport}, host {host}"
+}
+`, nil)
+	c := h.dial(t)
+	hostport := "localhost:" + strconv.Itoa(h.port)
+	url := "https://" + hostport
+	resp, _ := do(t, c, "GET", url+"/old/page?q=1", nil, nil)
+	if want := "https://" + hostport + "/new/old/page?q=1"; resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != want {
+		t.Fatalf("redir: %d %q, want %q", resp.StatusCode, resp.Header.Get("Location"), want)
+	}
+	if got := resp.Header.Get("X-Hostport"); got != hostport {
+		t.Fatalf("header: X-Hostport %q, want %q", got, hostport)
+	}
+	resp, body := do(t, c, "GET", url+"/", nil, nil)
+	if want := "on " + hostport + ", host localhost"; body != want {
+		t.Fatalf("respond: %d %q, want %q", resp.StatusCode, body, want)
+	}
+	resp, _ = do(t, c, "GET", url+"/old/x", nil, map[string]string{"Host": "localhost"})
+	if want := "https://localhost/new/old/x"; resp.Header.Get("Location") != want {
+		t.Fatalf("no port named: Location %q, want %q", resp.Header.Get("Location"), want)
+	}
+}

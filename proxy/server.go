@@ -75,7 +75,8 @@ type Server struct {
 	quicConf *quic.Config
 	admit    *admission // for every QUIC transport
 	ports    []*portServer
-	pools    []*upstream.Pool // one per reverse_proxy; health checks run while serving
+	pools    []*upstream.Pool   // one per reverse_proxy; health checks run while serving
+	poolPos  []configs.Position // where each of pools is configured, for /readyz
 	poolStop context.CancelFunc
 	http     *httpPort // nil unless some certificate comes from ACME
 	admin    *adminServer
@@ -89,6 +90,9 @@ type Server struct {
 	listening bool
 	served    bool
 	shutdown  bool
+	// loopsStopped describes the serving loops that returned while the
+	// server was not shutting down: /healthz fails while there are any.
+	loopsStopped []string
 }
 
 // portServer is everything listening on one port number.
@@ -156,6 +160,7 @@ func New(cfg *configs.Config, opts Options) (*Server, error) {
 	byPort := map[int]*portServer{}
 	for _, sc := range cfg.Sites {
 		st := &site{name: sc.Addresses[0].Text, headers: compileHeaderOps(sc.Headers), clientCAs: sc.TLS.ClientCAFiles, limits: siteLimits(sc.Limits)}
+		st.metrics = s.metrics.forSite(st.name)
 		if sc.Tunnel != nil {
 			st.tunnel = newTunnelRoute(sc.Tunnel, len(sc.TLS.ClientCAFiles) > 0)
 		}
@@ -168,6 +173,7 @@ func New(cfg *configs.Config, opts Options) (*Server, error) {
 					return nil, err
 				}
 				s.pools = append(s.pools, pool)
+				s.poolPos = append(s.poolPos, rc.ReverseProxy.Pos)
 				rt.proxy = &proxyRoute{pool: pool, headerUp: compileHeaderOps(rc.ReverseProxy.HeaderUp), headerDown: compileHeaderOps(rc.ReverseProxy.HeaderDown)}
 			case rc.Respond != nil:
 				rt.respond = &respondRoute{status: rc.Respond.Status, body: compileTemplate(rc.Respond.Body)}
@@ -189,7 +195,7 @@ func New(cfg *configs.Config, opts Options) (*Server, error) {
 		}
 	}
 	if cfg.Admin != "" {
-		s.admin = newAdminServer(cfg.Admin, reg, logger)
+		s.admin = newAdminServer(cfg.Admin, reg, s, logger)
 	}
 	return s, nil
 }
@@ -287,7 +293,7 @@ func (s *Server) Serve(certs CertSource) (err error) {
 	}
 	s.serveHTTP()
 	if s.admin != nil {
-		s.serving.Go(s.admin.serve)
+		s.goServe("admin serving stopped", "admin", s.admin.ln.Addr(), s.admin.serve)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.poolStop = cancel
@@ -341,17 +347,9 @@ func (s *Server) serve(ps *portServer) error {
 		}
 		ps.transports = append(ps.transports, tr)
 		ps.qlns = append(ps.qlns, ln)
-		s.serving.Go(func() {
-			if err := ps.h3.ServeListener(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, quic.ErrServerClosed) {
-				s.logger.Error("http3 serving stopped", zap.Stringer("addr", udp.LocalAddr()), zap.Error(err))
-			}
-		})
+		s.goServe("http3 serving stopped", "http3", udp.LocalAddr(), func() error { return ps.h3.ServeListener(ln) })
 		tcp := &sessionListener{Listener: ps.tcp[i], srv: s}
-		s.serving.Go(func() {
-			if err := ps.h1.ServeTLS(tcp, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				s.logger.Error("tcp serving stopped", zap.Stringer("addr", tcp.Addr()), zap.Error(err))
-			}
-		})
+		s.goServe("tcp serving stopped", "tcp", tcp.Addr(), func() error { return ps.h1.ServeTLS(tcp, "", "") })
 		s.logger.Info("listening", zap.Stringer("udp", udp.LocalAddr()), zap.Stringer("tcp", tcp.Addr()),
 			zap.Strings("protocols", []string{"h3", "h2", "http/1.1"}))
 	}

@@ -63,19 +63,16 @@ func (h *handler) tunnel(w http.ResponseWriter, r *http.Request, s *session, st 
 	t := st.tunnel
 	switch {
 	case t == nil:
-		rec.status = http.StatusMethodNotAllowed
-		http.Error(w, "no tunnel here", http.StatusMethodNotAllowed)
+		rec.httpError(w, "no tunnel here", http.StatusMethodNotAllowed)
 		return
 	case r.ProtoMajor != 3:
-		rec.status = http.StatusMethodNotAllowed
-		http.Error(w, "tunnels are served over HTTP/3", http.StatusMethodNotAllowed)
+		rec.httpError(w, "tunnels are served over HTTP/3", http.StatusMethodNotAllowed)
 		return
 	case !t.authorized(r):
-		rec.status = http.StatusUnauthorized
 		h.srv.errLog.get().Info("tunnel refused: no client certificate or valid token",
 			zap.Uint64("session", s.id), zap.String("remote", r.RemoteAddr))
 		w.Header().Set("WWW-Authenticate", `Bearer realm="roamgate"`)
-		http.Error(w, "unauthorized", http.StatusUnauthorized)
+		rec.httpError(w, "unauthorized", http.StatusUnauthorized)
 		return
 	}
 	rec.backend = t.backend
@@ -86,7 +83,7 @@ func (h *handler) tunnel(w http.ResponseWriter, r *http.Request, s *session, st 
 		if rec.status != statusClientClosed {
 			h.srv.errLog.get().Warn("tunnel backend unreachable", zap.Uint64("session", s.id),
 				zap.String("backend", t.backend), zap.Int("status", rec.status), zap.Error(err))
-			http.Error(w, http.StatusText(rec.status), rec.status)
+			rec.httpError(w, http.StatusText(rec.status), rec.status)
 		}
 		return
 	}
@@ -101,6 +98,7 @@ func (h *handler) tunnel(w http.ResponseWriter, r *http.Request, s *session, st 
 	defer str.Close()
 	rec.status = http.StatusOK
 	h.srv.logger.Info("tunnel opened", zap.Uint64("session", s.id), zap.String("backend", t.backend))
+	rec.stream = true
 	defer s.longStream()()
 	rec.upstreamBytes, rec.written, rec.err = splice(h3Side{str}, tcpSide{Conn: conn, r: conn})
 }

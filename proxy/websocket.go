@@ -54,9 +54,8 @@ func newWebSocketKey() string {
 func (h *handler) websocket(w http.ResponseWriter, r *http.Request, s *session, st *site, rt *route, rec *exchange) {
 	h3 := r.ProtoMajor == 3
 	if h3 && r.Header.Get("Sec-Websocket-Version") != "13" {
-		rec.status = http.StatusBadRequest
 		w.Header().Set("Sec-WebSocket-Version", "13")
-		http.Error(w, "unsupported WebSocket version", http.StatusBadRequest)
+		rec.httpError(w, "unsupported WebSocket version", http.StatusBadRequest)
 		return
 	}
 	lease, err := s.lease(rt.proxy.pool, r)
@@ -144,6 +143,7 @@ func (h *handler) websocket(w http.ResponseWriter, r *http.Request, s *session, 
 		rec.status = http.StatusSwitchingProtocols
 		client = c
 	}
+	rec.stream = true
 	defer s.longStream()()
 	rec.upstreamBytes, rec.written, rec.err = splice(client, tcpSide{Conn: up, r: up})
 	if rec.err != nil && !errors.Is(rec.err, errClientWrite) {

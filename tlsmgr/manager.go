@@ -80,6 +80,7 @@ type Manager struct {
 	cache   *certmagic.Cache  // owned; Stop stops it
 	local   *certmagic.Config // plan.issuances[0].magic
 	ask     *asker            // vets on-demand names; nil without Config.OnDemandAsk
+	noCert  *noCertLog        // handshakes that found no certificate
 	metrics *metrics
 	tcpTLS  *tls.Config // template of TLSConfig
 	quicTLS *tls.Config // template of QUICTLSConfig
@@ -91,6 +92,7 @@ type Manager struct {
 
 	mu      sync.Mutex // guards the following
 	started bool
+	loaded  bool // Start loaded the files and the local CA's certificates
 	stopped bool
 }
 
@@ -137,6 +139,7 @@ func New(cfg Config, logger *zap.Logger) (*Manager, error) {
 		plan:    p,
 		ask:     ask,
 		metrics: metrics,
+		noCert:  newNoCertLog(log, p),
 	}
 	m.cache = certmagic.NewCache(certmagic.CacheOptions{
 		GetConfigForCert:   m.configForCert,
@@ -210,6 +213,9 @@ func (m *Manager) Start(ctx context.Context) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
+	m.mu.Lock()
+	m.loaded = true
+	m.mu.Unlock()
 
 	var acmeNames []string
 	for _, u := range m.plan.issuances {
@@ -295,9 +301,16 @@ func (m *Manager) Stop() {
 
 // getCertificate is the TLS configs' GetCertificate: the Config of the
 // server name's issuance answers, so that on-demand decisions and
-// TLS-ALPN-01 challenges are those of the right setup.
+// TLS-ALPN-01 challenges are those of the right setup. A handshake that
+// finds no certificate is logged (see noCertLog); on-demand issuances log
+// their own denials.
 func (m *Manager) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-	return m.issuanceFor(hello.ServerName).magic.GetCertificate(hello)
+	u := m.issuanceFor(hello.ServerName)
+	cert, err := u.magic.GetCertificate(hello)
+	if err != nil && !u.key.onDemand {
+		m.noCert.note(hello, m.plan.lists(hello.ServerName), err)
+	}
+	return cert, err
 }
 
 // configForCert is the cache's GetConfigForCert: the Config that renews a

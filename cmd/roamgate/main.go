@@ -9,6 +9,7 @@
 //	roamgate trust [--install]              print or install the local CA's root
 //	roamgate connect https://EDGE --listen 127.0.0.1:2222   carry local TCP over a roaming tunnel
 //	roamgate probe https://HOST:PORT/ [--migrate]   an HTTP/3 request, before and after a move
+//	roamgate health [--admin HOST:PORT] [--ready]   ask a running roamgate's health endpoint
 //	roamgate version
 //
 // main only parses the command line and wires the packages together.
@@ -53,6 +54,7 @@ Usage:
   roamgate trust [--install] [--config Roamfile] [--data-dir DIR]
   roamgate connect https://EDGE[:PORT] [--listen 127.0.0.1:2222] [--token T | --token-file F] [--cert F --key F] [--ca F] [--server-name N]
   roamgate probe [--ca F | --insecure] [--migrate] [-X METHOD] [-H "Name: value"]... URL
+  roamgate health [--admin HOST:PORT | --config Roamfile] [--ready] [--timeout 5s]
   roamgate version
 `
 
@@ -78,6 +80,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return connectCmd(ctx, rest, stdout, stderr)
 	case "probe":
 		return probeCmd(ctx, rest, stdout, stderr)
+	case "health":
+		return healthCmd(ctx, rest, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "roamgate", version())
 		return nil

@@ -135,10 +135,17 @@ var listeningUDP = regexp.MustCompile(`listening.*"udp": ?"([^"]+)"`)
 // finds its HTTP/3 address in its JSON logs.
 func serving(t *testing.T, args []string) (addr string, stop func() error) {
 	t.Helper()
+	addr, _, stop = servingLogs(t, args)
+	return addr, stop
+}
+
+// servingLogs is serving, returning the command's logs too.
+func servingLogs(t *testing.T, args []string) (addr string, logs *syncBuffer, stop func() error) {
+	t.Helper()
+	logs = new(syncBuffer)
 	ctx, cancel := context.WithCancel(context.Background())
-	var logs syncBuffer
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, args, io.Discard, &logs) }()
+	go func() { done <- run(ctx, args, io.Discard, logs) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for addr == "" {
 		if time.Now().After(deadline) {
@@ -156,7 +163,7 @@ func serving(t *testing.T, args []string) (addr string, stop func() error) {
 			addr = m[1]
 		}
 	}
-	return addr, func() error {
+	return addr, logs, func() error {
 		cancel()
 		select {
 		case err := <-done:

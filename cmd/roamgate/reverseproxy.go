@@ -14,7 +14,7 @@ import (
 // config file, like caddy reverse-proxy: HTTP/3 on UDP and HTTP/1.1 and
 // HTTP/2 on TCP, both on the --from port and no other, with a certificate
 // from the local CA.
-func reverseProxyCmd(ctx context.Context, args []string, _, stderr io.Writer) error {
+func reverseProxyCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("reverse-proxy", flag.ContinueOnError)
 	from := fs.String("from", "", "the site address to serve, HOST:PORT (e.g. localhost:8443, :443)")
 	to := fs.String("to", "", "the upstream(s), HOST:PORT or unix//SOCKET[,...]")
@@ -32,7 +32,7 @@ func reverseProxyCmd(ctx context.Context, args []string, _, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	return serveLogged(ctx, cfg, serveOptions{dataDir: *dataDir, grace: *grace}, stderr)
+	return serveLogged(ctx, cfg, serveOptions{dataDir: *dataDir, grace: *grace}, stdout, stderr)
 }
 
 // reverseProxyConfig writes the flags as a Roamfile and parses it, so the

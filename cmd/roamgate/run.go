@@ -25,7 +25,7 @@ import (
 
 const defaultGrace = 10 * time.Second
 
-func runCmd(ctx context.Context, args []string, _, stderr io.Writer) error {
+func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	config := fs.String("config", "Roamfile", "the Roamfile to serve")
 	dataDir := fs.String("data-dir", "", "where certificates and the local CA live (overrides the Roamfile's data_dir; default "+tlsmgr.DefaultDataDir()+")")
@@ -37,17 +37,18 @@ func runCmd(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return serveLogged(ctx, cfg, serveOptions{dataDir: *dataDir, grace: *grace}, stderr)
+	return serveLogged(ctx, cfg, serveOptions{dataDir: *dataDir, grace: *grace}, stdout, stderr)
 }
 
-// serveLogged serves cfg with the logger its log block asks for, on stderr.
-func serveLogged(ctx context.Context, cfg *configs.Config, o serveOptions, stderr io.Writer) error {
-	logger, err := newLogger(cfg.Log, stderr)
+// serveLogged serves cfg with the loggers its log options ask for (stderr
+// by default), opening their files first.
+func serveLogged(ctx context.Context, cfg *configs.Config, o serveOptions, stdout, stderr io.Writer) (err error) {
+	l, err := openLogs(cfg.Log, stdout, stderr)
 	if err != nil {
 		return err
 	}
-	defer logger.Sync()
-	o.logger = logger
+	defer func() { err = errors.Join(err, l.close()) }()
+	o.logger, o.accessLogger = l.logger, l.access
 	return serve(ctx, cfg, o)
 }
 

@@ -1,0 +1,179 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/roamgate/roamgate/examples/legacyapp"
+)
+
+// TestHelperProcess is not a test: started by roamgateProcess with
+// ROAMGATE_HELPER_PROCESS=1, it is roamgate, running main with the
+// arguments after "--".
+func TestHelperProcess(t *testing.T) {
+	if os.Getenv("ROAMGATE_HELPER_PROCESS") != "1" {
+		t.Skip("runs only as a helper process")
+	}
+	i := slices.Index(os.Args, "--")
+	os.Args = append([]string{"roamgate"}, os.Args[i+1:]...)
+	main()
+	os.Exit(0) // main returned: success, as for the real binary
+}
+
+// roamgateProcess runs roamgate with args as a process of its own (the test
+// binary, as TestHelperProcess) and returns its exit code and output.
+func roamgateProcess(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], append([]string{"-test.run=^TestHelperProcess$", "--"}, args...)...)
+	cmd.Env = append(os.Environ(), "ROAMGATE_HELPER_PROCESS=1")
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	if ee, ok := errors.AsType[*exec.ExitError](err); ok {
+		return ee.ExitCode(), out.String(), errOut.String()
+	} else if err != nil {
+		t.Fatalf("roamgate %v: %v", args, err)
+	}
+	return 0, out.String(), errOut.String()
+}
+
+var adminListening = regexp.MustCompile(`admin endpoint listening.*"addr": ?"([^"]+)"`)
+
+// waitReady polls the admin endpoint's /readyz until it answers 200.
+func waitReady(t *testing.T, admin string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		status, body, err := askHealth(context.Background(), "http://"+admin+"/readyz", time.Second)
+		if err == nil && status == http.StatusOK {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz never answered 200: %d %q %v", status, body, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestHealthCommand runs `roamgate health` as a Docker HEALTHCHECK or a
+// Kubernetes exec probe would, as a process of its own, against a running
+// roamgate: exit 0 when healthy (or ready), 1 with the reason on stderr when
+// not, the admin address from --admin or from the Roamfile.
+func TestHealthCommand(t *testing.T) {
+	app, err := legacyapp.Start("127.0.0.1:0", "app", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	dir := t.TempDir()
+	dataDir := filepath.Join(dir, "data")
+	dead := deadAddr(t)
+	roamfile := writeFile(t, dir, "Roamfile", `{
+	default_bind 127.0.0.1
+	data_dir `+dataDir+`
+	admin 127.0.0.1:0
+	log {
+		format json
+	}
+}
+localhost:0 {
+	handle /api/* {
+		reverse_proxy `+dead+` {
+			health_uri /health
+		}
+	}
+	reverse_proxy `+app.Addr()+`
+}
+`)
+	_, logs, stop := servingLogs(t, []string{"run", "--config", roamfile, "--grace", "1s"})
+	m := adminListening.FindStringSubmatch(logs.String())
+	if m == nil {
+		t.Fatalf("no admin address in the logs:\n%s", logs.String())
+	}
+	admin := m[1]
+
+	// Alive, but not ready: a reverse_proxy has no healthy backend.
+	if code, out, errOut := roamgateProcess(t, "health", "--admin", admin); code != 0 || out != "serving ok\n" {
+		t.Fatalf("health: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	// The dead backend's first check runs as serving starts: wait for it
+	// here, then ask as a probe would.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, body, err := askHealth(context.Background(), "http://"+admin+"/readyz", time.Second)
+		if err == nil && strings.Contains(body, "upstreams failed") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz never named the upstreams: %q %v", body, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	code, _, errOut := roamgateProcess(t, "health", "--admin", admin, "--ready")
+	want := "roamgate: not ready (" + admin + "/readyz: 503): upstreams failed: " + roamfile + ":11:3: reverse_proxy: no healthy backend (" + dead + ")\n"
+	if code != 1 || errOut != want {
+		t.Fatalf("health --ready: exit %d, stderr\n%q\nwant\n%q", code, errOut, want)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Ready, the address read from a Roamfile.
+	healthy := writeFile(t, dir, "Healthy", `{
+	default_bind 127.0.0.1
+	data_dir `+dataDir+`
+	admin 127.0.0.1:0
+	log {
+		format json
+	}
+}
+localhost:0 {
+	reverse_proxy `+app.Addr()+`
+}
+`)
+	_, logs, stop = servingLogs(t, []string{"run", "--config", healthy, "--grace", "1s"})
+	admin = adminListening.FindStringSubmatch(logs.String())[1]
+	waitReady(t, admin)
+	withAdmin := writeFile(t, dir, "WithAdmin", "{\n\tadmin "+admin+"\n}\nlocalhost {\n\trespond 200\n}\n")
+	if code, out, errOut := roamgateProcess(t, "health", "--config", withAdmin, "--ready"); code != 0 || out != "listeners ok\ncertificates ok\nupstreams ok\n" {
+		t.Fatalf("health --config --ready: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Nothing listening, and no admin option: exit 1, saying why.
+	code, _, errOut = roamgateProcess(t, "health", "--config", withAdmin)
+	if code != 1 || !strings.Contains(errOut, "health endpoint "+admin+": ") || !strings.Contains(errOut, "connection refused") {
+		t.Fatalf("health with nothing listening: exit %d, stderr %q", code, errOut)
+	}
+	noAdmin := writeFile(t, dir, "NoAdmin", "localhost {\n\trespond 200\n}\n")
+	code, _, errOut = roamgateProcess(t, "health", "--config", noAdmin)
+	if code != 1 || !strings.Contains(errOut, noAdmin+" has no admin option") {
+		t.Fatalf("health without an admin option: exit %d, stderr %q", code, errOut)
+	}
+}
+
+func deadAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
