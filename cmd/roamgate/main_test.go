@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -255,6 +256,59 @@ func TestReverseProxyCommand(t *testing.T) {
 	}
 	if _, err := reverseProxyConfig("localhost:0", "a:1 {", ""); err == nil {
 		t.Fatal("a brace in --to was accepted")
+	}
+}
+
+// TestReverseProxyBindsTheAddressItNames (issue 13): --from with an IP
+// address listens on that address only (it listened on every interface
+// unless --bind was given); a name, or no host, keeps all interfaces;
+// --bind wins. And the command says where it serves.
+func TestReverseProxyBindsTheAddressItNames(t *testing.T) {
+	for _, tc := range []struct {
+		from, bind string
+		want       []string
+	}{
+		{"127.0.0.1:8443", "", []string{"127.0.0.1"}},
+		{"[::1]:8443", "", []string{"::1"}},
+		{"https://127.0.0.1:8443", "", []string{"127.0.0.1"}},
+		{"localhost:8443", "", nil},
+		{":8443", "", nil},
+		{"127.0.0.1:8443", "::1", []string{"::1"}},
+	} {
+		cfg, err := reverseProxyConfig(tc.from, "127.0.0.1:9", tc.bind)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.from, err)
+		}
+		if !slices.Equal(cfg.DefaultBind, tc.want) {
+			t.Errorf("--from %s --bind %q: binds %q, want %q", tc.from, tc.bind, cfg.DefaultBind, tc.want)
+		}
+	}
+
+	app, err := legacyapp.Start("127.0.0.1:0", "app", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stderr syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"reverse-proxy", "--from", "127.0.0.1:0", "--to", app.Addr(), "--data-dir", t.TempDir()}, io.Discard, &stderr)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(stderr.String(), "roamgate reverse-proxy: serving 127.0.0.1:0 on UDP 127.0.0.1:") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no serving line:\n%s", stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if line := stderr.String(); strings.Contains(line, "0.0.0.0") || strings.Contains(line, "[::]") {
+		t.Fatalf("listens beyond 127.0.0.1:\n%s", line)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -5,9 +5,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
 	"strings"
 
 	"github.com/roamgate/roamgate/configs"
+	"github.com/roamgate/roamgate/proxy"
+	"github.com/roamgate/roamgate/tlsmgr"
 )
 
 // reverseProxyCmd serves one site in front of the given upstreams with no
@@ -18,7 +22,7 @@ func reverseProxyCmd(ctx context.Context, args []string, stdout, stderr io.Write
 	fs := flag.NewFlagSet("reverse-proxy", flag.ContinueOnError)
 	from := fs.String("from", "", "the site address to serve, HOST:PORT (e.g. localhost:8443, :443)")
 	to := fs.String("to", "", "the upstream(s), HOST:PORT or unix//SOCKET[,...]")
-	bind := fs.String("bind", "", "the host address to listen on (default: all interfaces)")
+	bind := fs.String("bind", "", "the host address to listen on (default: --from's host when it is an IP address, else all interfaces)")
 	dataDir := fs.String("data-dir", "", "where certificates and the local CA live")
 	grace := fs.Duration("grace", defaultGrace, "how long in-flight requests may finish on shutdown")
 	if err := parseFlags(fs, args, stderr); err != nil {
@@ -32,7 +36,42 @@ func reverseProxyCmd(ctx context.Context, args []string, stdout, stderr io.Write
 	if err != nil {
 		return err
 	}
-	return serveLogged(ctx, cfg, serveOptions{dataDir: *dataDir, grace: *grace}, stdout, stderr)
+	// Where it listens, on stderr whatever the log settings: the one line
+	// a user of this command looks for.
+	started := func(_ context.Context, srv *proxy.Server, _ *tlsmgr.Manager) error {
+		for _, l := range srv.Listeners() {
+			fmt.Fprintf(stderr, "roamgate reverse-proxy: serving %s on UDP %s (HTTP/3) and TCP %s (HTTP/2, HTTP/1.1), to %s\n",
+				*from, joinAddrs(l.UDP), joinAddrs(l.TCP), *to)
+		}
+		return nil
+	}
+	return serveLogged(ctx, cfg, serveOptions{dataDir: *dataDir, grace: *grace, started: started}, stdout, stderr)
+}
+
+func joinAddrs(as []net.Addr) string {
+	s := make([]string, len(as))
+	for i, a := range as {
+		s[i] = a.String()
+	}
+	return strings.Join(s, ", ")
+}
+
+// fromBind is the address --from names when it is an IP literal
+// (127.0.0.1:8443, [::1]:8443): the one to listen on. A name (localhost)
+// or no host gives "", all interfaces.
+func fromBind(from string) string {
+	hostport := from
+	if _, rest, ok := strings.Cut(from, "://"); ok {
+		hostport = rest
+	}
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		host = hostport
+	}
+	if ip, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+		return ip.String()
+	}
+	return ""
 }
 
 // reverseProxyConfig writes the flags as a Roamfile and parses it, so the
@@ -44,6 +83,9 @@ func reverseProxyConfig(from, to, bind string) (*configs.Config, error) {
 		}
 	}
 	var b strings.Builder
+	if bind == "" {
+		bind = fromBind(from)
+	}
 	if bind != "" {
 		fmt.Fprintf(&b, "{\n\tdefault_bind %s\n}\n", bind)
 	}
