@@ -65,6 +65,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 			DurationSeconds: o.duration.Seconds(), WarmupSeconds: o.warmupFor().Seconds(), Rounds: o.rounds,
 			Conns: o.conns, Streams: o.streams, SizeBytes: o.size, StreamBytes: o.streamSize,
 			Idle: o.idle, Storm: o.storm, StormStreams: o.stormStreams, AccessLog: o.accessLog, Targets: o.targetNames(),
+			Faults: settingsOf(o.faults),
 		},
 	}
 	printHeader(out, rep)
@@ -241,7 +242,11 @@ func checkFileLimit(o *options) error {
 		need += uint64(o.idle)
 	}
 	if o.has(scStorm) {
-		need = max(need, uint64(256+2*o.storm)) // each migration opens a second socket
+		perClient := uint64(2) // each migration opens a second socket
+		if o.faults != nil {
+			perClient *= 2 // and the fault relay one for each
+		}
+		need = max(need, 256+perClient*uint64(o.storm))
 	}
 	if o.has(scThroughput) {
 		need = max(need, uint64(256+o.conns*o.streams))

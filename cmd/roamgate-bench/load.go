@@ -37,6 +37,10 @@ type request struct {
 	upload    int64 // request body length (POST); 0: none
 	timeout   time.Duration
 	label     bool // send clientHeader: the slot and its migration phase
+	// hashed makes each request GET /body?id=ID with an id of its own and
+	// checks the body against the id's hash (wantBytes long): the faulted
+	// storm (path is unused).
+	hashed bool
 }
 
 // clientPool is the load generator's side of one run against one target:
@@ -47,9 +51,15 @@ type request struct {
 // connection that died and was dialled again shows.
 type clientPool struct {
 	t       *target
+	addr    string            // HTTP/3: where to dial, t.addr unless a fault relay is in between
 	slots   []*slot           // HTTP/3
 	h1      []*http.Transport // HTTP/1.1
-	timeout time.Duration     // of one handshake
+	timeout time.Duration     // of one handshake, and of one migration
+	// handshakeIdle is quic-go's handshake idle timeout; 0: its default.
+	handshakeIdle time.Duration
+	// idPrefix starts the ids of hashed requests; nextID numbers them.
+	idPrefix string
+	nextID   atomic.Uint64
 
 	handshakes atomic.Int64
 	dialErrors atomic.Int64 // failed handshakes; request errors are counted by run
@@ -67,7 +77,7 @@ type slot struct {
 // newClientPool prepares n connections to t (HTTP/3: QUIC connections,
 // dialled by open; HTTP/1.1: TCP connections, dialled on first use).
 func newClientPool(t *target, n int, timeout time.Duration) *clientPool {
-	p := &clientPool{t: t, timeout: timeout}
+	p := &clientPool{t: t, addr: t.addr, timeout: timeout}
 	if t.kind == kindH1 {
 		d := &net.Dialer{Timeout: timeout}
 		dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -124,7 +134,7 @@ func (p *clientPool) conn(ctx context.Context, s *slot) (*h3client.Conn, error) 
 	p.handshakes.Add(1)
 	dctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
-	c, err := h3client.Dial(dctx, p.t.addr, p.t.tls, &quic.Config{KeepAlivePeriod: clientKeepAlive})
+	c, err := h3client.Dial(dctx, p.addr, p.t.tls, &quic.Config{KeepAlivePeriod: clientKeepAlive, HandshakeIdleTimeout: p.handshakeIdle})
 	if err != nil {
 		if ctx.Err() == nil {
 			p.dialErrors.Add(1)
@@ -182,21 +192,37 @@ const closeConcurrency = 64
 // phase is one stretch of load: workers start requests until end, and
 // each makes at least one when minOne is set. With migrateAt, each
 // worker's connection migrates once, at migrateAt(worker), between two of
-// its requests, and sends at least one request afterwards.
+// its requests, and sends at least one request afterwards, and goes on for
+// at least tail after it.
 type phase struct {
 	end       time.Time
 	minOne    bool
 	migrateAt func(worker int) time.Time
+	tail      time.Duration
 }
 
 // runResult is what one phase measured.
 type runResult struct {
 	lat        latencies // sorted
-	errors     int64
+	errors     int64     // truncated bodies included, mismatched ones not
 	elapsed    time.Duration
 	migrations int64
 	migrateErr int64
 	migrateLat latencies // sorted
+	bodies     bodyCounts
+}
+
+// bodyCounts are the outcomes of the hash checks of hashed requests.
+type bodyCounts struct {
+	verified   int64 // whole and its own
+	mismatched int64 // with bytes not its own
+	truncated  int64 // its own but cut short (also an error)
+}
+
+func (c *bodyCounts) add(o bodyCounts) {
+	c.verified += o.verified
+	c.mismatched += o.mismatched
+	c.truncated += o.truncated
 }
 
 // workerResult is one worker's share of a runResult.
@@ -206,6 +232,7 @@ type workerResult struct {
 	migrated   bool
 	migrateErr bool
 	migrateLat time.Duration
+	bodies     bodyCounts
 }
 
 // run runs one phase with workers concurrent request loops; worker w uses
@@ -224,6 +251,7 @@ func (p *clientPool) run(ctx context.Context, workers, perConn int, ph phase, r 
 	for i, wr := range results {
 		parts[i] = wr.lat
 		out.errors += wr.errors
+		out.bodies.add(wr.bodies)
 		if wr.migrated {
 			out.migrations++
 			mig = append(mig, wr.migrateLat)
@@ -245,15 +273,17 @@ func (p *clientPool) work(ctx context.Context, w, slotIndex int, ph phase, r req
 	}
 	pendingMigration := !migrateAt.IsZero()
 	sentAfterMigration := true
+	var tailEnd time.Time
 	for first := true; ctx.Err() == nil; first = false {
 		now := time.Now()
-		if now.After(ph.end) && !(first && ph.minOne) && !pendingMigration && sentAfterMigration {
+		if now.After(ph.end) && !(first && ph.minOne) && !pendingMigration && sentAfterMigration && !now.Before(tailEnd) {
 			return
 		}
 		if pendingMigration && !now.Before(migrateAt) {
 			pendingMigration = false
 			sentAfterMigration = false
 			p.migrate(ctx, p.slots[slotIndex], res)
+			tailEnd = time.Now().Add(ph.tail)
 		}
 		var rt http.RoundTripper
 		var s *slot
@@ -276,12 +306,26 @@ func (p *clientPool) work(ctx context.Context, w, slotIndex int, ph phase, r req
 			}
 			rt = c
 		}
+		id := ""
+		if r.hashed {
+			id = p.idPrefix + "-" + strconv.FormatUint(p.nextID.Add(1), 10)
+		}
 		begin := time.Now()
-		if err := p.do(ctx, rt, r, label); err != nil {
+		if err := p.do(ctx, rt, r, label, id); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			res.errors++
+			switch {
+			case isMismatch(err):
+				// Answered, if wrongly: the phase may end on it.
+				res.bodies.mismatched++
+				sentAfterMigration = true
+			case isTruncated(err):
+				res.bodies.truncated++
+				res.errors++
+			default:
+				res.errors++
+			}
 			p.errs.add(err)
 			if c != nil {
 				p.broken(s, c)
@@ -289,6 +333,9 @@ func (p *clientPool) work(ctx context.Context, w, slotIndex int, ph phase, r req
 			continue
 		}
 		res.lat = append(res.lat, time.Since(begin))
+		if r.hashed {
+			res.bodies.verified++
+		}
 		sentAfterMigration = true
 	}
 }
@@ -319,15 +366,20 @@ func (p *clientPool) migrate(ctx context.Context, s *slot, res *workerResult) {
 }
 
 // do sends one request and reads the whole response, checking its status
-// and length. A label goes in clientHeader.
-func (p *clientPool) do(ctx context.Context, rt http.RoundTripper, r request, label string) error {
+// and length, and with r.hashed its body against the hash of id. A label
+// goes in clientHeader.
+func (p *clientPool) do(ctx context.Context, rt http.RoundTripper, r request, label, id string) error {
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
 	var body io.Reader
 	if r.upload > 0 {
 		body = &patternReader{left: r.upload}
 	}
-	req, err := http.NewRequestWithContext(ctx, r.method, p.t.base+r.path, body)
+	path := r.path
+	if r.hashed {
+		path = "/body?id=" + id
+	}
+	req, err := http.NewRequestWithContext(ctx, r.method, p.t.base+path, body)
 	if err != nil {
 		return err
 	}
@@ -351,6 +403,14 @@ func (p *clientPool) do(ctx context.Context, rt http.RoundTripper, r request, la
 			return fmt.Errorf("upload of %d bytes: status %d, answer %q", r.upload, resp.StatusCode, b)
 		}
 		return nil
+	}
+	if r.hashed {
+		// One byte more than the body, to see one too long.
+		b, err := io.ReadAll(io.LimitReader(resp.Body, r.wantBytes+1))
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return verifyBody(id, r.wantBytes, b, err)
 	}
 	n, err := io.Copy(io.Discard, resp.Body)
 	if err != nil {

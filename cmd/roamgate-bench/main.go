@@ -32,6 +32,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/roamgate/roamgate/proxy/h3client/impair"
 )
 
 // childArg, as the first argument, makes the binary one of the servers the
@@ -135,6 +137,8 @@ type options struct {
 	cpuProfile   string
 	heapProfile  string
 	profileOf    string // the scenario --cpuprofile and --heapprofile profile
+	// faults impair the storm's path (--faults); nil: none.
+	faults *impair.Faults
 }
 
 // warmupFor is the warm-up before each measured load run: --warmup, or a
@@ -192,8 +196,14 @@ roamgate opened during the measured run, and ratios against h3-plain. Targets
 alternate round by round; tables show medians over --rounds (errors and handshakes:
 totals; max: the largest).
 
+Faults (--faults): the storm's clients reach each HTTP/3 target through a relay
+(impair) that drops, delays and reorders packets both ways, as --fault-loss,
+--fault-delay and --fault-jitter say; every request asks for a body derived
+from its own id, and the client checks it by hash (a body not its own, or cut
+short, fails the run); timeouts are at least 30s; h1-direct (TCP) has no storm.
+
 Exit status: 0 ok, 1 setup failure, 2 usage, 3 a verification failed (errors,
-re-dials, failed migrations, moved sessions).
+re-dials, failed migrations, moved sessions, a body not its own).
 
 Flags:
 `
@@ -240,6 +250,11 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of roamgate during its first measured run of --profile-scenario to this file (go tool pprof)")
 	fs.StringVar(&o.heapProfile, "heapprofile", "", "write a heap profile of roamgate at the end of its first measured run of --profile-scenario (connections still open) to this file")
 	fs.StringVar(&o.profileOf, "profile-scenario", scThroughput, "the scenario --cpuprofile and --heapprofile profile: latency, throughput or storm")
+	faulty := fs.Bool("faults", false, "run the storm through a relay that loses, delays and reorders packets, checking every response body by hash")
+	var faults impair.Faults
+	fs.Float64Var(&faults.Loss, "fault-loss", 0.05, "with --faults: the fraction of packets the relay drops, each way")
+	fs.DurationVar(&faults.Delay, "fault-delay", 0, "with --faults: the delay the relay adds to every packet, each way")
+	fs.DurationVar(&faults.Jitter, "fault-jitter", 50*time.Millisecond, "with --faults: up to this much more delay per packet, at random (reorders packets)")
 
 	var urls []string
 	for {
@@ -294,6 +309,26 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 		return bad("--timeout must be positive")
 	case o.profileOf != scLatency && o.profileOf != scThroughput && o.profileOf != scStorm:
 		return bad("--profile-scenario: want latency, throughput or storm, not %q", o.profileOf)
+	case faults.Loss < 0 || faults.Loss >= 1:
+		return bad("--fault-loss must be at least 0 and below 1")
+	case faults.Delay < 0 || faults.Jitter < 0:
+		return bad("--fault-delay and --fault-jitter must not be negative")
+	}
+	if *faulty {
+		if !o.has(scStorm) {
+			return bad("--faults impairs the storm scenario, which --scenarios leaves out")
+		}
+		o.faults = &faults
+	} else {
+		var given []string
+		fs.Visit(func(f *flag.Flag) {
+			if strings.HasPrefix(f.Name, "fault-") {
+				given = append(given, "--"+f.Name)
+			}
+		})
+		if len(given) > 0 {
+			return bad("%s without --faults", strings.Join(given, ", "))
+		}
 	}
 	for _, raw := range urls {
 		u, err := url.Parse(raw)

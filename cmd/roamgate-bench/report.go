@@ -48,6 +48,8 @@ type settings struct {
 	StormStreams    int      `json:"storm_streams"`
 	AccessLog       bool     `json:"access_log"`
 	Targets         []string `json:"targets"`
+	// Faults are those of the storm's path (--faults); absent: none.
+	Faults *faultSettings `json:"storm_faults,omitempty"`
 }
 
 // scenarioReport is one scenario's results, per target.
@@ -118,6 +120,16 @@ type figures struct {
 	SharedUpstream       *int64       `json:"upstream_conns_shared,omitempty"`
 	PathChanges          *int64       `json:"path_changes,omitempty"`
 	Idle                 *idleFigures `json:"idle,omitempty"`
+
+	// The faulted storm (--faults): packets the relay passed on and
+	// dropped (both ways, from the first handshake to the end of the
+	// measured run), and the hash checks of the bodies (warm-up
+	// included): whole and their own, with bytes not their own, cut short.
+	RelayForwarded   *int64 `json:"relay_packets_forwarded,omitempty"`
+	RelayDropped     *int64 `json:"relay_packets_dropped,omitempty"`
+	BodiesVerified   *int64 `json:"bodies_verified,omitempty"`
+	BodiesMismatched *int64 `json:"bodies_mismatched,omitempty"`
+	BodiesTruncated  *int64 `json:"bodies_truncated,omitempty"`
 }
 
 // idleFigures is what the idle scenario measured of a server's memory.
@@ -198,6 +210,11 @@ func summarize(rounds []figures) figures {
 	s.UpstreamOpenedAll = sumPtr(ok, func(f figures) *int64 { return f.UpstreamOpenedAll })
 	s.SharedUpstream = sumPtr(ok, func(f figures) *int64 { return f.SharedUpstream })
 	s.PathChanges = sumPtr(ok, func(f figures) *int64 { return f.PathChanges })
+	s.RelayForwarded = sumPtr(ok, func(f figures) *int64 { return f.RelayForwarded })
+	s.RelayDropped = sumPtr(ok, func(f figures) *int64 { return f.RelayDropped })
+	s.BodiesVerified = sumPtr(ok, func(f figures) *int64 { return f.BodiesVerified })
+	s.BodiesMismatched = sumPtr(ok, func(f figures) *int64 { return f.BodiesMismatched })
+	s.BodiesTruncated = sumPtr(ok, func(f figures) *int64 { return f.BodiesTruncated })
 	if ok[0].Idle != nil {
 		s.Idle = summarizeIdle(ok)
 	}
@@ -290,7 +307,8 @@ func sumPtr[T any](rs []T, field func(T) *int64) *int64 {
 // checks verifies a built-in target's results: no errors, one handshake per
 // connection (nothing re-dialled, on either side's count), and in the storm
 // every client migrated, with no session moved and no session's upstream
-// set larger than its client's requests in flight. Extra targets are measured, not verified.
+// set larger than its client's requests in flight, and under faults every
+// body whole and its own. Extra targets are measured, not verified.
 func (b *bench) checks(scenarioName string, t *target, tr *targetReport) []check {
 	if !t.builtin {
 		return nil
@@ -337,6 +355,10 @@ func (b *bench) checks(scenarioName string, t *target, tr *targetReport) []check
 		if s.PathChanges != nil {
 			add("roamgate saw every migration", *s.PathChanges == s.Migrations, "%d path changes", *s.PathChanges)
 		}
+		if s.BodiesVerified != nil {
+			add("every body was its request's, whole", *s.BodiesMismatched == 0 && *s.BodiesTruncated == 0 && *s.BodiesVerified > 0,
+				"%d verified, %d not their own, %d cut short", *s.BodiesVerified, *s.BodiesMismatched, *s.BodiesTruncated)
+		}
 		if s.UpstreamMaxPerClient != nil {
 			add("every client reached the backend", *s.TrackedClients == conns, "%d of %d", *s.TrackedClients, conns)
 			add("backend saw at most --storm-streams connections per client", *s.UpstreamMaxPerClient <= int64(s.Streams),
@@ -365,6 +387,9 @@ func printHeader(w io.Writer, r *report) {
 		accessLog = "encoded as JSON and discarded"
 	}
 	fmt.Fprintf(w, "roamgate: access log %s; h3-plain: quic-go alone with roamgate's QUIC settings and certificate; both serve on loopback.\n", accessLog)
+	if f := s.Faults; f != nil {
+		fmt.Fprintf(w, "faults: the storm's clients reach each HTTP/3 target through a relay (impair) with %s; every body is checked by hash; timeouts at least %v.\n", f, faultTimeout)
+	}
 }
 
 // printScenario writes one scenario's table, its checks and its error
@@ -408,6 +433,9 @@ func printScenario(w io.Writer, rep *scenarioReport, rounds int) {
 				fmtInt(s.SessionMoves), fmtInt(s.PathChanges), fmtInt(s.UpstreamOpened), perClient, changed, fmtInt(s.SharedUpstream))
 		}
 		tw.Flush()
+		if faulted(rep) {
+			printFaultTable(w, rep)
+		}
 	}
 	if rep.Name == scIdle {
 		for _, tr := range rep.Targets {
@@ -473,6 +501,28 @@ func printIdleTable(tw io.Writer, rep *scenarioReport, plain *figures) {
 	}
 }
 
+// faulted reports whether the scenario ran under --faults.
+func faulted(rep *scenarioReport) bool {
+	return slices.ContainsFunc(rep.Targets, func(tr *targetReport) bool { return tr.Summary.RelayForwarded != nil })
+}
+
+// printFaultTable writes what the fault relay did and what the hash checks
+// found.
+func printFaultTable(w io.Writer, rep *scenarioReport) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "target\trelay packets forwarded\tdropped\tbodies verified\tnot their own\tcut short")
+	for _, tr := range rep.Targets {
+		s := tr.Summary
+		dropped := fmtInt(s.RelayDropped)
+		if s.RelayDropped != nil && s.RelayForwarded != nil && *s.RelayDropped+*s.RelayForwarded > 0 {
+			dropped = fmt.Sprintf("%d (%.1f %%)", *s.RelayDropped, 100*float64(*s.RelayDropped)/float64(*s.RelayDropped+*s.RelayForwarded))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", tr.Target, fmtInt(s.RelayForwarded), dropped,
+			fmtInt(s.BodiesVerified), fmtInt(s.BodiesMismatched), fmtInt(s.BodiesTruncated))
+	}
+	tw.Flush()
+}
+
 // printChecks writes the failed checks in full and counts the rest.
 func printChecks(w io.Writer, rep *scenarioReport) {
 	passed, total := 0, 0
@@ -498,6 +548,9 @@ func printChecks(w io.Writer, rep *scenarioReport) {
 		switch rep.Name {
 		case scStorm:
 			fmt.Fprint(w, ", every client migrated, no session moved, no session's upstream set past its requests in flight")
+			if faulted(rep) {
+				fmt.Fprint(w, ", every body whole and its own")
+			}
 		case scIdle:
 			fmt.Fprint(w, ", upstream connections closed with their sessions")
 		}

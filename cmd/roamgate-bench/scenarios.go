@@ -10,6 +10,8 @@ import (
 	"os"
 	"strconv"
 	"time"
+
+	"github.com/roamgate/roamgate/proxy/h3client/impair"
 )
 
 const (
@@ -69,7 +71,11 @@ func scenarioFor(name string) scenario {
 		}}
 	case scStorm:
 		return scenario{name, func(o *options) string {
-			return fmt.Sprintf("%d clients with %d requests in flight each, GET of %s, each migrating once to a new UDP socket under load", o.storm, o.stormStreams, formatSize(o.size))
+			title := fmt.Sprintf("%d clients with %d requests in flight each, GET of %s, each migrating once to a new UDP socket under load", o.storm, o.stormStreams, formatSize(o.size))
+			if o.faults != nil {
+				title += "; through a relay with " + settingsOf(o.faults).String() + ", every body checked by hash"
+			}
+			return title
 		}, h3Builtin, func(ctx context.Context, b *bench, t *target) (figures, error) {
 			return b.load(ctx, t, b.o.storm, b.o.stormStreams, true, b.o.profileOf == scStorm)
 		}}
@@ -138,7 +144,11 @@ func progressLine(name string, f figures) string {
 			return fmt.Sprintf("%.1f KiB per connection, %d errors", f.Idle.PerConnBytes/1024, f.Errors)
 		}
 	}
-	return fmt.Sprintf("%.0f req/s, p50 %s, %d errors, %d handshakes", f.ReqPerSec, fmtUS(f.P50US), f.Errors, f.Handshakes)
+	line := fmt.Sprintf("%.0f req/s, p50 %s, %d errors, %d handshakes", f.ReqPerSec, fmtUS(f.P50US), f.Errors, f.Handshakes)
+	if f.BodiesVerified != nil {
+		line += fmt.Sprintf("; relay dropped %d of %d packets; %d bodies verified, %d mismatched", *f.RelayDropped, *f.RelayDropped+*f.RelayForwarded, *f.BodiesVerified, *f.BodiesMismatched)
+	}
+	return line
 }
 
 // load runs conns connections × streams concurrent request loops of GETs
@@ -153,9 +163,31 @@ func (b *bench) load(ctx context.Context, t *target, conns, streams int, migrate
 		// HTTP/1.1 carries one request at a time: a connection per stream.
 		conns, streams = workers, 1
 	}
-	p := newClientPool(t, conns, b.o.timeout)
-	defer func() { err = errors.Join(err, b.closeAndSettle(ctx, t, p)) }()
-	r := request{method: "GET", path: t.getPath, wantBytes: -1, timeout: b.o.timeout}
+	// In the faulted storm the clients reach t through a relay that
+	// impairs the path, and every body is checked by hash.
+	faulted := migrate && b.o.faults != nil && t.kind == kindH3 && t.builtin
+	timeout := b.o.timeout
+	var rl *impair.Relay
+	if faulted {
+		timeout = max(timeout, faultTimeout)
+		if rl, err = startFaultRelay(t, *b.o.faults); err != nil {
+			return f, err
+		}
+	}
+	p := newClientPool(t, conns, timeout)
+	if rl != nil {
+		p.addr, p.handshakeIdle, p.idPrefix = rl.Addr().String(), timeout, newIDPrefix()
+	}
+	defer func() {
+		if rl != nil {
+			heal(rl)
+		}
+		err = errors.Join(err, b.closeAndSettle(ctx, t, p))
+		if rl != nil {
+			err = errors.Join(err, rl.Close())
+		}
+	}()
+	r := request{method: "GET", path: t.getPath, wantBytes: -1, timeout: timeout, hashed: faulted}
 	if t.builtin {
 		r.wantBytes = b.o.size
 	}
@@ -184,6 +216,9 @@ func (b *bench) load(ctx context.Context, t *target, conns, streams int, migrate
 	}
 	b.resetPeak(t)
 	ph := phase{end: time.Now().Add(b.o.duration)}
+	if faulted {
+		ph.tail = faultMigrationTail
+	}
 	if migrate {
 		start, d := time.Now(), b.o.duration
 		// Each connection migrates once, by its first worker, while its
@@ -203,6 +238,10 @@ func (b *bench) load(ctx context.Context, t *target, conns, streams int, migrate
 		go func() { profiled <- b.profileRoamgate(ctx, t, b.o.duration, b.o.cpuProfile) }()
 	}
 	res := p.run(ctx, workers, streams, ph, r)
+	var relayed impair.Stats
+	if rl != nil {
+		relayed = rl.Stats()
+	}
 	if profiled != nil {
 		if err := <-profiled; err != nil {
 			return f, err
@@ -233,6 +272,12 @@ func (b *bench) load(ctx context.Context, t *target, conns, streams int, migrate
 	f.ErrorSamples = p.errs.samples()
 	f.Handshakes = p.handshakes.Load()
 	applySamples(&f, t, pre, before, after, float64(f.Requests))
+	if rl != nil {
+		bodies := warm.bodies
+		bodies.add(res.bodies)
+		f.RelayForwarded, f.RelayDropped = ptr(relayed.Forwarded), ptr(relayed.Dropped)
+		f.BodiesVerified, f.BodiesMismatched, f.BodiesTruncated = ptr(bodies.verified), ptr(bodies.mismatched), ptr(bodies.truncated)
+	}
 	if migrate {
 		f.Migrations = res.migrations
 		f.MigrationFailures = res.migrateErr

@@ -150,6 +150,7 @@ func childMain(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 // backendHandler answers like the backend (and, identically, h3-plain):
 //
 //	GET /             a fixed body of size bytes
+//	GET /body?id=ID   size bytes derived from ID (hashedBody), for the faulted storm
 //	GET /bytes?n=N    N bytes
 //	POST /upload      reads and discards the body; answers its length
 type backendHandler struct {
@@ -178,6 +179,15 @@ func (h *backendHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		w.Header().Set("Content-Length", strconv.Itoa(len(h.body)))
 		_, _ = w.Write(h.body)
+	case r.URL.Path == "/body" && r.Method == http.MethodGet:
+		id := r.URL.Query().Get("id")
+		if id == "" {
+			http.Error(w, "want ?id=ID", http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", strconv.Itoa(len(h.body)))
+		_, _ = w.Write(hashedBody(make([]byte, 0, len(h.body)), id, int64(len(h.body))))
 	case r.URL.Path == "/bytes" && r.Method == http.MethodGet:
 		n, err := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
 		if err != nil || n < 0 {
