@@ -112,7 +112,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 			return err
 		}
 		rep.Scenarios = append(rep.Scenarios, sr)
-		printScenario(out, sr, o.rounds)
+		printScenario(out, sr, o.rounds, rep.Environment.machine())
 	}
 	stopped = true
 	if err := sp.stopAll(); err != nil {

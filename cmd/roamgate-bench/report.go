@@ -392,10 +392,16 @@ func printHeader(w io.Writer, r *report) {
 	}
 }
 
+// machine names the machine for a table's title: "AMD EPYC, 2 CPUs".
+func (e environment) machine() string {
+	return fmt.Sprintf("%s, %d CPUs", e.CPU, e.CPUs)
+}
+
 // printScenario writes one scenario's table, its checks and its error
-// samples.
-func printScenario(w io.Writer, rep *scenarioReport, rounds int) {
-	fmt.Fprintf(w, "\n== %s: %s, %d rounds ==\n", rep.Name, rep.Title, rounds)
+// samples; machine goes in its title, so a table quoted alone says where
+// its figures come from.
+func printScenario(w io.Writer, rep *scenarioReport, rounds int, machine string) {
+	fmt.Fprintf(w, "\n== %s: %s, %d rounds, on %s ==\n", rep.Name, rep.Title, rounds, machine)
 	if len(rep.Targets) == 0 {
 		fmt.Fprintln(w, "(no target applies)")
 		return

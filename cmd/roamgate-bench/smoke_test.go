@@ -57,6 +57,9 @@ func TestSmoke(t *testing.T) {
 			t.Errorf("no %s table in:\n%s", sc, out)
 			continue
 		}
+		if title, _, _ := strings.Cut(table, "\n"); !strings.Contains(title, " CPUs ==") || !strings.Contains(title, ", on ") {
+			t.Errorf("the %s table's title names no machine: %q", sc, title)
+		}
 		for _, tg := range targets {
 			if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(tg) + `\s+\d`).MatchString(table) {
 				t.Errorf("%s table has no row for %s:\n%s", sc, tg, table)
