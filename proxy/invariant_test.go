@@ -104,9 +104,13 @@ func runClients(t *testing.T, conns []*h3client.Conn, c int, d time.Duration, do
 		end := migrateAt.Add(d)
 		for w := range c {
 			wg.Go(func() {
-				for n := 0; time.Now().Before(end) || phase.Load() == 0; n++ {
+				// Until the end, and at least one request after the
+				// migration (which may take long on a loaded machine).
+				after := false
+				for n := 0; time.Now().Before(end) || !after; n++ {
 					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 					p := phase.Load()
+					after = after || p == 1
 					err := do(ctx, conn, fmt.Sprintf("c%d/%d", i, p), n)
 					cancel()
 					if err != nil {
