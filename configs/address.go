@@ -90,8 +90,9 @@ func canonicalHost(h string) string {
 }
 
 // parseUpstream parses the upstream at the cursor: "host:port", "[::1]:port",
-// ":port" (on localhost), "host" (port 80), optionally after "http://"; or
-// "unix/PATH", a Unix domain socket ("unix//run/app.sock").
+// ":port" (on localhost), "host" (port 80), optionally after "http://", or
+// after "https://" for TLS (port 443); or "unix/PATH", a Unix domain
+// socket ("unix//run/app.sock").
 func parseUpstream(c *Cursor) (Upstream, error) {
 	text := c.Val()
 	fail := func(msg string) (Upstream, error) {
@@ -110,10 +111,8 @@ func parseUpstream(c *Cursor) (Upstream, error) {
 	switch {
 	case err != nil:
 		return fail(err.Error())
-	case hp.scheme == "https":
-		return fail("TLS to upstreams is not supported yet")
-	case hp.scheme != "" && hp.scheme != "http":
-		return fail("unsupported scheme " + strconv.Quote(hp.scheme))
+	case hp.scheme != "" && hp.scheme != "http" && hp.scheme != "https":
+		return fail("unsupported scheme " + strconv.Quote(hp.scheme) + " (want http:// or https://)")
 	case hp.host == "" && hp.port == "":
 		return fail("missing host and port")
 	case hp.host != "" && !validHost(hp.host, false):
@@ -122,13 +121,17 @@ func parseUpstream(c *Cursor) (Upstream, error) {
 	if hp.host == "" {
 		hp.host = "localhost"
 	}
+	tls := hp.scheme == "https"
 	if hp.port == "" {
 		hp.port = "80"
+		if tls {
+			hp.port = "443"
+		}
 	}
 	if p, ok := parsePort(hp.port); !ok || p == 0 {
 		return fail("invalid port " + strconv.Quote(hp.port) + " (want 1-65535)")
 	}
-	return Upstream{Pos: c.Token().Pos(), Addr: net.JoinHostPort(hp.host, hp.port), Text: text}, nil
+	return Upstream{Pos: c.Token().Pos(), Addr: net.JoinHostPort(hp.host, hp.port), Text: text, TLS: tls}, nil
 }
 
 // parsePort parses a decimal port number 0-65535.

@@ -627,8 +627,7 @@ func TestParseErrors(t *testing.T) {
 		// reverse_proxy.
 		{"no upstream", site("reverse_proxy"), `Roamfile:2:2: reverse_proxy: missing upstream address`},
 		{"no upstream with block", site("reverse_proxy {\n\t\tdial_timeout 1s\n\t}"), `Roamfile:2:2: reverse_proxy: missing upstream address`},
-		{"https upstream", site("reverse_proxy https://b"), `Roamfile:2:16: reverse_proxy: upstream "https://b": TLS to upstreams is not supported yet`},
-		{"upstream scheme", site("reverse_proxy h2c://b"), `Roamfile:2:16: reverse_proxy: upstream "h2c://b": unsupported scheme "h2c"`},
+		{"upstream scheme", site("reverse_proxy h2c://b"), `Roamfile:2:16: reverse_proxy: upstream "h2c://b": unsupported scheme "h2c" (want http:// or https://)`},
 		{"upstream path", site("reverse_proxy b:80/x"), `Roamfile:2:16: reverse_proxy: upstream "b:80/x": paths are not supported`},
 		{"unix upstream without path", site("reverse_proxy unix/"), `Roamfile:2:16: reverse_proxy: upstream "unix/": missing socket path after unix/`},
 		{"unix upstream path too long", site("reverse_proxy unix//" + strings.Repeat("s", 107)), `Roamfile:2:16: reverse_proxy: upstream "unix//` + strings.Repeat("s", 107) + `": socket path is 108 bytes, longer than the 107 a Unix socket address holds`},

@@ -446,6 +446,41 @@ type ReverseProxy struct {
 	// backend's response (header_up, header_down).
 	HeaderUp   []HeaderOp
 	HeaderDown []HeaderOp
+
+	// TLS is set when the upstreams are https://, and then for all of
+	// them: Parse refuses a reverse_proxy that mixes https:// upstreams
+	// with plain ones (the tls_* settings apply to every upstream, and a
+	// session that moves must not move to cleartext), and tls_*
+	// subdirectives without https:// upstreams.
+	TLS *UpstreamTLS
+}
+
+// UpstreamTLS is TLS to a reverse_proxy's upstreams (https://), with its
+// tls_* subdirectives. Without any, the upstreams' certificates are
+// verified against the system roots for each upstream's host (also sent
+// as SNI when it is a name).
+type UpstreamTLS struct {
+	Pos Position // the first https:// upstream
+	// ServerName is tls_server_name: the name sent as SNI and checked in
+	// every upstream's certificate, in place of each upstream's host.
+	ServerName string
+	// InsecureSkipVerify is tls_insecure_skip_verify: any certificate is
+	// accepted. Parse refuses it along with tls_ca.
+	InsecureSkipVerify bool
+	// CAFiles are tls_ca's PEM files, as written, each once: the roots
+	// that verify the upstreams' certificates, in place of the system's.
+	CAFiles []File
+	// ClientCert and ClientKey are tls_client_certificate's PEM files, as
+	// written: the certificate roamgate presents to upstreams that ask for
+	// one (mutual TLS). Zero when unset.
+	ClientCert, ClientKey File
+}
+
+// File is a file a Roamfile names, as written (relative to the working
+// directory), and where. Parse does not read it.
+type File struct {
+	Pos  Position
+	Path string
 }
 
 // StatusMatcher matches a status code ("503") or a class ("5xx").
@@ -465,9 +500,12 @@ func (m StatusMatcher) Matches(code int) bool {
 // Upstream is one backend of a reverse_proxy.
 type Upstream struct {
 	Pos Position
-	// Addr is the dial address "host:port" (IPv6 in brackets). An upstream
-	// written without a port gets port 80; "http://" is accepted and dropped.
+	// Addr is the dial address "host:port" (IPv6 in brackets), or
+	// "unix/PATH". An upstream written without a port gets port 80, or 443
+	// after "https://"; "http://" is accepted and dropped.
 	Addr string
+	// TLS is set for an https:// upstream (see ReverseProxy.TLS).
+	TLS bool
 	// Text is the upstream as written.
 	Text string
 }

@@ -13,5 +13,6 @@
 //   - a [Cursor] walks one segment for the directive code that builds [Config].
 //
 // Every error names the file, line and column it is about, and [Parse] reports
-// all errors of a file in one run. The package imports nothing of roamgate's.
+// all errors of a file in one run. Of roamgate's packages it imports only
+// upstream, whose settings it checks and builds ([UpstreamTLS.Load]).
 package configs

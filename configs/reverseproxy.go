@@ -1,6 +1,7 @@
 package configs
 
 import (
+	"fmt"
 	"maps"
 	"net/textproto"
 	"slices"
@@ -13,8 +14,13 @@ import (
 var reverseProxyOptions = []string{
 	"dial_timeout", "fail_duration", "header_down", "header_up", "health_interval", "health_status",
 	"health_timeout", "health_uri", "keepalive_idle", "lb_policy", "lb_try_duration", "lb_try_interval",
-	"max_conns_per_session", "max_fails", "response_header_timeout", "to", "unhealthy_status",
+	"max_conns_per_session", "max_fails", "response_header_timeout", "tls_ca", "tls_client_certificate",
+	"tls_insecure_skip_verify", "tls_server_name", "to", "unhealthy_status",
 }
+
+// upstreamTLSOptions are the reverse_proxy subdirectives that configure TLS to
+// https:// upstreams.
+var upstreamTLSOptions = []string{"tls_ca", "tls_client_certificate", "tls_insecure_skip_verify", "tls_server_name"}
 
 // needs maps a reverse_proxy subdirective to the one it has no effect
 // without.
@@ -50,10 +56,17 @@ var needs = map[string]string{
 //
 //		header_up [+|-]NAME [VALUE]
 //		header_down [+|-]NAME [VALUE]
+//
+//		tls_ca PEM_FILE...
+//		tls_server_name NAME
+//		tls_client_certificate CERT_FILE KEY_FILE
+//		tls_insecure_skip_verify
 //	}
 //
 // reporting each bad upstream and subdirective on its own. The defaults of
-// the health checks are set even when they are off.
+// the health checks are set even when they are off. The tls_* settings
+// need https:// upstreams, and then every upstream is https:// (see
+// ReverseProxy.TLS); their files are read by UpstreamTLS.Load, not here.
 func reverseProxy(b *builder, c *Cursor, sc *scope) error {
 	rp := &ReverseProxy{
 		Pos:                   c.Token().Pos(),
@@ -69,10 +82,13 @@ func reverseProxy(b *builder, c *Cursor, sc *scope) error {
 		MaxFails:              1,
 	}
 	sc.route.ReverseProxy = rp
-	written := false // some upstream was written, valid or not
+	rp.TLS = &UpstreamTLS{} // dropped below unless an upstream is https://
+	written := false        // some upstream was written, valid or not
+	wantTLS := false        // some upstream was written with https://, valid or not
 	upstreams := func() {
 		for c.NextArg() {
 			written = true
+			wantTLS = wantTLS || len(c.Val()) >= 8 && strings.EqualFold(c.Val()[:8], "https://")
 			u, err := parseUpstream(c)
 			b.report(err)
 			if err == nil {
@@ -92,11 +108,59 @@ func reverseProxy(b *builder, c *Cursor, sc *scope) error {
 			}
 		}
 	}
+	b.checkUpstreamTLS(rp, seen, wantTLS)
 	if !written {
 		return newError(rp.Pos, "reverse_proxy", nil, "missing upstream address")
 	}
 	return nil
 }
+
+// checkUpstreamTLS reports what is wrong with the TLS of rp's upstreams,
+// whose subdirectives are in seen, and drops rp.TLS unless the upstreams
+// are https://. wantTLS says an upstream was written with https://, valid
+// or not: the tls_* settings are then no mistake.
+func (b *builder) checkUpstreamTLS(rp *ReverseProxy, seen map[string]Position, wantTLS bool) {
+	var first *Upstream // the first upstream; the others must agree with it on TLS
+	for i := range rp.Upstreams {
+		u := &rp.Upstreams[i]
+		switch {
+		case first == nil:
+			first = u
+		case u.TLS != first.TLS:
+			what := "plain upstream %q among https:// upstreams (the first is %q at %s)"
+			if u.TLS {
+				what = "https:// upstream %q among plain upstreams (the first is %q at %s)"
+			}
+			b.report(newError(u.Pos, "reverse_proxy", nil, fmt.Sprintf(what, u.Text, first.Text, first.Pos)+
+				": a reverse_proxy's upstreams are all https:// or none (write two reverse_proxy routes)"))
+		}
+	}
+	if first == nil || !first.TLS {
+		if !wantTLS {
+			for _, name := range upstreamTLSOptions {
+				if pos, ok := seen[name]; ok {
+					b.report(newError(pos, "reverse_proxy", nil, name+": needs https:// upstreams (as in reverse_proxy https://backend:8443)"))
+				}
+			}
+		}
+		rp.TLS = nil
+		return
+	}
+	rp.TLS.Pos = first.Pos
+	ca, okCA := seen["tls_ca"]
+	insecure, okInsecure := seen["tls_insecure_skip_verify"]
+	if okCA && okInsecure {
+		msg := fmt.Sprintf("tls_insecure_skip_verify: conflicts with tls_ca at %s (nothing would be verified)", ca)
+		pos := insecure
+		if before(insecure, ca) {
+			msg, pos = fmt.Sprintf("tls_ca: conflicts with tls_insecure_skip_verify at %s (nothing would be verified)", insecure), ca
+		}
+		b.report(newError(pos, "reverse_proxy", nil, msg))
+	}
+}
+
+// before reports whether a comes before b in the file.
+func before(a, b Position) bool { return a.Line < b.Line || a.Line == b.Line && a.Col < b.Col }
 
 func reverseProxySubdirective(c *Cursor, rp *ReverseProxy, seen map[string]Position, upstreams func()) error {
 	name := c.Val()
@@ -108,6 +172,23 @@ func reverseProxySubdirective(c *Cursor, rp *ReverseProxy, seen map[string]Posit
 			return c.ArgErr()
 		}
 		upstreams()
+		return c.endOfLine()
+	case name == "tls_ca":
+		// It may repeat, adding files.
+		if _, ok := seen[name]; !ok {
+			seen[name] = c.Token().Pos()
+		}
+		if c.CountRemainingArgs() == 0 {
+			return c.ArgErr()
+		}
+		for c.NextArg() {
+			if c.Val() == "" {
+				return c.Errf("%s: empty path", name)
+			}
+			if !slices.ContainsFunc(rp.TLS.CAFiles, func(f File) bool { return f.Path == c.Val() }) {
+				rp.TLS.CAFiles = append(rp.TLS.CAFiles, File{Pos: c.Token().Pos(), Path: c.Val()})
+			}
+		}
 		return c.endOfLine()
 	case name == "header_up" || name == "header_down":
 		op, err := parseHeaderOp(c, name == "header_up")
@@ -124,6 +205,29 @@ func reverseProxySubdirective(c *Cursor, rp *ReverseProxy, seen map[string]Posit
 		return c.Errf("%s: already set at %s", name, seen[name])
 	case name == "lb_policy":
 		return lbPolicy(c, rp)
+	case name == "tls_insecure_skip_verify":
+		rp.TLS.InsecureSkipVerify = true
+		return c.endOfLine()
+	case name == "tls_client_certificate":
+		switch n := c.CountRemainingArgs(); {
+		case n > 2:
+			c.NextArg()
+			c.NextArg()
+			return c.ArgErr()
+		case n == 1:
+			c.NextArg()
+			return c.Errf("%s: missing key file after %q (want %s CERT_FILE KEY_FILE)", name, c.Val(), name)
+		case n == 0:
+			return c.Errf("%s: missing certificate and key files (want %s CERT_FILE KEY_FILE)", name, name)
+		}
+		c.NextArg()
+		rp.TLS.ClientCert = File{Pos: c.Token().Pos(), Path: c.Val()}
+		c.NextArg()
+		rp.TLS.ClientKey = File{Pos: c.Token().Pos(), Path: c.Val()}
+		if rp.TLS.ClientCert.Path == "" || rp.TLS.ClientKey.Path == "" {
+			return c.Errf("%s: empty path", name)
+		}
+		return c.endOfLine()
 	case name == "unhealthy_status":
 		if c.CountRemainingArgs() == 0 {
 			return c.ArgErr()
@@ -170,6 +274,11 @@ func reverseProxySubdirective(c *Cursor, rp *ReverseProxy, seen map[string]Posit
 			return c.Errf("%s: invalid path %q (want a path starting with /, as in /healthz)", name, t.Text)
 		}
 		rp.HealthURI = t.Text
+	case "tls_server_name":
+		if !validHost(t.Text, false) {
+			return c.Errf("%s: invalid name %q (want a DNS name or an IP address)", name, t.Text)
+		}
+		rp.TLS.ServerName = canonicalHost(t.Text)
 	case "health_status":
 		m, err := statusMatcher(c)
 		if err != nil {

@@ -307,7 +307,11 @@ func (h *handler) fail(w http.ResponseWriter, r *http.Request, s *session, st *s
 		rec.httpError(w, "bad request", status)
 		return
 	}
-	h.srv.errLog.get().Warn("upstream request failed",
+	log := h.srv.errLog.get()
+	if te, ok := errors.AsType[*upstream.TLSError](err); ok {
+		log = log.With(zap.String("tls_failure", te.Reason))
+	}
+	log.Warn("upstream request failed",
 		zap.Uint64("session", s.id), zap.String("method", r.Method), zap.String("host", r.Host),
 		zap.String("uri", r.RequestURI), zap.String("backend", rec.backend), zap.Int("status", status),
 		zap.Error(err))

@@ -15,6 +15,10 @@ func newPool(rp *configs.ReverseProxy, secret []byte, logger *zap.Logger, m *ups
 	for i, u := range rp.Upstreams {
 		backends[i] = u.Addr
 	}
+	upTLS, err := rp.TLS.Load() // errors at the files' places in the Roamfile
+	if err != nil {
+		return nil, err
+	}
 	unhealthy := make([]upstream.StatusMatch, len(rp.UnhealthyStatus))
 	for i, sm := range rp.UnhealthyStatus {
 		unhealthy[i] = upstream.StatusMatch{Code: sm.Code, Class: sm.Class}
@@ -25,6 +29,7 @@ func newPool(rp *configs.ReverseProxy, secret []byte, logger *zap.Logger, m *ups
 		DialTimeout:           rp.DialTimeout,
 		ResponseHeaderTimeout: rp.ResponseHeaderTimeout,
 		KeepaliveIdle:         rp.KeepaliveIdle,
+		TLS:                   upTLS,
 		Policy:                lbPolicies[rp.LBPolicy],
 		PolicyKey:             rp.LBKey,
 		CookieSecret:          secret,

@@ -45,6 +45,9 @@ type Config struct {
 	// long; the next request dials a new one. Zero means never: a session
 	// keeps its connections for its whole life.
 	KeepaliveIdle time.Duration
+	// TLS, when set, makes every connection to the backends TLS (see TLS);
+	// no backend may be a Unix socket then. Nil means plain TCP.
+	TLS *TLS
 
 	// Policy picks a session's backend, once, when its lease is taken (and
 	// again only when that backend becomes unhealthy or unreachable). The

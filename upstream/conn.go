@@ -160,7 +160,9 @@ func (c *conn) close(reason string) {
 	}
 	c.closed = true
 	c.mu.Unlock()
-	_ = c.nc.Close()
+	// After an error or an abort a write may be stuck on a backend that
+	// stopped reading: no close_notify then.
+	_ = closeConn(c.nc, reason != reasonError && reason != reasonAborted)
 	l := c.lease
 	l.mu.Lock()
 	if c.idleTimer != nil {
@@ -457,7 +459,7 @@ func (c *conn) abandonWrite(req *http.Request, wdone chan error) {
 		return
 	default:
 	}
-	_ = c.nc.Close()
+	_ = closeConn(c.nc, false) // the writer may be stuck in a write
 	closeBody(req)
 	<-wdone
 }

@@ -3,6 +3,7 @@ package upstream
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -31,9 +32,18 @@ type Dedicated struct {
 // header.
 func (d *Dedicated) Read(p []byte) (int, error) { return d.r.Read(p) }
 
-// CloseWrite half-closes the connection (a FIN to the backend).
+// CloseWrite half-closes the connection: a FIN to the backend, after a
+// close_notify over TLS (RFC 8446 §6.1: the alert ends the sender's side
+// only).
 func (d *Dedicated) CloseWrite() error {
-	if tc, ok := d.Conn.(*net.TCPConn); ok {
+	nc := d.Conn
+	if tc, ok := nc.(*tls.Conn); ok {
+		if err := tc.CloseWrite(); err != nil {
+			return err
+		}
+		nc = tc.NetConn()
+	}
+	if tc, ok := nc.(*net.TCPConn); ok {
 		return tc.CloseWrite()
 	}
 	return nil
@@ -59,7 +69,7 @@ func (l *Lease) Upgrade(req *http.Request) (*http.Response, *Dedicated, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	nc, err := b.dial(ctx)
+	nc, err := b.dial(ctx, l.ticketCache())
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, nil, ctx.Err()
@@ -166,8 +176,8 @@ func (l *Lease) track(d *Dedicated) error {
 	l.dedicated[d] = struct{}{}
 	l.pool.metrics.ConnsOpened.WithLabelValues(d.backend, "dedicated").Inc()
 	if ce := l.logger.Check(zap.DebugLevel, "dedicated upstream connection opened"); ce != nil {
-		ce.Write(zap.Uint64("session", l.sessionID), zap.String("backend", d.backend),
-			zap.String("local", d.LocalAddr().String()))
+		ce.Write(append(tlsFields(d.Conn), zap.Uint64("session", l.sessionID), zap.String("backend", d.backend),
+			zap.String("local", d.LocalAddr().String()))...)
 	}
 	return nil
 }

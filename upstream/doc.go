@@ -22,7 +22,8 @@
 //
 // Files: pool.go and config.go (Pool, Config), selection.go and cookie.go
 // (policies), health.go (active and passive health), lease.go and move.go
-// (a session's connections, retries, moves), conn.go and wire.go (HTTP/1.1).
+// (a session's connections, retries, moves), conn.go and wire.go (HTTP/1.1),
+// tls.go (TLS to backends, see [TLS]).
 //
 // The package never imports proxy.
 package upstream

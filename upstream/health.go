@@ -237,7 +237,7 @@ func (p *Pool) probe(ctx context.Context, b *Backend) error {
 	h := p.cfg.Health
 	ctx, cancel := context.WithTimeout(ctx, h.Timeout)
 	defer cancel()
-	nc, err := b.dial(ctx)
+	nc, err := b.dial(ctx, nil) // a check never resumes a session's TLS session
 	if err != nil {
 		return fmt.Errorf("health check: dial %s: %w", b.Addr, err)
 	}

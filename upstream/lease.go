@@ -2,7 +2,9 @@ package upstream
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"net"
 	"net/http"
 	"slices"
 	"sync"
@@ -47,6 +49,10 @@ type Lease struct {
 	unreachable bool                    // the last dial to the backend failed
 	nextID      uint64                  // connection IDs, for logs
 	dedicated   map[*Dedicated]struct{} // upgraded connections (see Upgrade)
+	// tickets holds the TLS sessions of the lease's own connections, for
+	// its next ones to resume: never another lease's (see TLS). Nil until
+	// the first dial of a pool with Config.TLS.
+	tickets tls.ClientSessionCache
 }
 
 var _ http.RoundTripper = (*Lease)(nil)
@@ -379,7 +385,7 @@ func (l *Lease) dial(ctx context.Context) (*conn, error) {
 		l.unreserve()
 		return nil, ErrLeaseClosed
 	}
-	nc, err := b.dial(ctx)
+	nc, err := b.dial(ctx, l.ticketCache())
 	if err != nil {
 		l.mu.Lock()
 		l.dialing--
@@ -423,11 +429,37 @@ func (l *Lease) dial(ctx context.Context) (*conn, error) {
 
 	l.pool.metrics.ConnsOpened.WithLabelValues(b.Addr, reason).Inc()
 	if ce := l.logger.Check(zap.DebugLevel, "upstream connection opened"); ce != nil {
-		ce.Write(zap.Uint64("session", l.sessionID), zap.Uint64("conn", c.id),
+		ce.Write(append(tlsFields(nc), zap.Uint64("session", l.sessionID), zap.Uint64("conn", c.id),
 			zap.String("backend", b.Addr), zap.String("local", nc.LocalAddr().String()),
-			zap.String("reason", reason))
+			zap.String("reason", reason))...)
 	}
 	return c, nil
+}
+
+// ticketCache returns the lease's TLS session cache, made at its first
+// use, or nil when the pool does not speak TLS.
+func (l *Lease) ticketCache() tls.ClientSessionCache {
+	if l.pool.cfg.TLS == nil {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.tickets == nil {
+		l.tickets = tls.NewLRUClientSessionCache(sessionTicketsPerLease)
+	}
+	return l.tickets
+}
+
+// tlsFields are the log fields of a new connection's TLS, if any: the
+// version negotiated and whether it resumed an earlier connection's TLS
+// session.
+func tlsFields(nc net.Conn) []zap.Field {
+	tc, ok := nc.(*tls.Conn)
+	if !ok {
+		return nil
+	}
+	cs := tc.ConnectionState()
+	return []zap.Field{zap.String("tls", tls.VersionName(cs.Version)), zap.Bool("tls_resumed", cs.DidResume)}
 }
 
 // unreserve gives back a dial slot that produced no connection.

@@ -14,8 +14,12 @@ type Metrics struct {
 	// "session_end", "backend_closed", "error", "aborted", "moved" (the
 	// session left the backend), "idle" (Config.KeepaliveIdle).
 	ConnsClosed *prometheus.CounterVec
-	// DialErrors counts failed dials by backend.
+	// DialErrors counts failed dials by backend, TLS handshakes included.
 	DialErrors *prometheus.CounterVec
+	// TLSHandshakeFailures counts failed TLS handshakes with backends
+	// (sessions' and health checks'), by backend and reason (see
+	// TLSError.Reason): "expired" is a certificate to renew.
+	TLSHandshakeFailures *prometheus.CounterVec
 	// Retries counts requests sent again after an attempt that reached no
 	// backend (a failed dial, or a reused connection found dead before any
 	// response byte), by the backend of the failed attempt.
@@ -55,8 +59,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"backend", "reason"}),
 		DialErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "roamgate", Subsystem: "upstream", Name: "dial_errors_total",
-			Help: "Failed dials to a backend.",
+			Help: "Failed dials to a backend, TLS handshakes included.",
 		}, []string{"backend"}),
+		TLSHandshakeFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "roamgate", Subsystem: "upstream", Name: "tls_handshake_failures_total",
+			Help: "Failed TLS handshakes with a backend, by backend and reason (unknown_authority, name_mismatch, expired, not_yet_valid, bad_certificate, timeout, handshake).",
+		}, []string{"backend", "reason"}),
 		Retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "roamgate", Subsystem: "upstream", Name: "retries_total",
 			Help: "Requests sent again after an attempt that reached no backend (failed dial, or a reused connection dead before any response byte), by the backend of the failed attempt.",
@@ -83,7 +91,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"from"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.ConnsOpened, m.ConnsClosed, m.DialErrors, m.Retries, m.ConnWaits,
+		reg.MustRegister(m.ConnsOpened, m.ConnsClosed, m.DialErrors, m.TLSHandshakeFailures, m.Retries, m.ConnWaits,
 			m.Healthy, m.HealthCheckFailures, m.PassiveFailures, m.SessionMoves)
 	}
 	return m

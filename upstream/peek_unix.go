@@ -3,6 +3,7 @@
 package upstream
 
 import (
+	"crypto/tls"
 	"net"
 	"syscall"
 	"unsafe"
@@ -11,15 +12,21 @@ import (
 // prober tells whether an idle TCP connection is still open and quiet: one
 // non-blocking MSG_PEEK read, which sees a FIN (EOF), a reset, or bytes the
 // backend sent without being asked, without consuming anything. It is made
-// once per connection so a check allocates nothing.
+// once per connection so a check allocates nothing. On a TLS connection it
+// peeks at the socket under TLS, and bytes there are read through TLS (see
+// tlsQuiet): a TLS 1.3 backend may send post-handshake messages unasked.
 type prober struct {
 	rc    syscall.RawConn // nil: not a socket, assumed alive
+	tls   *tls.Conn       // nil: not TLS
 	fn    func(fd uintptr) bool
 	alive bool
 	b     [1]byte
 }
 
 func (p *prober) init(nc net.Conn) {
+	if tc, ok := nc.(*tls.Conn); ok {
+		p.tls, nc = tc, tc.NetConn()
+	}
 	sc, ok := nc.(syscall.Conn)
 	if !ok {
 		return
@@ -46,5 +53,8 @@ func (p *prober) aliveNow() bool {
 	}
 	p.alive = false
 	err := p.rc.Read(p.fn)
+	if err == nil && !p.alive && p.tls != nil {
+		return tlsQuiet(p.tls)
+	}
 	return err == nil && p.alive
 }

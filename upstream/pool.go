@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -20,7 +21,8 @@ type Backend struct {
 	// domain socket (see Config.Backends).
 	Addr string
 
-	network, address string // what Addr dials
+	network, address string      // what Addr dials
+	tls              *tls.Config // nil: plain TCP (see Config.TLS)
 
 	pool    *Pool
 	idx     int          // position in the configuration
@@ -47,9 +49,22 @@ func dialTarget(addr string) (network, address string) {
 // directory), as in Caddy.
 const UnixPrefix = "unix/"
 
-// dial opens a connection to b.
-func (b *Backend) dial(ctx context.Context) (net.Conn, error) {
-	return b.pool.dialer.DialContext(ctx, b.network, b.address)
+// dial opens a connection to b: TCP (or a Unix socket), and over it TLS
+// when the pool has Config.TLS, resuming a TLS session from tickets (nil:
+// none). The connect and the handshake together take at most
+// Config.DialTimeout.
+func (b *Backend) dial(ctx context.Context, tickets tls.ClientSessionCache) (net.Conn, error) {
+	p := b.pool
+	if b.tls == nil {
+		return p.dialer.DialContext(ctx, b.network, b.address)
+	}
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
+	defer cancel()
+	nc, err := p.dialer.DialContext(ctx, b.network, b.address)
+	if err != nil {
+		return nil, err
+	}
+	return b.handshake(ctx, nc, tickets)
 }
 
 // hostHeader is the Host a request roamgate makes itself (a health check)
@@ -109,9 +124,22 @@ func New(cfg Config, logger *zap.Logger, metrics *Metrics) (*Pool, error) {
 		armDelay: abortArmDelay,
 		growWait: growWait,
 	}
+	var tlsConfs []*tls.Config
+	if cfg.TLS != nil {
+		if tlsConfs, err = tlsConfigs(cfg.TLS, cfg.Backends); err != nil {
+			return nil, fmt.Errorf("upstream pool: %w", err)
+		}
+		if cfg.TLS.InsecureSkipVerify {
+			logger.Warn("upstream TLS certificates are not verified: anyone on the path to the backends can read and change the traffic",
+				zap.Strings("backends", cfg.Backends))
+		}
+	}
 	for i, addr := range cfg.Backends {
 		b := &Backend{Addr: addr, pool: p, idx: i, hash: mix64(fnv64a(addr))}
 		b.network, b.address = dialTarget(addr)
+		if tlsConfs != nil {
+			b.tls = tlsConfs[i]
+		}
 		b.healthy.Store(true)
 		metrics.Healthy.WithLabelValues(addr).Set(1)
 		p.backends = append(p.backends, b)

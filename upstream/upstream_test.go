@@ -3,8 +3,10 @@ package upstream
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -38,6 +40,13 @@ type backend struct {
 
 func newBackend(t *testing.T, h http.HandlerFunc) *backend {
 	t.Helper()
+	return startBackend(t, h, nil)
+}
+
+// startBackend is newBackend, over TLS with conf when conf is set, with
+// the server's settings changed by setup before it starts.
+func startBackend(t *testing.T, h http.HandlerFunc, conf *tls.Config, setup ...func(*http.Server)) *backend {
+	t.Helper()
 	b := &backend{closed: map[string]bool{}, handler: h}
 	b.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b.mu.Lock()
@@ -56,7 +65,17 @@ func newBackend(t *testing.T, h http.HandlerFunc) *backend {
 			b.mu.Unlock()
 		}
 	}
-	b.Start()
+	for _, f := range setup {
+		f(b.Config)
+	}
+	if conf != nil {
+		b.TLS = conf
+		// Handshakes the tests make fail are logged by the test's client.
+		b.Config.ErrorLog = log.New(io.Discard, "", 0)
+		b.StartTLS()
+	} else {
+		b.Start()
+	}
 	t.Cleanup(b.Close)
 	return b
 }

@@ -26,7 +26,9 @@ func TestClientLeavingWhileTheBackendThinks(t *testing.T) {
 	for _, after := range []time.Duration{testArmDelay / 5, 6 * testArmDelay} {
 		t.Run(after.String(), func(t *testing.T) {
 			abandoned := make(chan struct{})
+			arrived := make(chan struct{})
 			b := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+				close(arrived)
 				select {
 				case <-r.Context().Done(): // net/http: the connection closed
 					close(abandoned)
@@ -38,7 +40,9 @@ func TestClientLeavingWhileTheBackendThinks(t *testing.T) {
 			l := p.Lease(1, nil)
 			defer l.Close()
 			ctx, cancel := context.WithCancel(context.Background())
-			time.AfterFunc(after, cancel)
+			// after the request reached the backend: a cancel before
+			// that would only stop the dial
+			go func() { <-arrived; time.Sleep(after); cancel() }()
 			start := time.Now()
 			_, err := l.RoundTrip(newReq(t, ctx, http.MethodGet, "/slow", nil, 0))
 			if !errors.Is(err, context.Canceled) {

@@ -50,6 +50,7 @@ Usage:
   roamgate run [--config Roamfile] [--data-dir DIR] [--grace 10s]
   roamgate validate [--config Roamfile]
   roamgate reverse-proxy --from HOST:PORT --to UPSTREAM[,UPSTREAM...] [--bind HOST] [--data-dir DIR]
+                         [--upstream-ca F] [--upstream-server-name N] [--upstream-cert F --upstream-key F] [--upstream-insecure]
   roamgate demo [--listen 127.0.0.1:8443] [--data-dir DIR] [--once]
   roamgate trust [--install] [--config Roamfile] [--data-dir DIR]
   roamgate connect https://EDGE[:PORT] [--listen 127.0.0.1:2222] [--token T | --token-file F] [--cert F --key F] [--ca F] [--server-name N]

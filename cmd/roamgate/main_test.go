@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -24,6 +25,7 @@ import (
 	"github.com/roamgate/roamgate/proxy/h3client"
 	"github.com/roamgate/roamgate/tlsmgr"
 	"github.com/roamgate/roamgate/tlsmgr/acmetest"
+	"github.com/roamgate/roamgate/tlsmgr/tlstest"
 )
 
 func TestMain(m *testing.M) {
@@ -107,6 +109,12 @@ func TestValidate(t *testing.T) {
 	err = run(context.Background(), []string{"validate", "--config", wild}, io.Discard, io.Discard)
 	if want := wild + `:1:1: tls: name "*.example.com": wildcard certificates need the DNS challenge`; err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("public wildcard: %v, want %q", err, want)
+	}
+
+	upstreamCA := writeFile(t, dir, "UpstreamCA", "localhost:8443 {\n\treverse_proxy https://127.0.0.1:9443 {\n\t\ttls_ca missing-ca.pem\n\t}\n}\n")
+	err = run(context.Background(), []string{"validate", "--config", upstreamCA}, io.Discard, io.Discard)
+	if want := upstreamCA + `:3:10: reverse_proxy: tls_ca: "missing-ca.pem": no such file or directory`; err == nil || err.Error() != want {
+		t.Fatalf("missing upstream CA file: %v, want %q", err, want)
 	}
 
 	files := writeFile(t, dir, "Files", "localhost:8443 {\n\treverse_proxy 127.0.0.1:9000\n\ttls missing.pem missing.key\n}\n")
@@ -254,7 +262,7 @@ func TestReverseProxyCommand(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatalf("reverse-proxy: %v", err)
 	}
-	if _, err := reverseProxyConfig("localhost:0", "a:1 {", ""); err == nil {
+	if _, err := reverseProxyConfig("localhost:0", "a:1 {", "", upstreamTLSFlags{}); err == nil {
 		t.Fatal("a brace in --to was accepted")
 	}
 }
@@ -275,7 +283,7 @@ func TestReverseProxyBindsTheAddressItNames(t *testing.T) {
 		{":8443", "", nil},
 		{"127.0.0.1:8443", "::1", []string{"::1"}},
 	} {
-		cfg, err := reverseProxyConfig(tc.from, "127.0.0.1:9", tc.bind)
+		cfg, err := reverseProxyConfig(tc.from, "127.0.0.1:9", tc.bind, upstreamTLSFlags{})
 		if err != nil {
 			t.Fatalf("%s: %v", tc.from, err)
 		}
@@ -309,6 +317,51 @@ func TestReverseProxyBindsTheAddressItNames(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestReverseProxyCommandTLS: reverse-proxy --to https://... speaks TLS to
+// the upstream, trusting --upstream-ca; the other upstream flags become
+// the reverse_proxy's tls_* settings.
+func TestReverseProxyCommandTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca := tlstest.NewCA(t, dir, "backend-ca")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := legacyapp.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{ca.IssueServer(t, "127.0.0.1")}}), "app", nil)
+	defer app.Close()
+	dataDir := filepath.Join(dir, "data")
+	addr, stop := serving(t, []string{"reverse-proxy", "--from", "localhost:0", "--to", "https://" + ln.Addr().String(),
+		"--upstream-ca", ca.File, "--bind", "127.0.0.1", "--data-dir", dataDir})
+	if r := getThrough(t, addr, dataDir); r.Conn != 1 {
+		t.Fatalf("app saw %+v", r)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("reverse-proxy: %v", err)
+	}
+
+	cfg, err := reverseProxyConfig("localhost:0", "https://a:1,https://b:1", "", upstreamTLSFlags{
+		ca: "a.pem,b.pem", serverName: "app.internal", cert: "c.pem", key: "k.pem",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := cfg.Sites[0].Routes[0].ReverseProxy.TLS
+	if up == nil || len(up.CAFiles) != 2 || up.ServerName != "app.internal" || up.ClientCert.Path != "c.pem" || up.ClientKey.Path != "k.pem" {
+		t.Fatalf("upstream TLS %+v", up)
+	}
+	cfg, err = reverseProxyConfig("localhost:0", "https://a:1", "", upstreamTLSFlags{insecure: true})
+	if err != nil || !cfg.Sites[0].Routes[0].ReverseProxy.TLS.InsecureSkipVerify {
+		t.Fatalf("--upstream-insecure: %v", err)
+	}
+	if _, err := reverseProxyConfig("localhost:0", "https://a:1", "", upstreamTLSFlags{cert: "c.pem"}); err == nil {
+		t.Fatal("--upstream-cert without --upstream-key was accepted")
+	}
+	if _, err := reverseProxyConfig("localhost:0", "a:1", "", upstreamTLSFlags{ca: "a.pem"}); err == nil ||
+		!strings.Contains(err.Error(), "tls_ca: needs https:// upstreams") {
+		t.Fatalf("--upstream-ca with a plain upstream: %v", err)
 	}
 }
 

@@ -10,9 +10,9 @@ import (
 	"github.com/roamgate/roamgate/tlsmgr"
 )
 
-// validateCmd checks a Roamfile, the certificate files it names and the
-// data directory (writable by the user running the check), and reports
-// every problem with its file, line and column.
+// validateCmd checks a Roamfile, the certificate files it names (sites'
+// and upstream TLS's) and the data directory (writable by the user running
+// the check), and reports every problem with its file, line and column.
 func validateCmd(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
 	config := fs.String("config", "Roamfile", "the Roamfile to check")
@@ -30,6 +30,15 @@ func validateCmd(args []string, stdout, stderr io.Writer) error {
 			err := tlsmgr.CheckCertFiles(s.TLS.CertFile, s.TLS.KeyFile)
 			for _, e := range unjoin(err) {
 				errs = append(errs, fmt.Errorf("%s: tls: %w", s.TLS.Pos, e))
+			}
+		}
+	}
+	// TLS to upstreams: the files of tls_ca and tls_client_certificate.
+	for _, s := range cfg.Sites {
+		for _, r := range s.Routes {
+			if rp := r.ReverseProxy; rp != nil {
+				_, err := rp.TLS.Load()
+				errs = append(errs, unjoin(err)...)
 			}
 		}
 	}
