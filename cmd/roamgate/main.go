@@ -9,6 +9,7 @@
 //	roamgate trust [--install]              print or install the local CA's root
 //	roamgate connect https://EDGE --listen 127.0.0.1:2222   carry local TCP over a roaming tunnel
 //	roamgate probe https://HOST:PORT/ [--migrate]   an HTTP/3 request, before and after a move
+//	roamgate cid decode [--config Roamfile] CID...  the server ID in QUIC-LB connection IDs
 //	roamgate version
 //
 // main only parses the command line and wires the packages together.
@@ -53,6 +54,7 @@ Usage:
   roamgate trust [--install] [--config Roamfile] [--data-dir DIR]
   roamgate connect https://EDGE[:PORT] [--listen 127.0.0.1:2222] [--token T | --token-file F] [--cert F --key F] [--ca F] [--server-name N]
   roamgate probe [--ca F | --insecure] [--migrate] [-X METHOD] [-H "Name: value"]... URL
+  roamgate cid decode [--sid-len N] [--nonce-len M] [--key HEX] [--config-id C] [--config F] CID...
   roamgate version
 `
 
@@ -78,6 +80,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return connectCmd(ctx, rest, stdout, stderr)
 	case "probe":
 		return probeCmd(ctx, rest, stdout, stderr)
+	case "cid":
+		return cidCmd(rest, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "roamgate", version())
 		return nil
