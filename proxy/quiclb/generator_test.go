@@ -159,3 +159,49 @@ func TestGenerationErrors(t *testing.T) {
 		t.Errorf("Generation(e9) = %v", err)
 	}
 }
+
+// katranServerID is how Katran reads the server ID of a QUIC connection ID
+// of its version 2 (facebookincubator/katran, katran/lib/bpf/pckt_parsing.h,
+// parse_quic): two high bits 10, then a 24-bit host ID in octets 1-3; it
+// needs at least 8 octets and reads no more.
+func katranServerID(cid []byte) (uint32, bool) {
+	if len(cid) < 8 || cid[0]>>6 != 2 {
+		return 0, false
+	}
+	return uint32(cid[1])<<16 | uint32(cid[2])<<8 | uint32(cid[3]), true
+}
+
+// TestKatranReadsPlaintext: with the plaintext algorithm, config rotation
+// 4 or 5 and a 3-byte server ID, roamgate's IDs have the shape of Katran's
+// version-2 IDs, and Katran reads the server ID from them (the README says
+// so); with a key it cannot.
+func TestKatranReadsPlaintext(t *testing.T) {
+	for _, cr := range []uint8{4, 5} {
+		c, err := NewCodec(Config{ID: cr, ServerIDLen: 3, NonceLen: 8})
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, err := NewGenerator(c, []byte{0x01, 0x02, 0x03}, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 50 {
+			id, _ := g.GenerateConnectionID()
+			if sid, ok := katranServerID(id.Bytes()); !ok || sid != 0x010203 {
+				t.Fatalf("config %d: Katran reads %x from %x (%v), want 010203", cr, sid, id.Bytes(), ok)
+			}
+		}
+	}
+	c, _ := NewCodec(Config{ID: 4, ServerIDLen: 3, NonceLen: 8, Key: make([]byte, KeyLen)})
+	g, _ := NewGenerator(c, []byte{0x01, 0x02, 0x03}, 0)
+	differ := 0
+	for range 50 {
+		id, _ := g.GenerateConnectionID()
+		if sid, _ := katranServerID(id.Bytes()); sid != 0x010203 {
+			differ++
+		}
+	}
+	if differ < 45 {
+		t.Fatalf("with a key Katran read the server ID from %d of 50 IDs", 50-differ)
+	}
+}
