@@ -109,6 +109,10 @@ type Config struct {
 	Admin string
 	// Log is the global log block.
 	Log Log
+	// QUICLB is the global quic_lb block: routable connection IDs for a
+	// load balancer in front of several instances. nil means unroutable
+	// connection IDs (config rotation 7), for an instance on its own.
+	QUICLB *QUICLB
 
 	// Sites are the site blocks in file order.
 	Sites []Site

@@ -26,6 +26,7 @@ var globalOptions = map[string]func(b *builder, c *Cursor) error{
 	"max_header_bytes":       globalHeaderSize(func(c *Config) *int { return &c.MaxHeaderBytes }),
 	"max_header_field_bytes": globalHeaderSize(func(c *Config) *int { return &c.MaxHeaderFieldBytes }),
 	"on_demand_tls":          onDemandTLSOption,
+	"quic_lb":                quicLBOption,
 	"storage":                storage,
 	"zero_rtt":               zeroRTT,
 }

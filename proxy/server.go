@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/roamgate/roamgate/configs"
+	"github.com/roamgate/roamgate/proxy/quiclb"
 	"github.com/roamgate/roamgate/upstream"
 )
 
@@ -55,6 +56,10 @@ type Options struct {
 	// QUICConfig overrides the QUIC transport settings; nil uses defaults
 	// (30 s idle timeout; 0-RTT as the Roamfile's zero_rtt says).
 	QUICConfig *quic.Config
+	// Generation is the process generation every server connection ID
+	// carries (0 to quiclb.MaxGeneration; default 0), by which packets reach
+	// the old or the new process during a binary upgrade (issue 14).
+	Generation int
 	// CookieSecret signs lb_policy cookie values. It should persist across
 	// restarts (roamgate keeps one in the data directory) so clients keep
 	// their backend; nil uses a random one for this process.
@@ -73,6 +78,8 @@ type Server struct {
 	registry *prometheus.Registry
 	metrics  *metrics
 	quicConf *quic.Config
+	// cids issues the server connection IDs of every QUIC transport.
+	cids     *quiclb.Generator
 	admit    *admission // for every QUIC transport
 	ports    []*portServer
 	pools    []*upstream.Pool   // one per reverse_proxy; health checks run while serving
@@ -149,6 +156,11 @@ func New(cfg *configs.Config, opts Options) (*Server, error) {
 		quicConf:   qconf,
 	}
 	s.admit = newAdmission(cfg.HandshakeRate, cfg.HandshakeRatePerIP, s.metrics.admission, &s.errLog)
+	cids, err := newCIDGenerator(cfg.QUICLB, opts.Generation, logger)
+	if err != nil {
+		return nil, err
+	}
+	s.cids = cids
 	secret := opts.CookieSecret
 	if secret == nil {
 		secret = make([]byte, 32)
@@ -341,6 +353,7 @@ func (s *Server) serve(ps *portServer) error {
 	for i, udp := range ps.udp {
 		tr := &quic.Transport{Conn: udp}
 		s.admit.configure(tr)
+		tr.ConnectionIDGenerator = s.cids
 		ln, err := listenQUIC(tr, qtls, s.quicConf)
 		if err != nil {
 			return fmt.Errorf("listen quic %s: %w", udp.LocalAddr(), err)

@@ -10,6 +10,7 @@
 //	roamgate connect https://EDGE --listen 127.0.0.1:2222   carry local TCP over a roaming tunnel
 //	roamgate probe https://HOST:PORT/ [--migrate]   an HTTP/3 request, before and after a move
 //	roamgate health [--admin HOST:PORT] [--ready]   ask a running roamgate's health endpoint
+//	roamgate cid decode [--config Roamfile] CID...  the server ID in QUIC-LB connection IDs
 //	roamgate version
 //
 // main only parses the command line and wires the packages together.
@@ -56,6 +57,7 @@ Usage:
   roamgate connect https://EDGE[:PORT] [--listen 127.0.0.1:2222] [--token T | --token-file F] [--cert F --key F] [--ca F] [--server-name N]
   roamgate probe [--ca F | --insecure] [--migrate] [-X METHOD] [-H "Name: value"]... URL
   roamgate health [--admin HOST:PORT | --config Roamfile] [--ready] [--timeout 5s]
+  roamgate cid decode [--sid-len N] [--nonce-len M] [--key HEX] [--config-id C] [--config F] CID...
   roamgate version
 `
 
@@ -83,6 +85,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return probeCmd(ctx, rest, stdout, stderr)
 	case "health":
 		return healthCmd(ctx, rest, stdout, stderr)
+	case "cid":
+		return cidCmd(rest, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "roamgate", version())
 		return nil
