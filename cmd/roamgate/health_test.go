@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -176,4 +177,52 @@ func deadAddr(t *testing.T) string {
 	addr := ln.Addr().String()
 	ln.Close()
 	return addr
+}
+
+// TestSIGHUPDoesNotKill (issue 13): SIGHUP to `roamgate run` (whose default
+// action would end the process and every connection) is logged as not
+// supported yet, and roamgate goes on serving; SIGTERM still stops it
+// cleanly.
+func TestSIGHUPDoesNotKill(t *testing.T) {
+	dir := t.TempDir()
+	roamfile := writeFile(t, dir, "Roamfile", "{\n\tdefault_bind 127.0.0.1\n\tdata_dir "+filepath.Join(dir, "data")+"\n\tadmin 127.0.0.1:0\n}\n127.0.0.1:0 {\n\trespond ok\n}\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestHelperProcess$", "--", "run", "--config", roamfile, "--grace", "1s")
+	cmd.Env = append(os.Environ(), "ROAMGATE_HELPER_PROCESS=1")
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for !cond() {
+			select {
+			case err := <-done:
+				t.Fatalf("exited (%v) waiting for %s:\n%s", err, what, stderr.String())
+			case <-ctx.Done():
+				t.Fatalf("no %s:\n%s", what, stderr.String())
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+	waitFor("serving", func() bool { return strings.Contains(stderr.String(), "serving") })
+	m := adminListening.FindStringSubmatch(stderr.String())
+	if m == nil {
+		t.Fatalf("no admin address:\n%s", stderr.String())
+	}
+	for i := 1; i <= 2; i++ {
+		cmd.Process.Signal(syscall.SIGHUP)
+		waitFor("the SIGHUP log line", func() bool { return strings.Count(stderr.String(), "reload is not supported yet") == i })
+	}
+	if status, body, err := askHealth(context.Background(), "http://"+m[1]+"/readyz", time.Second); err != nil || status != http.StatusOK {
+		t.Fatalf("after SIGHUP: %d %q %v", status, body, err)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := <-done; err != nil {
+		t.Fatalf("after SIGTERM: %v\n%s", err, stderr.String())
+	}
 }

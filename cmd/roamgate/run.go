@@ -106,6 +106,23 @@ func serve(ctx context.Context, cfg *configs.Config, o serveOptions) error {
 		return errors.Join(err, shutdown(srv, o.grace, logger))
 	}
 	logger.Info("serving", zap.Int("sites", len(cfg.Sites)), zap.String("data_dir", tcfg.DataDir))
+	// SIGHUP's default is to end the process: a reload that killed every
+	// connection. Until reload lands, it is refused, loudly, and nothing
+	// changes.
+	hup, hupDone := make(chan os.Signal, 1), make(chan struct{})
+	signal.Notify(hup, syscall.SIGHUP)
+	defer func() { signal.Stop(hup); close(hupDone) }()
+	go func() {
+		for {
+			select {
+			case <-hup:
+				logger.Warn("SIGHUP: reload is not supported yet; still serving the configuration loaded at start (restart to apply a new one)",
+					zap.String("config", cfg.File))
+			case <-hupDone:
+				return
+			}
+		}
+	}()
 	var startErr error
 	if o.started != nil {
 		startErr = o.started(ctx, srv, certs)
