@@ -226,3 +226,23 @@ func TestSIGHUPDoesNotKill(t *testing.T) {
 		t.Fatalf("after SIGTERM: %v\n%s", err, stderr.String())
 	}
 }
+
+// TestVersion (issue 13): a binary built from the checkout names its
+// version, VCS revision and time, and Go version, for `version`,
+// `--version` and `-v` alike.
+func TestVersion(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds roamgate")
+	}
+	bin := filepath.Join(t.TempDir(), "roamgate")
+	if out, err := exec.Command("go", "build", "-buildvcs=true", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build -buildvcs=true (a git checkout): %v\n%s", err, out)
+	}
+	want := regexp.MustCompile(`^roamgate \S+\nrevision [0-9a-f]{40} \(\d{4}-\d\d-\d\dT[0-9:]+Z\)(, modified)?\ngo1\.\d+\S* \w+/\w+\n$`)
+	for _, arg := range []string{"version", "--version", "-v"} {
+		out, err := exec.Command(bin, arg).Output()
+		if err != nil || !want.Match(out) {
+			t.Errorf("roamgate %s: %v\n%s", arg, err, out)
+		}
+	}
+}

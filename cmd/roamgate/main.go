@@ -87,8 +87,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return healthCmd(ctx, rest, stdout, stderr)
 	case "cid":
 		return cidCmd(rest, stdout, stderr)
-	case "version":
-		fmt.Fprintln(stdout, "roamgate", version())
+	case "version", "--version", "-version", "-v":
+		fmt.Fprint(stdout, versionText())
 		return nil
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
