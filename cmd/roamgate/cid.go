@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 
 	"github.com/roamgate/roamgate/configs"
@@ -41,10 +40,7 @@ func cidDecodeCmd(args []string, stdout, stderr io.Writer) error {
 	configID := fs.Int("config-id", 0, "the config rotation codepoint, 0-6")
 	selfEncode := fs.Bool("self-encode-length", false, "the first octet encodes the length (other servers' IDs; roamgate's never do)")
 	config := fs.String("config", "", "read the settings from this Roamfile's quic_lb block instead")
-	fs.SetOutput(stderr)
-	if slices.ContainsFunc(args, func(a string) bool { return a == "-h" || a == "-help" || a == "--help" }) {
-		fs.SetOutput(stdout) // help asked for is output, not an error
-	}
+	helpOutput(fs, args, stdout, stderr)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err

@@ -48,8 +48,8 @@ type connectOptions struct {
 // it to its configured backend. The connection follows network changes
 // (h3client.Roamer): it migrates when the route or the path changes, and
 // reconnects when it cannot. ctx ending closes everything.
-func connectCmd(ctx context.Context, args []string, _, stderr io.Writer) error {
-	o, err := parseConnect(args, stderr)
+func connectCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o, err := parseConnect(args, stdout, stderr)
 	if err != nil {
 		return err
 	}
@@ -73,7 +73,7 @@ func connectCmd(ctx context.Context, args []string, _, stderr io.Writer) error {
 
 // parseConnect reads connect's arguments: the edge's URL, before or after
 // the flags, and the flags.
-func parseConnect(args []string, stderr io.Writer) (*connectOptions, error) {
+func parseConnect(args []string, stdout, stderr io.Writer) (*connectOptions, error) {
 	o := &connectOptions{}
 	fs := flag.NewFlagSet("connect", flag.ContinueOnError)
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:2222", "the local TCP address to accept connections on")
@@ -84,7 +84,7 @@ func parseConnect(args []string, stderr io.Writer) (*connectOptions, error) {
 	fs.StringVar(&o.ca, "ca", "", "trust this root (PEM) instead of the system's, e.g. roamgate's local CA: roamgate trust > root.crt")
 	fs.StringVar(&o.serverName, "server-name", "", "the edge's name, for TLS (sent and verified) and the tunnels' :authority, when the URL names an address (default: the URL's host)")
 	fs.DurationVar(&o.interval, "interval", time.Second, "how often to check the route and the path to the edge")
-	fs.SetOutput(stderr)
+	helpOutput(fs, args, stdout, stderr)
 	usageErr := func(format string, a ...any) (*connectOptions, error) {
 		fmt.Fprintf(stderr, "roamgate connect: "+format+"\n", a...)
 		return nil, errUsage

@@ -320,7 +320,7 @@ func TestConnectParse(t *testing.T) {
 		{[]string{"--listen", "127.0.0.1:0", "https://edge.example:8443/"}, "edge.example:8443", "edge.example", "edge.example:8443"},
 		{[]string{"https://[::1]:4433", "--server-name", "localhost"}, "[::1]:4433", "localhost", "localhost:4433"},
 	} {
-		o, err := parseConnect(tc.args, io.Discard)
+		o, err := parseConnect(tc.args, io.Discard, io.Discard)
 		if err != nil {
 			t.Fatalf("%q: %v", tc.args, err)
 		}

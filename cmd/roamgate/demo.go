@@ -34,7 +34,7 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	listen := fs.String("listen", "127.0.0.1:8443", "the proxy's address (UDP and TCP); port 0 picks a free one")
 	dataDir := fs.String("data-dir", "", "where the local CA lives (default "+tlsmgr.DefaultDataDir()+")")
 	once := fs.Bool("once", false, "exit after the demo client instead of serving on")
-	if err := parseFlags(fs, args, stderr); err != nil {
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
 		return err
 	}
 	host, port, err := net.SplitHostPort(*listen)

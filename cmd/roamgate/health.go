@@ -27,7 +27,7 @@ func healthCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	config := fs.String("config", "Roamfile", "the Roamfile whose admin option names the endpoint, without --admin")
 	ready := fs.Bool("ready", false, "check readiness (/readyz: listeners, certificates, backends) instead of liveness (/healthz)")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the answer")
-	if err := parseFlags(fs, args, stderr); err != nil {
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
 		return err
 	}
 	addr := *admin

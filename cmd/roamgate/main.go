@@ -98,9 +98,43 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return errUsage
 }
 
-// parseFlags parses a command's flags, printing errors and help to stderr.
-func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) error {
+// usageLines name each command's positional arguments, for its --help.
+var usageLines = map[string]string{
+	"run":           "roamgate run [flags]",
+	"validate":      "roamgate validate [flags]",
+	"reverse-proxy": "roamgate reverse-proxy --from HOST:PORT --to UPSTREAM[,UPSTREAM...] [flags]",
+	"demo":          "roamgate demo [flags]",
+	"trust":         "roamgate trust [flags]",
+	"health":        "roamgate health [flags]",
+	"connect":       "roamgate connect [flags] https://EDGE[:PORT]",
+}
+
+// helpOutput sends fs's messages to stderr, or its help to stdout when
+// args ask for it (-h, -help, --help): help asked for is output, exit 0,
+// not an error. A FlagSet without a Usage of its own gets one naming the
+// command's arguments.
+func helpOutput(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) {
 	fs.SetOutput(stderr)
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		if a == "-h" || a == "-help" || a == "--help" {
+			fs.SetOutput(stdout)
+		}
+	}
+	if line, ok := usageLines[fs.Name()]; ok {
+		fs.Usage = func() {
+			fmt.Fprintf(fs.Output(), "Usage: %s\n\nFlags:\n", line)
+			fs.PrintDefaults()
+		}
+	}
+}
+
+// parseFlags parses a command's flags: errors to stderr, help asked for
+// to stdout.
+func parseFlags(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
+	helpOutput(fs, args, stdout, stderr)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err

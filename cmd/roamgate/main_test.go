@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"flag"
 	"io"
 	"net"
 	"net/http"
@@ -378,5 +379,32 @@ func TestCookieSecretPersists(t *testing.T) {
 	fi, err := os.Stat(filepath.Join(dir, "lb_cookie_secret"))
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("key file: %v, mode %v", err, fi.Mode())
+	}
+}
+
+// TestSubcommandHelp (issue 13): every subcommand's --help (and -h) goes to
+// stdout and ends as help (exit 0), naming the command's arguments; a flag
+// mistake still goes to stderr as a usage error.
+func TestSubcommandHelp(t *testing.T) {
+	for cmd, want := range map[string]string{
+		"run": "Usage: roamgate run [flags]", "validate": "Usage: roamgate validate [flags]",
+		"reverse-proxy": "Usage: roamgate reverse-proxy --from HOST:PORT --to UPSTREAM",
+		"demo":          "Usage: roamgate demo [flags]", "trust": "Usage: roamgate trust [flags]",
+		"health": "Usage: roamgate health [flags]", "connect": "Usage: roamgate connect [flags] https://EDGE[:PORT]",
+		"probe": "Usage: roamgate probe [flags] URL", "cid decode": "Usage: roamgate cid decode",
+	} {
+		for _, h := range []string{"--help", "-h"} {
+			var out, errOut bytes.Buffer
+			args := append(strings.Fields(cmd), h)
+			err := run(context.Background(), args, &out, &errOut)
+			if !errors.Is(err, flag.ErrHelp) || !strings.HasPrefix(out.String(), want) || errOut.Len() != 0 {
+				t.Errorf("%v: %v, stdout %q, stderr %q", args, err, out.String(), errOut.String())
+			}
+		}
+		var out, errOut bytes.Buffer
+		args := append(strings.Fields(cmd), "--no-such-flag")
+		if err := run(context.Background(), args, &out, &errOut); !errors.Is(err, errUsage) || out.Len() != 0 || !strings.Contains(errOut.String(), "no-such-flag") {
+			t.Errorf("%v: %v, stdout %q, stderr %q", args, err, out.String(), errOut.String())
+		}
 	}
 }

@@ -52,10 +52,7 @@ func probeCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	count := fs.Int("count", 1, "requests before (and, with --migrate, after) the move")
 	body := fs.Bool("body", true, "print the response body")
 	timeout := fs.Duration("timeout", 10*time.Second, "for the whole probe")
-	fs.SetOutput(stderr)
-	if slices.ContainsFunc(args, func(a string) bool { return a == "-h" || a == "-help" || a == "--help" }) {
-		fs.SetOutput(stdout) // help asked for is output, not an error
-	}
+	helpOutput(fs, args, stdout, stderr)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err

@@ -30,7 +30,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	config := fs.String("config", "Roamfile", "the Roamfile to serve")
 	dataDir := fs.String("data-dir", "", "where certificates and the local CA live (overrides the Roamfile's data_dir; default "+tlsmgr.DefaultDataDir()+")")
 	grace := fs.Duration("grace", defaultGrace, "how long in-flight requests may finish on shutdown")
-	if err := parseFlags(fs, args, stderr); err != nil {
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
 		return err
 	}
 	cfg, err := configs.Load(*config)

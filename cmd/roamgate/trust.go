@@ -23,7 +23,7 @@ func trustCmd(args []string, stdout, stderr io.Writer) error {
 	config := fs.String("config", "", "a Roamfile whose data_dir holds the CA (optional)")
 	dataDir := fs.String("data-dir", "", "where the local CA lives (overrides the Roamfile's data_dir; default "+tlsmgr.DefaultDataDir()+")")
 	install := fs.Bool("install", false, "install the root into the system trust store (needs root/administrator)")
-	if err := parseFlags(fs, args, stderr); err != nil {
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
 		return err
 	}
 	dir := *dataDir

@@ -17,7 +17,7 @@ func validateCmd(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
 	config := fs.String("config", "Roamfile", "the Roamfile to check")
 	dataDir := fs.String("data-dir", "", "the data directory run would be given (overrides the Roamfile's data_dir)")
-	if err := parseFlags(fs, args, stderr); err != nil {
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
 		return err
 	}
 	cfg, err := configs.Load(*config)
