@@ -15,14 +15,17 @@ import (
 	"github.com/roamgate/roamgate/tlsmgr"
 )
 
-// trustCmd prints the local CA's root certificate (creating the CA if the
-// data directory has none yet), or installs it into the system trust store
-// so browsers and tools trust roamgate's development certificates.
+// trustCmd prints the local CA's root certificate, or installs it into the
+// system trust store so browsers and tools trust roamgate's development
+// certificates. A data directory without a CA is an error (a wrong
+// --data-dir would otherwise get a new CA that no server uses), unless
+// --create asks for one.
 func trustCmd(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("trust", flag.ContinueOnError)
 	config := fs.String("config", "", "a Roamfile whose data_dir holds the CA (optional)")
 	dataDir := fs.String("data-dir", "", "where the local CA lives (overrides the Roamfile's data_dir; default "+tlsmgr.DefaultDataDir()+")")
 	install := fs.Bool("install", false, "install the root into the system trust store (needs root/administrator)")
+	create := fs.Bool("create", false, "create the local CA when the data directory has none yet (before the first run)")
 	if err := parseFlags(fs, args, stdout, stderr); err != nil {
 		return err
 	}
@@ -36,6 +39,10 @@ func trustCmd(args []string, stdout, stderr io.Writer) error {
 	}
 	if dir == "" {
 		dir = tlsmgr.DefaultDataDir()
+	}
+	if _, err := os.Stat(tlsmgr.RootCertPath(dir)); errors.Is(err, os.ErrNotExist) && !*create {
+		return fmt.Errorf("no local CA in %s (no %s): roamgate run, reverse-proxy or demo creates it on its first start there; "+
+			"give the --data-dir (or --config) of that server, or --create to create one now", dir, tlsmgr.RootCertPath(dir))
 	}
 	m, err := tlsmgr.New(tlsmgr.Config{DataDir: dir}, nil)
 	if err != nil {

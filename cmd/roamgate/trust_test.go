@@ -14,7 +14,16 @@ import (
 func TestTrustPrintsTheRoot(t *testing.T) {
 	dir := t.TempDir()
 	var out, errOut bytes.Buffer
-	if err := run(t.Context(), []string{"trust", "--data-dir", dir}, &out, &errOut); err != nil {
+	// No CA there yet: an error, and nothing created (issue 13: a wrong
+	// --data-dir got a new CA no server uses).
+	err := run(t.Context(), []string{"trust", "--data-dir", dir}, &out, &errOut)
+	if err == nil || !strings.Contains(err.Error(), "no local CA in "+dir) || !strings.Contains(err.Error(), "--create") {
+		t.Fatalf("empty data dir: %v", err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 || out.Len() != 0 {
+		t.Fatalf("an empty data dir got %v, stdout %q", ents, out.String())
+	}
+	if err := run(t.Context(), []string{"trust", "--data-dir", dir, "--create"}, &out, &errOut); err != nil {
 		t.Fatal(err)
 	}
 	stored, err := os.ReadFile(tlsmgr.RootCertPath(dir))
