@@ -643,7 +643,7 @@ func TestParseErrors(t *testing.T) {
 		{"max_conns zero", site("reverse_proxy b {\n\t\tmax_conns_per_session 0\n\t}"), `Roamfile:3:25: reverse_proxy: max_conns_per_session: 0 out of range (want 1-1024)`},
 		{"max_conns too many", site("reverse_proxy b {\n\t\tmax_conns_per_session 1025\n\t}"), `Roamfile:3:25: reverse_proxy: max_conns_per_session: 1025 out of range (want 1-1024)`},
 		{"max_conns twice", site("reverse_proxy b {\n\t\tmax_conns_per_session 1\n\t\tmax_conns_per_session 2\n\t}"), `Roamfile:4:3: reverse_proxy: max_conns_per_session: already set at Roamfile:3:3`},
-		{"dial_timeout invalid", site("reverse_proxy b {\n\t\tdial_timeout 5x\n\t}"), `Roamfile:3:16: reverse_proxy: dial_timeout: invalid duration "5x"`},
+		{"dial_timeout invalid", site("reverse_proxy b {\n\t\tdial_timeout 5x\n\t}"), `Roamfile:3:16: reverse_proxy: dial_timeout: invalid duration "5x" (examples: 500ms, 5s, 2m, 1h30m)`},
 		{"dial_timeout zero", site("reverse_proxy b {\n\t\tdial_timeout 0s\n\t}"), `Roamfile:3:16: reverse_proxy: dial_timeout: duration "0s" must be positive`},
 		{"dial_timeout missing", site("reverse_proxy b {\n\t\tdial_timeout\n\t}"), `Roamfile:3:3: reverse_proxy: dial_timeout: missing argument`},
 		{"dial_timeout extra", site("reverse_proxy b {\n\t\tdial_timeout 1s 2s\n\t}"), `Roamfile:3:19: reverse_proxy: dial_timeout: unexpected argument "2s"`},
@@ -743,7 +743,7 @@ c.com {
 `
 	want := []string{
 		`Roamfile:2:13: https_port: invalid port "70000" (want 0-65535)`,
-		`Roamfile:6:16: reverse_proxy: dial_timeout: invalid duration "5x"`,
+		`Roamfile:6:16: reverse_proxy: dial_timeout: invalid duration "5x" (examples: 500ms, 5s, 2m, 1h30m)`,
 		`Roamfile:7:3: reverse_proxy: unknown subdirective "max_con" (did you mean max_conns_per_session?)`,
 		`Roamfile:10:1: site has no handler (want reverse_proxy, respond, redir or tunnel, at site level or in a handle block)`,
 	}

@@ -314,13 +314,16 @@ func durationOption(rp *ReverseProxy, name string) (d *time.Duration, positive b
 	return nil, false
 }
 
+// DurationExamples shows the syntax of a duration, for errors.
+const DurationExamples = "examples: 500ms, 5s, 2m, 1h30m"
+
 // durationArg parses t, the argument of the current subdirective, into *d.
 func durationArg(c *Cursor, t Token, d *time.Duration, positive bool) error {
 	name := c.linePrefix()
 	v, err := time.ParseDuration(t.Text)
 	switch {
 	case err != nil:
-		return c.Wrapf(err, "%sinvalid duration %q", name, t.Text)
+		return c.Wrapf(err, "%sinvalid duration %q (%s)", name, t.Text, DurationExamples)
 	case positive && v <= 0:
 		return c.Errf("%sduration %q must be positive", name, t.Text)
 	case v < 0:

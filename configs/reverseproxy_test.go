@@ -70,7 +70,7 @@ func TestParseReverseProxyErrors(t *testing.T) {
 		{"subdirective by prefix", rp("lb_pol random"), `Roamfile:3:3: reverse_proxy: unknown subdirective "lb_pol" (did you mean lb_policy?)`},
 		{"Caddy subdirective", rp("transport http"), `Roamfile:3:3: reverse_proxy: unknown subdirective "transport"`},
 		{"keepalive_idle negative", rp("keepalive_idle -1s"), `Roamfile:3:18: reverse_proxy: keepalive_idle: duration "-1s" must not be negative`},
-		{"keepalive_idle invalid", rp("keepalive_idle forever"), `Roamfile:3:18: reverse_proxy: keepalive_idle: invalid duration "forever"`},
+		{"keepalive_idle invalid", rp("keepalive_idle forever"), `Roamfile:3:18: reverse_proxy: keepalive_idle: invalid duration "forever" (examples: 500ms, 5s, 2m, 1h30m)`},
 		{"keepalive_idle twice", rp("keepalive_idle 1s\n\t\tkeepalive_idle 2s"), `Roamfile:4:3: reverse_proxy: keepalive_idle: already set at Roamfile:3:3`},
 
 		{"lb_policy missing", rp("lb_policy"), `Roamfile:3:3: reverse_proxy: lb_policy: missing argument`},

@@ -130,7 +130,7 @@ func TestParseTunnelErrors(t *testing.T) {
 		{"token with a block", site("tunnel a:1 {\n\t\ttoken t {\n\t\t}\n\t}"), `Roamfile:3:11: tunnel: token: unexpected block`},
 		{"dial_timeout zero", site("tunnel a:1 { token t; dial_timeout 0s }"), `Roamfile:2:37: tunnel: dial_timeout: duration "0s" must be positive`},
 		{"dial_timeout negative", site("tunnel a:1 { token t; dial_timeout -1s }"), `Roamfile:2:37: tunnel: dial_timeout: duration "-1s" must be positive`},
-		{"dial_timeout invalid", site("tunnel a:1 { token t; dial_timeout 5x }"), `Roamfile:2:37: tunnel: dial_timeout: invalid duration "5x"`},
+		{"dial_timeout invalid", site("tunnel a:1 { token t; dial_timeout 5x }"), `Roamfile:2:37: tunnel: dial_timeout: invalid duration "5x" (examples: 500ms, 5s, 2m, 1h30m)`},
 		{"dial_timeout missing", site("tunnel a:1 {\n\t\ttoken t\n\t\tdial_timeout\n\t}"), `Roamfile:4:3: tunnel: dial_timeout: missing argument`},
 		{"dial_timeout twice", site("tunnel a:1 {\n\t\ttoken t\n\t\tdial_timeout 1s\n\t\tdial_timeout 2s\n\t}"), `Roamfile:5:3: tunnel: dial_timeout: already set at Roamfile:4:3`},
 		{"dial_timeout extra", site("tunnel a:1 { token t; dial_timeout 1s 2s }"), `Roamfile:2:40: tunnel: dial_timeout: unexpected argument "2s"`},

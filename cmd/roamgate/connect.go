@@ -83,7 +83,8 @@ func parseConnect(args []string, stdout, stderr io.Writer) (*connectOptions, err
 	fs.StringVar(&o.key, "key", "", "private key (PEM) of --cert")
 	fs.StringVar(&o.ca, "ca", "", "trust this root (PEM) instead of the system's, e.g. roamgate's local CA: roamgate trust > root.crt")
 	fs.StringVar(&o.serverName, "server-name", "", "the edge's name, for TLS (sent and verified) and the tunnels' :authority, when the URL names an address (default: the URL's host)")
-	fs.DurationVar(&o.interval, "interval", time.Second, "how often to check the route and the path to the edge")
+	o.interval = time.Second
+	fs.Var(durationValue{&o.interval}, "interval", "how often to check the route and the path to the edge (a `duration`)")
 	helpOutput(fs, args, stdout, stderr)
 	usageErr := func(format string, a ...any) (*connectOptions, error) {
 		fmt.Fprintf(stderr, "roamgate connect: "+format+"\n", a...)

@@ -26,7 +26,7 @@ func healthCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	admin := fs.String("admin", "", "the admin endpoint, HOST:PORT (default: the Roamfile's admin option)")
 	config := fs.String("config", "Roamfile", "the Roamfile whose admin option names the endpoint, without --admin")
 	ready := fs.Bool("ready", false, "check readiness (/readyz: listeners, certificates, backends) instead of liveness (/healthz)")
-	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the answer")
+	timeout := durationFlag(fs, "timeout", 5*time.Second, "how long to wait for the answer (a `duration`)")
 	if err := parseFlags(fs, args, stdout, stderr); err != nil {
 		return err
 	}

@@ -25,6 +25,9 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
+
+	"github.com/roamgate/roamgate/configs"
 )
 
 func main() {
@@ -146,4 +149,31 @@ func parseFlags(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error
 		return errUsage
 	}
 	return nil
+}
+
+// durationValue is a time.Duration flag whose error shows the syntax.
+type durationValue struct{ d *time.Duration }
+
+func (v durationValue) String() string {
+	if v.d == nil {
+		return ""
+	}
+	return v.d.String()
+}
+
+func (v durationValue) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("invalid duration %q (%s)", s, configs.DurationExamples)
+	}
+	*v.d = d
+	return nil
+}
+
+// durationFlag is fs.Duration with durationValue's errors.
+func durationFlag(fs *flag.FlagSet, name string, value time.Duration, usage string) *time.Duration {
+	d := new(time.Duration)
+	*d = value
+	fs.Var(durationValue{d}, name, usage)
+	return d
 }

@@ -408,3 +408,18 @@ func TestSubcommandHelp(t *testing.T) {
 		}
 	}
 }
+
+// TestDurationErrorsShowTheSyntax (issue 13): a bad duration, in a flag or
+// in the Roamfile, says what one looks like.
+func TestDurationErrorsShowTheSyntax(t *testing.T) {
+	var errOut bytes.Buffer
+	if err := run(context.Background(), []string{"run", "--grace", "5sec"}, io.Discard, &errOut); !errors.Is(err, errUsage) ||
+		!strings.Contains(errOut.String(), `invalid duration "5sec" (examples: 500ms, 5s, 2m, 1h30m)`) {
+		t.Fatalf("--grace 5sec: %v, %q", err, errOut.String())
+	}
+	f := writeFile(t, t.TempDir(), "Roamfile", "a {\n\treverse_proxy b {\n\t\tdial_timeout 5sec\n\t}\n}\n")
+	err := run(context.Background(), []string{"validate", "--config", f}, io.Discard, io.Discard)
+	if want := f + `:3:16: reverse_proxy: dial_timeout: invalid duration "5sec" (examples: 500ms, 5s, 2m, 1h30m)`; err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("validate: %v, want %q", err, want)
+	}
+}

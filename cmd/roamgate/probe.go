@@ -51,7 +51,7 @@ func probeCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	migrate := fs.Bool("migrate", false, "send the request again after moving the connection to a new UDP socket")
 	count := fs.Int("count", 1, "requests before (and, with --migrate, after) the move")
 	body := fs.Bool("body", true, "print the response body")
-	timeout := fs.Duration("timeout", 10*time.Second, "for the whole probe")
+	timeout := durationFlag(fs, "timeout", 10*time.Second, "for the whole probe (a `duration`)")
 	helpOutput(fs, args, stdout, stderr)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

@@ -31,7 +31,7 @@ func reverseProxyCmd(ctx context.Context, args []string, stdout, stderr io.Write
 	fs.BoolVar(&up.insecure, "upstream-insecure", false, "accept any certificate from https:// upstreams (DANGEROUS: no verification)")
 	bind := fs.String("bind", "", "the host address to listen on (default: --from's host when it is an IP address, else all interfaces)")
 	dataDir := fs.String("data-dir", "", "where certificates and the local CA live")
-	grace := fs.Duration("grace", defaultGrace, "how long in-flight requests may finish on shutdown")
+	grace := durationFlag(fs, "grace", defaultGrace, "how long in-flight requests may finish on shutdown (a `duration`)")
 	if err := parseFlags(fs, args, stdout, stderr); err != nil {
 		return err
 	}

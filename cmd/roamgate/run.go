@@ -29,7 +29,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	config := fs.String("config", "Roamfile", "the Roamfile to serve")
 	dataDir := fs.String("data-dir", "", "where certificates and the local CA live (overrides the Roamfile's data_dir; default "+tlsmgr.DefaultDataDir()+")")
-	grace := fs.Duration("grace", defaultGrace, "how long in-flight requests may finish on shutdown")
+	grace := durationFlag(fs, "grace", defaultGrace, "how long in-flight requests may finish on shutdown (a `duration`)")
 	if err := parseFlags(fs, args, stdout, stderr); err != nil {
 		return err
 	}
