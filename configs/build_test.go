@@ -424,12 +424,12 @@ a {
 		},
 		{
 			name: "env in address and empty env argument dropped",
-			src:  "{$HOST}:{$PORT} {\n\treverse_proxy {$UNSET} localhost:{$APP_PORT:3000}\n}",
+			src:  "{$HOST}:{$PORT} {\n\treverse_proxy {$UNSET:} localhost:{$APP_PORT:3000}\n}",
 			want: defaults(Site{
 				Pos:       at(1, 1),
 				Addresses: []Address{{Pos: at(1, 1), Host: "example.com", Port: 8080, Text: "example.com:8080"}},
 				TLS:       TLS{Pos: at(1, 1)},
-				Routes:    only(proxy(at(2, 2), Upstream{Pos: at(2, 25), Addr: "localhost:3000", Text: "localhost:3000"})),
+				Routes:    only(proxy(at(2, 2), Upstream{Pos: at(2, 26), Addr: "localhost:3000", Text: "localhost:3000"})),
 			}),
 		},
 	}
@@ -643,6 +643,9 @@ func TestParseErrors(t *testing.T) {
 		{"max_conns zero", site("reverse_proxy b {\n\t\tmax_conns_per_session 0\n\t}"), `Roamfile:3:25: reverse_proxy: max_conns_per_session: 0 out of range (want 1-1024)`},
 		{"max_conns too many", site("reverse_proxy b {\n\t\tmax_conns_per_session 1025\n\t}"), `Roamfile:3:25: reverse_proxy: max_conns_per_session: 1025 out of range (want 1-1024)`},
 		{"max_conns twice", site("reverse_proxy b {\n\t\tmax_conns_per_session 1\n\t\tmax_conns_per_session 2\n\t}"), `Roamfile:4:3: reverse_proxy: max_conns_per_session: already set at Roamfile:3:3`},
+		// issue 13: was "reverse_proxy: missing upstream address"
+		{"unset variable", site("reverse_proxy {$BACKEND_ADDR}"),
+			`Roamfile:2:16: {$BACKEND_ADDR} is not set: set BACKEND_ADDR, or give a default: {$BACKEND_ADDR:VALUE} ({$BACKEND_ADDR:} for empty)`},
 		{"dial_timeout invalid", site("reverse_proxy b {\n\t\tdial_timeout 5x\n\t}"), `Roamfile:3:16: reverse_proxy: dial_timeout: invalid duration "5x" (examples: 500ms, 5s, 2m, 1h30m)`},
 		{"dial_timeout zero", site("reverse_proxy b {\n\t\tdial_timeout 0s\n\t}"), `Roamfile:3:16: reverse_proxy: dial_timeout: duration "0s" must be positive`},
 		{"dial_timeout missing", site("reverse_proxy b {\n\t\tdial_timeout\n\t}"), `Roamfile:3:3: reverse_proxy: dial_timeout: missing argument`},

@@ -2,6 +2,7 @@ package configs
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"strings"
 )
@@ -168,7 +169,8 @@ func (l *lexer) quoted(q byte, escapes bool) error {
 }
 
 // placeholder substitutes the {$NAME} or {$NAME:default} at l.off. It must
-// close on the same line and before a byte for which stop is true.
+// close on the same line and before a byte for which stop is true. An unset
+// NAME without a default is an error at the placeholder.
 func (l *lexer) placeholder(stop func(byte) bool) error {
 	start := l.pos()
 	end := -1
@@ -187,6 +189,11 @@ func (l *lexer) placeholder(stop func(byte) bool) error {
 	}
 	val, ok := l.env(name)
 	if !ok {
+		if !strings.Contains(string(l.src[l.off+2:end]), ":") {
+			// Substituting nothing would surface later as a missing
+			// argument or a wrong value, far from its cause.
+			return newError(start, "", nil, fmt.Sprintf("{$%s} is not set: set %s, or give a default: {$%s:VALUE} ({$%s:} for empty)", name, name, name, name))
+		}
 		val = def
 	}
 	l.buf = append(l.buf, val...)

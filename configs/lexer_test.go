@@ -63,9 +63,9 @@ func TestLex(t *testing.T) {
 		{"env default", "{$UNSET:localhost}:{$PORT:1} {$HOST:x}", []string{`1:1 "localhost:8080"`, `1:30 "example.com"`}},
 		{"env default only when unset", "a{$EMPTY:x}b", []string{`1:1 "ab"`}},
 		{"env default with colon", "{$UNSET:a:b}", []string{`1:1 "a:b"`}},
-		{"env unset drops token", "a {$UNSET} {$EMPTY} b", []string{`1:1 "a"`, `1:21 "b"`}},
+		{"env empty drops token", "a {$UNSET:} {$EMPTY} b", []string{`1:1 "a"`, `1:22 "b"`}},
 		{"env empty default drops token", "a {$UNSET:} b", []string{`1:1 "a"`, `1:13 "b"`}},
-		{"env quoted empty kept", `a "{$UNSET}" b`, []string{`1:1 "a"`, `1:3 "" Q`, `1:14 "b"`}},
+		{"env quoted empty kept", `a "{$UNSET:}" b`, []string{`1:1 "a"`, `1:3 "" Q`, `1:15 "b"`}},
 		{"env quoted", `"x {$HOST} y" ` + "`{$PORT}`", []string{`1:1 "x example.com y" Q`, `1:15 "8080" Q`}},
 		{"env value not rescanned", `{$NL} "{$NL}"`, []string{`1:1 "a\nb"`, `1:7 "a\nb" Q`}},
 		{"env brace is text", "{$BRACE}", []string{`1:1 "{"`}},
@@ -117,7 +117,7 @@ func TestLexLines(t *testing.T) {
 		{"multi-line quoted token", "a \"b\nc\" d\ne", "[[a b\nc d] [e]]"},
 		{"multi-line raw token", "a `b\n\nc` d\ne", "[[a b\n\nc d] [e]]"},
 		{"env newline stays on line", "a {$NL} b\nc", "[[a a\nb b] [c]]"},
-		{"dropped token keeps semicolon", "a; {$UNSET} b", "[[a] [b]]"},
+		{"dropped token keeps semicolon", "a; {$UNSET:} b", "[[a] [b]]"},
 		{"quoted braces are words", `a "{" "}" b`, "[[a { } b]]"},
 	}
 	for _, tt := range tests {

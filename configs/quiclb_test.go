@@ -75,7 +75,7 @@ func TestParseQUICLBErrors(t *testing.T) {
 			`Roamfile:4:3: quic_lb: server_id: a server ID of 5 bytes and a nonce of 15 make 20: want at most 19 (a connection ID is at most 20 bytes, the first octet included)`},
 		{"key short", lb("server_id 01", "nonce_len 8", "key 0011"), `Roamfile:5:7: quic_lb: key: 2 bytes: want 16 (an AES-128 key, 32 hex digits)`},
 		{"key not hex", lb("server_id 01", "nonce_len 8", "key secret"), `Roamfile:5:7: quic_lb: key: not hex (want the 16-byte AES-128 key as 32 hex digits)`},
-		{"key unset", lb("server_id 01", "nonce_len 8", "key {$NO_SUCH_KEY}"), `Roamfile:5:3: quic_lb: key: missing argument`},
+		{"key unset", lb("server_id 01", "nonce_len 8", "key {$NO_SUCH_KEY}"), `Roamfile:5:7: {$NO_SUCH_KEY} is not set: set NO_SUCH_KEY, or give a default: {$NO_SUCH_KEY:VALUE} ({$NO_SUCH_KEY:} for empty)`},
 		{"key empty", lb("server_id 01", "nonce_len 8", `key ""`), `Roamfile:5:7: quic_lb: key: empty`},
 		{"config_id 7", lb("server_id 01", "nonce_len 8", "config_id 7"), `Roamfile:5:13: quic_lb: config_id: 7 is reserved for unroutable connection IDs (want 0 to 6)`},
 		{"config_id negative", lb("server_id 01", "nonce_len 8", "config_id -1"), `Roamfile:5:13: quic_lb: config_id: invalid config ID "-1" (want 0 to 6)`},
