@@ -22,7 +22,7 @@ func listenPair(host string, port int) (*net.UDPConn, net.Listener, error) {
 		}
 		udp, err := net.ListenUDP("udp", ua)
 		if err != nil {
-			return nil, nil, fmt.Errorf("listen udp %s: %w", ua, err)
+			return nil, nil, inUse(err, ua.Port) // the error says "listen udp ADDR" itself
 		}
 		p := udp.LocalAddr().(*net.UDPAddr).Port
 		tcpHost := "" // all interfaces, like the UDP socket
@@ -35,10 +35,18 @@ func listenPair(host string, port int) (*net.UDPConn, net.Listener, error) {
 		}
 		udp.Close()
 		if port != 0 || !errors.Is(err, syscall.EADDRINUSE) || attempt >= 20 {
-			return nil, nil, fmt.Errorf("listen tcp %s: %w", net.JoinHostPort(host, strconv.Itoa(p)), err)
+			return nil, nil, inUse(err, p)
 		}
 		// The free UDP port is taken on TCP: try another.
 	}
+}
+
+// inUse adds to a port-in-use error how to find its owner.
+func inUse(err error, port int) error {
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("%w (another process has the port: ss -lntup 'sport = :%d' names it)", err, port)
+	}
+	return err
 }
 
 // sessionListener starts a session for every TCP connection it accepts; the

@@ -423,3 +423,31 @@ func TestDurationErrorsShowTheSyntax(t *testing.T) {
 		t.Fatalf("validate: %v, want %q", err, want)
 	}
 }
+
+// TestReverseProxyErrorsNameTheFlag (issue 13): a bad flag value is the
+// flag's error, not a position in a Roamfile the user never wrote, and a
+// port in use is said once, with how to find its owner.
+func TestReverseProxyErrorsNameTheFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--from", "20443", "--to", "127.0.0.1:1"}, `--from "20443": site address "20443": invalid host "20443"`},
+		{[]string{"--from", ":20443", "--to", "x:99999"}, `--to "x:99999": upstream "x:99999": invalid port "99999" (want 1-65535)`},
+		{[]string{"--from", ":20443", "--to", "https://a:1", "--upstream-ca", filepath.Join(t.TempDir(), "none.pem")}, `--upstream-ca: tls_ca: "`},
+	} {
+		err := run(context.Background(), append([]string{"reverse-proxy"}, tc.args...), io.Discard, io.Discard)
+		if err == nil || !strings.HasPrefix(err.Error(), tc.want) || strings.Contains(err.Error(), "reverse-proxy:") {
+			t.Errorf("%v: %v, want it to start %q", tc.args, err, tc.want)
+		}
+	}
+	busy, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	err = run(context.Background(), []string{"reverse-proxy", "--from", busy.LocalAddr().String(), "--to", "127.0.0.1:1", "--data-dir", t.TempDir()}, io.Discard, io.Discard)
+	if err == nil || strings.Count(err.Error(), "listen udp") != 1 || !strings.Contains(err.Error(), "address already in use (another process has the port: ss") {
+		t.Fatalf("port in use: %v", err)
+	}
+}

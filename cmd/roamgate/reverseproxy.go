@@ -43,6 +43,9 @@ func reverseProxyCmd(ctx context.Context, args []string, stdout, stderr io.Write
 	if err != nil {
 		return err
 	}
+	if err := checkUpstreamFiles(cfg, *from, *to, *bind, up); err != nil {
+		return err
+	}
 	// Where it listens, on stderr whatever the log settings: the one line
 	// a user of this command looks for.
 	started := func(_ context.Context, srv *proxy.Server, _ *tlsmgr.Manager) error {
@@ -119,17 +122,104 @@ func reverseProxyConfig(from, to, bind string, up upstreamTLSFlags) (*configs.Co
 	if (up.cert == "") != (up.key == "") {
 		return nil, errors.New("--upstream-cert and --upstream-key go together")
 	}
+	text, flagOf := reverseProxyRoamfile(from, to, bind, up)
+	cfg, err := configs.Parse("reverse-proxy", []byte(text), func(string) (string, bool) { return "", false })
+	if err != nil {
+		return nil, flagErrors(err, flagOf, flagValues(from, to, bind))
+	}
+	return cfg, nil
+}
+
+func flagValues(from, to, bind string) map[string]string {
+	if bind == "" {
+		bind = fromBind(from)
+	}
+	return map[string]string{"--bind": bind, "--from": from, "--to": to}
+}
+
+// reverseProxyRoamfile is the Roamfile the flags stand for, and which flag
+// each of its lines comes from (by line, from 1; "" for none): its errors
+// name the flag, not a file the user never wrote.
+func reverseProxyRoamfile(from, to, bind string, up upstreamTLSFlags) (string, []string) {
 	var b strings.Builder
+	var flagOf []string
+	line := func(flag, format string, a ...any) {
+		fmt.Fprintf(&b, format+"\n", a...)
+		flagOf = append(flagOf, flag)
+	}
 	if bind == "" {
 		bind = fromBind(from)
 	}
 	if bind != "" {
-		fmt.Fprintf(&b, "{\n\tdefault_bind %s\n}\n", bind)
+		line("", "{")
+		line("--bind", "\tdefault_bind %s", bind)
+		line("", "}")
 	}
-	fmt.Fprintf(&b, "%s {\n\treverse_proxy %s", from, strings.ReplaceAll(to, ",", " "))
-	if lines := up.lines(); len(lines) > 0 {
-		b.WriteString(" {\n\t\t" + strings.Join(lines, "\n\t\t") + "\n\t}")
+	line("--from", "%s {", from)
+	if tls := up.lines(); len(tls) > 0 {
+		line("--to", "\treverse_proxy %s {", strings.ReplaceAll(to, ",", " "))
+		for _, l := range tls {
+			line(upstreamFlagOf(l), "\t\t%s", l)
+		}
+		line("", "\t}")
+	} else {
+		line("--to", "\treverse_proxy %s", strings.ReplaceAll(to, ",", " "))
 	}
-	b.WriteString("\n}\n")
-	return configs.Parse("reverse-proxy", []byte(b.String()), func(string) (string, bool) { return "", false })
+	line("", "}")
+	return b.String(), flagOf
+}
+
+// checkUpstreamFiles reads the files the upstream flags name (CA, client
+// pair), so that their errors are the flags' too.
+func checkUpstreamFiles(cfg *configs.Config, from, to, bind string, up upstreamTLSFlags) error {
+	_, flagOf := reverseProxyRoamfile(from, to, bind, up)
+	for _, rt := range cfg.Sites[0].Routes {
+		if rp := rt.ReverseProxy; rp != nil && rp.TLS != nil {
+			if _, err := rp.TLS.Load(); err != nil {
+				return flagErrors(err, flagOf, flagValues(from, to, bind))
+			}
+		}
+	}
+	return nil
+}
+
+// upstreamFlagOf is the flag a tls_* line of the generated Roamfile comes
+// from.
+func upstreamFlagOf(line string) string {
+	switch strings.Fields(line)[0] {
+	case "tls_ca":
+		return "--upstream-ca"
+	case "tls_server_name":
+		return "--upstream-server-name"
+	case "tls_client_certificate":
+		return "--upstream-cert"
+	case "tls_insecure_skip_verify":
+		return "--upstream-insecure"
+	}
+	return ""
+}
+
+// flagErrors rewrites the generated Roamfile's errors in terms of the
+// flags their lines come from: `--from "20443": site address "20443":
+// invalid host "20443"`, not `reverse-proxy:4:1: ...`.
+func flagErrors(err error, flagOf []string, values map[string]string) error {
+	var errs []error
+	for _, e := range unjoin(err) {
+		var ce *configs.Error
+		if !errors.As(e, &ce) || ce.Pos.Line < 1 || ce.Pos.Line > len(flagOf) || flagOf[ce.Pos.Line-1] == "" {
+			errs = append(errs, e)
+			continue
+		}
+		flag := flagOf[ce.Pos.Line-1]
+		msg := ce.Msg
+		if ce.Directive != "" && ce.Directive != "reverse_proxy" && ce.Directive != "default_bind" {
+			msg = ce.Directive + ": " + msg
+		}
+		if v, ok := values[flag]; ok {
+			errs = append(errs, fmt.Errorf("%s %q: %s", flag, v, msg))
+		} else {
+			errs = append(errs, fmt.Errorf("%s: %s", flag, msg))
+		}
+	}
+	return errors.Join(errs...)
 }
