@@ -8,6 +8,7 @@
 //	roamgate demo                           the proxy, a legacy app and a migrating client
 //	roamgate trust [--install]              print or install the local CA's root
 //	roamgate connect https://EDGE --listen 127.0.0.1:2222   carry local TCP over a roaming tunnel
+//	roamgate fmt [--overwrite] [Roamfile]     print (or rewrite) a Roamfile in canonical layout
 //	roamgate probe https://HOST:PORT/ [--migrate]   an HTTP/3 request, before and after a move
 //	roamgate health [--admin HOST:PORT] [--ready]   ask a running roamgate's health endpoint
 //	roamgate cid decode [--config Roamfile] CID...  the server ID in QUIC-LB connection IDs
@@ -58,6 +59,7 @@ Usage:
   roamgate demo [--listen 127.0.0.1:8443] [--data-dir DIR] [--once]
   roamgate trust [--install] [--config Roamfile] [--data-dir DIR]
   roamgate connect https://EDGE[:PORT] [--listen 127.0.0.1:2222] [--token T | --token-file F] [--cert F --key F] [--ca F] [--server-name N]
+  roamgate fmt [--overwrite] [FILE]
   roamgate probe [--ca F | --insecure] [--migrate] [-X METHOD] [-H "Name: value"]... URL
   roamgate health [--admin HOST:PORT | --config Roamfile] [--ready] [--timeout 5s]
   roamgate cid decode [--sid-len N] [--nonce-len M] [--key HEX] [--config-id C] [--config F] CID...
@@ -86,6 +88,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return connectCmd(ctx, rest, stdout, stderr)
 	case "probe":
 		return probeCmd(ctx, rest, stdout, stderr)
+	case "fmt":
+		return fmtCmd(rest, stdout, stderr)
 	case "health":
 		return healthCmd(ctx, rest, stdout, stderr)
 	case "cid":

@@ -392,6 +392,7 @@ func TestSubcommandHelp(t *testing.T) {
 		"demo":          "Usage: roamgate demo [flags]", "trust": "Usage: roamgate trust [flags]",
 		"health": "Usage: roamgate health [flags]", "connect": "Usage: roamgate connect [flags] https://EDGE[:PORT]",
 		"probe": "Usage: roamgate probe [flags] URL", "cid decode": "Usage: roamgate cid decode",
+		"fmt": "Usage: roamgate fmt [--overwrite] [FILE]",
 	} {
 		for _, h := range []string{"--help", "-h"} {
 			var out, errOut bytes.Buffer
@@ -449,5 +450,38 @@ func TestReverseProxyErrorsNameTheFlag(t *testing.T) {
 	err = run(context.Background(), []string{"reverse-proxy", "--from", busy.LocalAddr().String(), "--to", "127.0.0.1:1", "--data-dir", t.TempDir()}, io.Discard, io.Discard)
 	if err == nil || strings.Count(err.Error(), "listen udp") != 1 || !strings.Contains(err.Error(), "address already in use (another process has the port: ss") {
 		t.Fatalf("port in use: %v", err)
+	}
+}
+
+// TestFmt (issue 13): roamgate fmt prints the canonical layout; with
+// --overwrite it rewrites the file, keeping its mode; a broken file is an
+// error at its place and is left as it was.
+func TestFmt(t *testing.T) {
+	dir := t.TempDir()
+	f := writeFile(t, dir, "Roamfile", "# edge\na.com { reverse_proxy b:1 { dial_timeout 1s } }\n")
+	const want = "# edge\na.com {\n\treverse_proxy b:1 {\n\t\tdial_timeout 1s\n\t}\n}\n"
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"fmt", f}, &out, io.Discard); err != nil || out.String() != want {
+		t.Fatalf("fmt: %v\n%s", err, out.String())
+	}
+	if err := run(context.Background(), []string{"fmt", "--overwrite", f}, io.Discard, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(f); string(got) != want {
+		t.Fatalf("rewritten:\n%s", got)
+	}
+	if fi, _ := os.Stat(f); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v, want 0600 kept", fi.Mode())
+	}
+	broken := writeFile(t, dir, "Broken", "a {\n\trespond 1\n")
+	err := run(context.Background(), []string{"fmt", "--overwrite", broken}, io.Discard, io.Discard)
+	if want := broken + `:1:3: "{" has no matching "}"`; err == nil || err.Error() != want {
+		t.Fatalf("broken: %v, want %s", err, want)
+	}
+	if got, _ := os.ReadFile(broken); string(got) != "a {\n\trespond 1\n" {
+		t.Fatalf("a broken file was written: %q", got)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 2 {
+		t.Fatalf("left behind: %v", ents)
 	}
 }
