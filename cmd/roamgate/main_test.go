@@ -485,3 +485,25 @@ func TestFmt(t *testing.T) {
 		t.Fatalf("left behind: %v", ents)
 	}
 }
+
+// TestReverseProxyGlobalFlags (issue 13): --admin, --log-level,
+// --log-format and --access-log=false become the global options, checked
+// as the Roamfile's are.
+func TestReverseProxyGlobalFlags(t *testing.T) {
+	cfg, err := reverseProxyConfig("127.0.0.1:0", "127.0.0.1:9", "", upstreamTLSFlags{},
+		globalFlags{admin: "127.0.0.1:0", logLevel: "debug", logFormat: "json", accessLog: false})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Admin != "127.0.0.1:0" || cfg.Log.Level != "debug" || cfg.Log.Format != "json" || !cfg.Log.Access.Off ||
+		!slices.Equal(cfg.DefaultBind, []string{"127.0.0.1"}) {
+		t.Fatalf("config %+v", cfg)
+	}
+	if cfg, err := reverseProxyConfig("127.0.0.1:0", "127.0.0.1:9", "", upstreamTLSFlags{}); err != nil || cfg.Admin != "" || cfg.Log.Access.Off {
+		t.Fatalf("defaults: %v %+v", err, cfg)
+	}
+	_, err = reverseProxyConfig(":0", "127.0.0.1:9", "", upstreamTLSFlags{}, globalFlags{logLevel: "verbose", accessLog: true})
+	if want := `--log-level "verbose": log: unknown level "verbose"`; err == nil || !strings.HasPrefix(err.Error(), want) {
+		t.Fatalf("--log-level verbose: %v", err)
+	}
+}

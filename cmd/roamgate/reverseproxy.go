@@ -32,6 +32,11 @@ func reverseProxyCmd(ctx context.Context, args []string, stdout, stderr io.Write
 	bind := fs.String("bind", "", "the host address to listen on (default: --from's host when it is an IP address, else all interfaces)")
 	dataDir := fs.String("data-dir", "", "where certificates and the local CA live")
 	grace := durationFlag(fs, "grace", defaultGrace, "how long in-flight requests may finish on shutdown (a `duration`)")
+	var g globalFlags
+	fs.StringVar(&g.admin, "admin", "", "serve /metrics, /healthz and /readyz on this HOST:PORT (default: off)")
+	fs.StringVar(&g.logLevel, "log-level", "", "debug, info, warn or error (default info)")
+	fs.StringVar(&g.logFormat, "log-format", "", "console or json (default console)")
+	fs.BoolVar(&g.accessLog, "access-log", true, "write an access-log line per request (--access-log=false: none)")
 	if err := parseFlags(fs, args, stdout, stderr); err != nil {
 		return err
 	}
@@ -39,11 +44,11 @@ func reverseProxyCmd(ctx context.Context, args []string, stdout, stderr io.Write
 		fmt.Fprintln(stderr, "roamgate reverse-proxy: --from and --to are required")
 		return errUsage
 	}
-	cfg, err := reverseProxyConfig(*from, *to, *bind, up)
+	cfg, err := reverseProxyConfig(*from, *to, *bind, up, g)
 	if err != nil {
 		return err
 	}
-	if err := checkUpstreamFiles(cfg, *from, *to, *bind, up); err != nil {
+	if err := checkUpstreamFiles(cfg, *from, *to, *bind, up, g); err != nil {
 		return err
 	}
 	// Where it listens, on stderr whatever the log settings: the one line
@@ -111,7 +116,13 @@ func (f upstreamTLSFlags) lines() []string {
 
 // reverseProxyConfig writes the flags as a Roamfile and parses it, so the
 // flags get exactly the Roamfile's checks and defaults.
-func reverseProxyConfig(from, to, bind string, up upstreamTLSFlags) (*configs.Config, error) {
+func reverseProxyConfig(from, to, bind string, up upstreamTLSFlags, globals ...globalFlags) (*configs.Config, error) {
+	var g globalFlags
+	if len(globals) > 0 {
+		g = globals[0]
+	} else {
+		g.accessLog = true
+	}
 	flags := map[string]string{"--from": from, "--to": to, "--bind": bind,
 		"--upstream-ca": up.ca, "--upstream-server-name": up.serverName, "--upstream-cert": up.cert, "--upstream-key": up.key}
 	for name, v := range flags {
@@ -122,25 +133,37 @@ func reverseProxyConfig(from, to, bind string, up upstreamTLSFlags) (*configs.Co
 	if (up.cert == "") != (up.key == "") {
 		return nil, errors.New("--upstream-cert and --upstream-key go together")
 	}
-	text, flagOf := reverseProxyRoamfile(from, to, bind, up)
+	for name, v := range map[string]string{"--admin": g.admin, "--log-level": g.logLevel, "--log-format": g.logFormat} {
+		if strings.ContainsAny(v, " \t\r\n\"'`{}#;") {
+			return nil, fmt.Errorf("%s %q: unexpected character", name, v)
+		}
+	}
+	text, flagOf := reverseProxyRoamfile(from, to, bind, up, g)
 	cfg, err := configs.Parse("reverse-proxy", []byte(text), func(string) (string, bool) { return "", false })
 	if err != nil {
-		return nil, flagErrors(err, flagOf, flagValues(from, to, bind))
+		return nil, flagErrors(err, flagOf, flagValues(from, to, bind, g))
 	}
 	return cfg, nil
 }
 
-func flagValues(from, to, bind string) map[string]string {
+// globalFlags are reverse-proxy's flags for the global options.
+type globalFlags struct {
+	admin, logLevel, logFormat string
+	accessLog                  bool
+}
+
+func flagValues(from, to, bind string, g globalFlags) map[string]string {
 	if bind == "" {
 		bind = fromBind(from)
 	}
-	return map[string]string{"--bind": bind, "--from": from, "--to": to}
+	return map[string]string{"--bind": bind, "--from": from, "--to": to,
+		"--admin": g.admin, "--log-level": g.logLevel, "--log-format": g.logFormat}
 }
 
 // reverseProxyRoamfile is the Roamfile the flags stand for, and which flag
 // each of its lines comes from (by line, from 1; "" for none): its errors
 // name the flag, not a file the user never wrote.
-func reverseProxyRoamfile(from, to, bind string, up upstreamTLSFlags) (string, []string) {
+func reverseProxyRoamfile(from, to, bind string, up upstreamTLSFlags, g globalFlags) (string, []string) {
 	var b strings.Builder
 	var flagOf []string
 	line := func(flag, format string, a ...any) {
@@ -150,9 +173,31 @@ func reverseProxyRoamfile(from, to, bind string, up upstreamTLSFlags) (string, [
 	if bind == "" {
 		bind = fromBind(from)
 	}
+	var globals [][2]string // flag, line
 	if bind != "" {
+		globals = append(globals, [2]string{"--bind", "default_bind " + bind})
+	}
+	if g.admin != "" {
+		globals = append(globals, [2]string{"--admin", "admin " + g.admin})
+	}
+	if g.logLevel != "" || g.logFormat != "" {
+		globals = append(globals, [2]string{"", "log {"})
+		if g.logLevel != "" {
+			globals = append(globals, [2]string{"--log-level", "\tlevel " + g.logLevel})
+		}
+		if g.logFormat != "" {
+			globals = append(globals, [2]string{"--log-format", "\tformat " + g.logFormat})
+		}
+		globals = append(globals, [2]string{"", "}"})
+	}
+	if !g.accessLog {
+		globals = append(globals, [2]string{"--access-log", "log access off"})
+	}
+	if len(globals) > 0 {
 		line("", "{")
-		line("--bind", "\tdefault_bind %s", bind)
+		for _, gl := range globals {
+			line(gl[0], "\t%s", gl[1])
+		}
 		line("", "}")
 	}
 	line("--from", "%s {", from)
@@ -171,12 +216,12 @@ func reverseProxyRoamfile(from, to, bind string, up upstreamTLSFlags) (string, [
 
 // checkUpstreamFiles reads the files the upstream flags name (CA, client
 // pair), so that their errors are the flags' too.
-func checkUpstreamFiles(cfg *configs.Config, from, to, bind string, up upstreamTLSFlags) error {
-	_, flagOf := reverseProxyRoamfile(from, to, bind, up)
+func checkUpstreamFiles(cfg *configs.Config, from, to, bind string, up upstreamTLSFlags, g globalFlags) error {
+	_, flagOf := reverseProxyRoamfile(from, to, bind, up, g)
 	for _, rt := range cfg.Sites[0].Routes {
 		if rp := rt.ReverseProxy; rp != nil && rp.TLS != nil {
 			if _, err := rp.TLS.Load(); err != nil {
-				return flagErrors(err, flagOf, flagValues(from, to, bind))
+				return flagErrors(err, flagOf, flagValues(from, to, bind, g))
 			}
 		}
 	}
