@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -20,8 +21,8 @@ const statusClientClosed = 499
 // handler serves the requests of one port, HTTP/3 and TCP alike.
 type handler struct {
 	srv    *Server
-	router *router
-	altSvc []string // Alt-Svc for TCP responses; nil on HTTP/3
+	router *atomic.Pointer[router] // the port's, swapped by Reload
+	altSvc []string                // Alt-Svc for TCP responses; nil on HTTP/3
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -38,7 +39,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.altSvc != nil {
 		w.Header()["Alt-Svc"] = h.altSvc
 	}
-	st := h.router.match(r.Host)
+	st := h.router.Load().match(r.Host)
 	rec := exchange{status: http.StatusMisdirectedRequest}
 	defer func() {
 		s.observePath() // a long request (a stream) may have seen the path change

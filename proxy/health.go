@@ -69,7 +69,11 @@ func (s *Server) readiness() []check {
 // one line per pool that has none.
 func (s *Server) upstreamsReady() error {
 	var down []string
-	for i, p := range s.pools {
+	s.mu.Lock()
+	pools := s.snap.pools
+	s.mu.Unlock()
+	for _, pe := range pools {
+		p := pe.pool
 		healthy := false
 		var addrs []string
 		for _, b := range p.Backends() {
@@ -80,7 +84,7 @@ func (s *Server) upstreamsReady() error {
 			addrs = append(addrs, b.Addr)
 		}
 		if !healthy {
-			down = append(down, s.poolPos[i].String()+": reverse_proxy: no healthy backend ("+strings.Join(addrs, ", ")+")")
+			down = append(down, pe.pos.String()+": reverse_proxy: no healthy backend ("+strings.Join(addrs, ", ")+")")
 		}
 	}
 	if len(down) == 0 {

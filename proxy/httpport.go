@@ -124,10 +124,11 @@ func (h *redirectHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *Server) httpsPortFor(host string) int {
 	catchAll := 0
 	for _, ps := range s.ports {
-		if ps.rt.exact[host] != nil || ps.rt.matchWildcard(host) != nil {
+		rt := ps.rt.Load()
+		if rt.exact[host] != nil || rt.matchWildcard(host) != nil {
 			return ps.bound
 		}
-		if ps.rt.catchAll != nil && catchAll == 0 {
+		if rt.catchAll != nil && catchAll == 0 {
 			catchAll = ps.bound
 		}
 	}

@@ -29,6 +29,7 @@ type metrics struct {
 	tooEarly       prometheus.Counter       // 0-RTT requests answered 425
 	refused        *prometheus.CounterVec   // client errors refused before the backend, by reason
 	admission      *prometheus.CounterVec   // new QUIC connections sent a Retry or refused, by decision
+	reloads        *prometheus.CounterVec   // Reload calls, by result: applied, refused
 
 	// noSite counts the requests no site answers (421).
 	noSite *siteMetrics
@@ -79,10 +80,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "roamgate", Name: "quic_admission_total",
 			Help: "Initial packets of new QUIC connections answered with a Retry or refused (a client's first flight is one or two packets), by decision: retry_rate (over handshake_rate: the client proves its address with a Retry first), retry_per_ip (an unproven address over handshake_rate_per_ip), refused_per_ip (a proven address over it: CONNECTION_REFUSED).",
 		}, []string{"decision"}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "roamgate", Name: "config_reloads_total",
+			Help: "Configuration reloads, by result: applied, refused (invalid, or a change that needs a restart; the running configuration is unchanged).",
+		}, []string{"result"}),
 	}
 	m.noSite = m.forSite("")
 	if reg != nil {
-		reg.MustRegister(m.sessionsOpened, m.sessionsActive, m.pathChanges, m.requests, m.duration, m.tooEarly, m.refused, m.admission)
+		reg.MustRegister(m.sessionsOpened, m.sessionsActive, m.pathChanges, m.requests, m.duration, m.tooEarly, m.refused, m.admission, m.reloads)
 	}
 	return m
 }

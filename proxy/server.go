@@ -79,21 +79,23 @@ type Server struct {
 	metrics  *metrics
 	quicConf *quic.Config
 	// cids issues the server connection IDs of every QUIC transport.
-	cids     *quiclb.Generator
-	admit    *admission // for every QUIC transport
-	ports    []*portServer
-	pools    []*upstream.Pool   // one per reverse_proxy; health checks run while serving
-	poolPos  []configs.Position // where each of pools is configured, for /readyz
-	poolStop context.CancelFunc
-	http     *httpPort // nil unless some certificate comes from ACME
-	admin    *adminServer
-	sessions sync.WaitGroup // one per open session
-	serving  sync.WaitGroup // the Serve goroutines
+	cids      *quiclb.Generator
+	admit     *admission // for every QUIC transport
+	ports     []*portServer
+	secret    []byte // the cookie key, for the pools
+	upMetrics *upstream.Metrics
+	poolStop  context.CancelFunc
+	poolCtx   context.Context // the pools' health checks run until it ends; nil before Serve
+	http      *httpPort       // nil unless some certificate comes from ACME
+	admin     *adminServer
+	sessions  sync.WaitGroup // one per open session
+	serving   sync.WaitGroup // the Serve goroutines
 
 	nextSessionID atomic.Uint64
 	pathSample    time.Duration // how often a session with long-lived streams checks its path
 
 	mu        sync.Mutex // guards the following
+	snap      *snapshot  // the configuration being served (see Reload)
 	listening bool
 	served    bool
 	shutdown  bool
@@ -104,9 +106,9 @@ type Server struct {
 
 // portServer is everything listening on one port number.
 type portServer struct {
-	port  int // as configured; 0 picks a free port shared by UDP and TCP
-	bound int // the port listened on
-	rt    *router
+	port  int                    // as configured; 0 picks a free port shared by UDP and TCP
+	bound int                    // the port listened on
+	rt    atomic.Pointer[router] // swapped by Reload
 
 	h3         *http3.Server
 	h1         *http.Server
@@ -168,43 +170,17 @@ func New(cfg *configs.Config, opts Options) (*Server, error) {
 			return nil, fmt.Errorf("proxy: cookie secret: %w", err)
 		}
 	}
-	upMetrics := upstream.NewMetrics(reg)
-	byPort := map[int]*portServer{}
-	for _, sc := range cfg.Sites {
-		st := &site{name: sc.Addresses[0].Text, headers: compileHeaderOps(sc.Headers), clientCAs: sc.TLS.ClientCAFiles, limits: siteLimits(sc.Limits)}
-		st.metrics = s.metrics.forSite(st.name)
-		if sc.Tunnel != nil {
-			st.tunnel = newTunnelRoute(sc.Tunnel, len(sc.TLS.ClientCAFiles) > 0)
-		}
-		for _, rc := range sc.Routes {
-			rt := &route{match: configs.CompilePath(rc.Path), strip: rc.StripPrefix, headers: compileHeaderOps(rc.Headers)}
-			switch {
-			case rc.ReverseProxy != nil:
-				pool, err := newPool(rc.ReverseProxy, secret, logger.Named("upstream"), upMetrics)
-				if err != nil {
-					return nil, err
-				}
-				s.pools = append(s.pools, pool)
-				s.poolPos = append(s.poolPos, rc.ReverseProxy.Pos)
-				rt.proxy = &proxyRoute{pool: pool, headerUp: compileHeaderOps(rc.ReverseProxy.HeaderUp), headerDown: compileHeaderOps(rc.ReverseProxy.HeaderDown)}
-			case rc.Respond != nil:
-				rt.respond = &respondRoute{status: rc.Respond.Status, body: compileTemplate(rc.Respond.Body)}
-			case rc.Redir != nil:
-				rt.redir = &redirRoute{to: compileTemplate(rc.Redir.To), code: rc.Redir.Code}
-			default:
-				return nil, fmt.Errorf("%s: route without a handler", rc.Pos)
-			}
-			st.routes = append(st.routes, rt)
-		}
-		for _, a := range sc.Addresses {
-			ps := byPort[a.Port]
-			if ps == nil {
-				ps = &portServer{port: a.Port, rt: newRouter()}
-				byPort[a.Port] = ps
-				s.ports = append(s.ports, ps)
-			}
-			ps.rt.add(a.Host, st)
-		}
+	s.secret = secret
+	s.upMetrics = upstream.NewMetrics(reg)
+	snap, _, err := s.compile(cfg, nil)
+	if err != nil {
+		return nil, err
+	}
+	s.snap = snap
+	for _, port := range snap.order {
+		ps := &portServer{port: port}
+		ps.rt.Store(snap.routers[port])
+		s.ports = append(s.ports, ps)
 	}
 	if cfg.Admin != "" {
 		s.admin = newAdminServer(cfg.Admin, reg, s, logger)
@@ -309,8 +285,9 @@ func (s *Server) Serve(certs CertSource) (err error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.poolStop = cancel
-	for _, p := range s.pools {
-		p.Start(ctx) // active health checks, when configured
+	s.poolCtx = ctx
+	for _, p := range s.snap.pools {
+		p.pool.Start(ctx) // active health checks, when configured
 	}
 	return nil
 }
@@ -334,7 +311,7 @@ func (s *Server) serve(ps *portServer) error {
 	maxHeader := protocolHeaderLimit(s.cfg)
 	ps.h3 = &http3.Server{
 		MaxHeaderBytes: maxHeader,
-		Handler:        &handler{srv: s, router: ps.rt},
+		Handler:        &handler{srv: s, router: &ps.rt},
 		QUICConfig:     s.quicConf,
 		ConnContext:    s.h3ConnContext,
 		Logger:         slogger,
@@ -342,7 +319,7 @@ func (s *Server) serve(ps *portServer) error {
 	altSvc := []string{`h3=":` + strconv.Itoa(ps.bound) + `"; ma=2592000`}
 	ps.h1 = &http.Server{
 		MaxHeaderBytes:    maxHeader,
-		Handler:           &handler{srv: s, router: ps.rt, altSvc: altSvc},
+		Handler:           &handler{srv: s, router: &ps.rt, altSvc: altSvc},
 		TLSConfig:         s.certs.TLSConfig(),
 		ConnContext:       tcpConnContext,
 		ReadHeaderTimeout: time.Minute,
@@ -472,8 +449,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if s.poolStop != nil {
 		s.poolStop()
 	}
-	for _, p := range s.pools {
-		record(p.Close())
+	s.mu.Lock()
+	pools := s.snap.pools
+	s.mu.Unlock()
+	for _, p := range pools {
+		record(p.pool.Close())
 	}
 	return errors.Join(errs...)
 }

@@ -1,0 +1,216 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"reflect"
+	"slices"
+	"strconv"
+
+	"go.uber.org/zap"
+
+	"github.com/roamgate/roamgate/configs"
+	"github.com/roamgate/roamgate/upstream"
+)
+
+// snapshot is what a configuration compiles to for serving: the router of
+// each site port and the upstream pools. Requests read a port's router once
+// (an atomic pointer), so each sees one snapshot whole; Reload swaps them.
+type snapshot struct {
+	cfg     *configs.Config
+	order   []int // site ports in first-seen order
+	routers map[int]*router
+	pools   []*poolEntry
+}
+
+// poolEntry is a reverse_proxy's pool and what identifies it across
+// reloads.
+type poolEntry struct {
+	key  string // the site and path it serves: "example.com /api/* #0"
+	fp   string // its settings, positions left out
+	pos  configs.Position
+	pool *upstream.Pool
+}
+
+// compile builds a snapshot of cfg. With old, a reverse_proxy at the same
+// place (site, path) with the same settings keeps old's pool, so the
+// sessions holding leases on it keep their backend and their upstream
+// connections; others get new pools, returned in fresh (not started). On
+// error, fresh pools are closed and nil returned.
+func (s *Server) compile(cfg *configs.Config, old *snapshot) (snap *snapshot, fresh []*upstream.Pool, err error) {
+	defer func() {
+		if err != nil {
+			for _, p := range fresh {
+				_ = p.Close()
+			}
+			snap, fresh = nil, nil
+		}
+	}()
+	kept := map[string]*poolEntry{}
+	if old != nil {
+		for _, pe := range old.pools {
+			kept[pe.key+"\x00"+pe.fp] = pe
+		}
+	}
+	snap = &snapshot{cfg: cfg, routers: map[int]*router{}}
+	logger := s.logger.Named("upstream")
+	for _, sc := range cfg.Sites {
+		st := &site{name: sc.Addresses[0].Text, headers: compileHeaderOps(sc.Headers), clientCAs: sc.TLS.ClientCAFiles, limits: siteLimits(sc.Limits)}
+		st.metrics = s.metrics.forSite(st.name)
+		if sc.Tunnel != nil {
+			st.tunnel = newTunnelRoute(sc.Tunnel, len(sc.TLS.ClientCAFiles) > 0)
+		}
+		nth := map[string]int{} // reverse_proxies so far by path pattern
+		for _, rc := range sc.Routes {
+			rt := &route{match: configs.CompilePath(rc.Path), strip: rc.StripPrefix, headers: compileHeaderOps(rc.Headers)}
+			switch {
+			case rc.ReverseProxy != nil:
+				// Its place: the site, the path it serves, and which
+				// one of that path's it is; not its index, which
+				// moves when a route is added before it.
+				key := st.name + " " + fmt.Sprint(rc.Path) + " #" + strconv.Itoa(nth[fmt.Sprint(rc.Path)])
+				nth[fmt.Sprint(rc.Path)]++
+				pe := &poolEntry{key: key, fp: configs.Fingerprint(rc.ReverseProxy), pos: rc.ReverseProxy.Pos}
+				if k := kept[pe.key+"\x00"+pe.fp]; k != nil {
+					pe.pool = k.pool
+					delete(kept, pe.key+"\x00"+pe.fp)
+				} else {
+					pool, err := newPool(rc.ReverseProxy, s.secret, logger, s.upMetrics)
+					if err != nil {
+						return nil, fresh, err
+					}
+					pe.pool = pool
+					fresh = append(fresh, pool)
+				}
+				snap.pools = append(snap.pools, pe)
+				rt.proxy = &proxyRoute{pool: pe.pool, headerUp: compileHeaderOps(rc.ReverseProxy.HeaderUp), headerDown: compileHeaderOps(rc.ReverseProxy.HeaderDown)}
+			case rc.Respond != nil:
+				rt.respond = &respondRoute{status: rc.Respond.Status, body: compileTemplate(rc.Respond.Body)}
+			case rc.Redir != nil:
+				rt.redir = &redirRoute{to: compileTemplate(rc.Redir.To), code: rc.Redir.Code}
+			default:
+				return nil, fresh, fmt.Errorf("%s: route without a handler", rc.Pos)
+			}
+			st.routes = append(st.routes, rt)
+		}
+		for _, a := range sc.Addresses {
+			rtr := snap.routers[a.Port]
+			if rtr == nil {
+				rtr = newRouter()
+				snap.routers[a.Port] = rtr
+				snap.order = append(snap.order, a.Port)
+			}
+			rtr.add(a.Host, st)
+		}
+	}
+	return snap, fresh, nil
+}
+
+// Reload serves cfg from now on, in place: every request sees the old
+// configuration or the new one, never a mix. Sites, routes, headers,
+// limits, redirects, responses and tunnels change for the next request; a
+// reverse_proxy whose place (site, path) and settings are unchanged keeps
+// its pool, so its sessions keep their backend and upstream connections.
+// A reverse_proxy that changed gets a new pool: its sessions pick a backend
+// again on their next request (the old pool's connections close with the
+// session). What the listeners are built from (ports, default_bind,
+// http_port, admin, zero_rtt, handshake rates, quic_lb, a larger header
+// limit) cannot change yet: such a cfg is refused whole, as is one whose
+// pools cannot be built, and the server goes on as it was. Certificates are
+// the caller's (tlsmgr.Manager).
+func (s *Server) Reload(cfg *configs.Config) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shutdown {
+		return errors.New("proxy: reload: server shut down")
+	}
+	old := s.snap
+	if err := needsRestart(old.cfg, cfg, old); err != nil {
+		s.metrics.reloads.WithLabelValues("refused").Inc()
+		return err
+	}
+	snap, fresh, err := s.compile(cfg, old)
+	if err != nil {
+		s.metrics.reloads.WithLabelValues("refused").Inc()
+		return err
+	}
+	if s.poolCtx != nil {
+		for _, p := range fresh {
+			p.Start(s.poolCtx)
+		}
+	}
+	for _, ps := range s.ports {
+		ps.rt.Store(snap.routers[ps.port])
+	}
+	s.snap, s.cfg = snap, cfg
+	// Pools no reverse_proxy uses any more: their health checks stop;
+	// their sessions' leases end with the sessions.
+	removed := 0
+	for _, pe := range old.pools {
+		if !slices.ContainsFunc(snap.pools, func(n *poolEntry) bool { return n.pool == pe.pool }) {
+			_ = pe.pool.Close()
+			removed++
+		}
+	}
+	s.metrics.reloads.WithLabelValues("applied").Inc()
+	s.logger.Info("configuration reloaded", zap.String("config", cfg.File), zap.Int("sites", len(cfg.Sites)),
+		zap.Int("pools_kept", len(snap.pools)-len(fresh)), zap.Int("pools_new", len(fresh)), zap.Int("pools_removed", removed))
+	return nil
+}
+
+// needsRestart says what of next cannot be applied in place to a server
+// serving cur, or nil.
+func needsRestart(cur, next *configs.Config, snap *snapshot) error {
+	var what []string
+	ports := slices.Clone(snap.order)
+	nextPorts := []int{}
+	for _, sc := range next.Sites {
+		for _, a := range sc.Addresses {
+			if !slices.Contains(nextPorts, a.Port) {
+				nextPorts = append(nextPorts, a.Port)
+			}
+		}
+	}
+	slices.Sort(ports)
+	slices.Sort(nextPorts)
+	if !slices.Equal(ports, nextPorts) {
+		what = append(what, fmt.Sprintf("site ports (%v, now %v)", ports, nextPorts))
+	}
+	same := func(name string, a, b any) {
+		if !reflect.DeepEqual(a, b) {
+			what = append(what, name)
+		}
+	}
+	same("default_bind", cur.DefaultBind, next.DefaultBind)
+	same("http_port", cur.HTTPPort, next.HTTPPort)
+	same("admin", cur.Admin, next.Admin)
+	same("zero_rtt", cur.ZeroRTT, next.ZeroRTT)
+	same("handshake_rate", cur.HandshakeRate, next.HandshakeRate)
+	same("handshake_rate_per_ip", cur.HandshakeRatePerIP, next.HandshakeRatePerIP)
+	same("quic_lb", fmt.Sprintf("%+v", cur.QUICLB), fmt.Sprintf("%+v", next.QUICLB))
+	if protocolHeaderLimit(next) > protocolHeaderLimit(cur) {
+		what = append(what, "a header limit above the largest one served")
+	}
+	if len(what) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%s: reload: %s changed: that needs a restart (the running configuration is unchanged)", next.File, joinAnd(what))
+}
+
+func joinAnd(s []string) string {
+	switch len(s) {
+	case 1:
+		return s[0]
+	case 2:
+		return s[0] + " and " + s[1]
+	}
+	return fmt.Sprintf("%s and %s", joinComma(s[:len(s)-1]), s[len(s)-1])
+}
+
+func joinComma(s []string) string {
+	out := s[0]
+	for _, x := range s[1:] {
+		out += ", " + x
+	}
+	return out
+}
