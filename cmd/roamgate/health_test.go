@@ -3,7 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -17,6 +21,8 @@ import (
 	"time"
 
 	"github.com/roamgate/roamgate/examples/legacyapp"
+	"github.com/roamgate/roamgate/proxy/h3client"
+	"github.com/roamgate/roamgate/tlsmgr"
 )
 
 // TestHelperProcess is not a test: started by roamgateProcess with
@@ -179,16 +185,26 @@ func deadAddr(t *testing.T) string {
 	return addr
 }
 
-// TestSIGHUPDoesNotKill (issue 13): SIGHUP to `roamgate run` (whose default
-// action would end the process and every connection) is logged as not
-// supported yet, and roamgate goes on serving; SIGTERM still stops it
-// cleanly.
-func TestSIGHUPDoesNotKill(t *testing.T) {
+// TestReloadBySIGHUPAndCommand (issue 14): `roamgate run` reloads its
+// Roamfile on `roamgate reload` and on SIGHUP (whose default would end the
+// process): the same client connection gets the new configuration over
+// the same upstream connection; an invalid edit is refused with its place,
+// and the old configuration goes on; a change that needs a restart too.
+func TestReloadBySIGHUPAndCommand(t *testing.T) {
+	app, err := legacyapp.Start("127.0.0.1:0", "app", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
 	dir := t.TempDir()
-	roamfile := writeFile(t, dir, "Roamfile", "{\n\tdefault_bind 127.0.0.1\n\tdata_dir "+filepath.Join(dir, "data")+"\n\tadmin 127.0.0.1:0\n}\n127.0.0.1:0 {\n\trespond ok\n}\n")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	dataDir := filepath.Join(dir, "data")
+	roamfile := func(gen, extra string) string {
+		return "{\n\tdefault_bind 127.0.0.1\n\tdata_dir " + dataDir + "\n}\n127.0.0.1:0 {\n\theader X-Gen " + gen + "\n" + extra + "\treverse_proxy " + app.Addr() + "\n}\n"
+	}
+	f := writeFile(t, dir, "Roamfile", roamfile("1", ""))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestHelperProcess$", "--", "run", "--config", roamfile, "--grace", "1s")
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestHelperProcess$", "--", "run", "--config", f, "--grace", "1s")
 	cmd.Env = append(os.Environ(), "ROAMGATE_HELPER_PROCESS=1")
 	var stderr syncBuffer
 	cmd.Stderr = &stderr
@@ -210,20 +226,77 @@ func TestSIGHUPDoesNotKill(t *testing.T) {
 		}
 	}
 	waitFor("serving", func() bool { return strings.Contains(stderr.String(), "serving") })
-	m := adminListening.FindStringSubmatch(stderr.String())
+	m := listeningUDP.FindStringSubmatch(stderr.String())
 	if m == nil {
-		t.Fatalf("no admin address:\n%s", stderr.String())
+		t.Fatalf("no listening line:\n%s", stderr.String())
 	}
-	for i := 1; i <= 2; i++ {
-		cmd.Process.Signal(syscall.SIGHUP)
-		waitFor("the SIGHUP log line", func() bool { return strings.Count(stderr.String(), "reload is not supported yet") == i })
+	waitForCertificate(t, m[1], dataDir)
+	pem, _ := os.ReadFile(tlsmgr.RootCertPath(dataDir))
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	c, err := h3client.Dial(ctx, m[1], &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if status, body, err := askHealth(context.Background(), "http://"+m[1]+"/readyz", time.Second); err != nil || status != http.StatusOK {
-		t.Fatalf("after SIGHUP: %d %q %v", status, body, err)
+	defer c.Close()
+	get := func() (string, legacyapp.Request) {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(ctx, "GET", "https://"+m[1]+"/", nil)
+		resp, err := c.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var r legacyapp.Request
+		if err := json.NewDecoder(resp.Body).Decode(&r); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("%d: %v", resp.StatusCode, err)
+		}
+		return resp.Header.Get("X-Gen"), r
 	}
+	gen, first := get()
+	if gen != "1" {
+		t.Fatalf("X-Gen %q", gen)
+	}
+
+	// roamgate reload
+	os.WriteFile(f, []byte(roamfile("2", "")), 0o600)
+	var out bytes.Buffer
+	if err := run(ctx, []string{"reload", "--config", f}, &out, io.Discard); err != nil || !strings.Contains(out.String(), "reloaded") {
+		t.Fatalf("reload: %v %q\n%s", err, out.String(), stderr.String())
+	}
+	if gen, r := get(); gen != "2" || r.Conn != first.Conn {
+		t.Fatalf("after reload: X-Gen %q over upstream connection %d (was %d)", gen, r.Conn, first.Conn)
+	}
+
+	// An invalid edit: refused with its place, generation 2 goes on.
+	os.WriteFile(f, []byte(roamfile("3", "\tmax_con 4\n")), 0o600)
+	err = run(ctx, []string{"reload", "--config", f}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), f+":7:2:") {
+		t.Fatalf("invalid reload: %v", err)
+	}
+	// A change that needs a restart: refused by the server.
+	os.WriteFile(f, []byte(strings.Replace(roamfile("3", ""), "127.0.0.1:0 {", "127.0.0.1:1 {", 1)), 0o600)
+	if err := run(ctx, []string{"reload", "--config", f}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "needs a restart") {
+		t.Fatalf("port change: %v", err)
+	}
+	if gen, _ := get(); gen != "2" {
+		t.Fatalf("after refused reloads: X-Gen %q", gen)
+	}
+
+	// SIGHUP
+	os.WriteFile(f, []byte(roamfile("4", "")), 0o600)
+	cmd.Process.Signal(syscall.SIGHUP)
+	waitFor("the SIGHUP reload", func() bool { return strings.Contains(stderr.String(), `"trigger": "SIGHUP"`) })
+	if gen, r := get(); gen != "4" || r.Conn != first.Conn {
+		t.Fatalf("after SIGHUP: X-Gen %q over upstream connection %d (was %d)", gen, r.Conn, first.Conn)
+	}
+	c.Close()
 	cmd.Process.Signal(syscall.SIGTERM)
 	if err := <-done; err != nil {
 		t.Fatalf("after SIGTERM: %v\n%s", err, stderr.String())
+	}
+	if _, err := os.Stat(filepath.Join(dataDir, controlSocket)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("control socket left behind: %v", err)
 	}
 }
 

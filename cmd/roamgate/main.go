@@ -60,6 +60,7 @@ Usage:
   roamgate trust [--install] [--config Roamfile] [--data-dir DIR]
   roamgate connect https://EDGE[:PORT] [--listen 127.0.0.1:2222] [--token T | --token-file F] [--cert F --key F] [--ca F] [--server-name N]
   roamgate fmt [--overwrite] [FILE]
+  roamgate reload [--config Roamfile] [--data-dir DIR]
   roamgate probe [--ca F | --insecure] [--migrate] [-X METHOD] [-H "Name: value"]... URL
   roamgate health [--admin HOST:PORT | --config Roamfile] [--ready] [--timeout 5s]
   roamgate cid decode [--sid-len N] [--nonce-len M] [--key HEX] [--config-id C] [--config F] CID...
@@ -90,6 +91,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return probeCmd(ctx, rest, stdout, stderr)
 	case "fmt":
 		return fmtCmd(rest, stdout, stderr)
+	case "reload":
+		return reloadCmd(rest, stdout, stderr)
 	case "health":
 		return healthCmd(ctx, rest, stdout, stderr)
 	case "cid":
@@ -114,6 +117,7 @@ var usageLines = map[string]string{
 	"trust":         "roamgate trust [flags]",
 	"health":        "roamgate health [flags]",
 	"connect":       "roamgate connect [flags] https://EDGE[:PORT]",
+	"reload":        "roamgate reload [flags]",
 }
 
 // helpOutput sends fs's messages to stderr, or its help to stdout when

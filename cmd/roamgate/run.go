@@ -37,7 +37,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	return serveLogged(ctx, cfg, serveOptions{dataDir: *dataDir, grace: *grace}, stdout, stderr)
+	return serveLogged(ctx, cfg, serveOptions{dataDir: *dataDir, grace: *grace, reloadable: true}, stdout, stderr)
 }
 
 // serveLogged serves cfg with the loggers its log options ask for (stderr
@@ -56,6 +56,7 @@ func serveLogged(ctx context.Context, cfg *configs.Config, o serveOptions, stdou
 type serveOptions struct {
 	dataDir      string
 	grace        time.Duration
+	reloadable   bool // cfg comes from a Roamfile: SIGHUP and roamgate reload re-read it
 	logger       *zap.Logger
 	accessLogger *zap.Logger // nil: the logger's "access" child
 	// started, when set, runs once the listeners are up; an error stops
@@ -106,9 +107,18 @@ func serve(ctx context.Context, cfg *configs.Config, o serveOptions) error {
 		return errors.Join(err, shutdown(srv, o.grace, logger))
 	}
 	logger.Info("serving", zap.Int("sites", len(cfg.Sites)), zap.String("data_dir", tcfg.DataDir))
-	// SIGHUP's default is to end the process: a reload that killed every
-	// connection. Until reload lands, it is refused, loudly, and nothing
-	// changes.
+	// SIGHUP reloads the Roamfile (its default would end the process and
+	// every connection); so does `roamgate reload`, over the control
+	// socket in the data directory. Without a Roamfile (reverse-proxy)
+	// there is nothing to reload.
+	r := &reloader{srv: srv, dataDir: o.dataDir, logger: logger, cur: cfg}
+	if o.reloadable {
+		stopControl, err := r.serveControl(ctx, tcfg.DataDir)
+		if err != nil {
+			return errors.Join(err, shutdown(srv, o.grace, logger))
+		}
+		defer stopControl()
+	}
 	hup, hupDone := make(chan os.Signal, 1), make(chan struct{})
 	signal.Notify(hup, syscall.SIGHUP)
 	defer func() { signal.Stop(hup); close(hupDone) }()
@@ -116,8 +126,11 @@ func serve(ctx context.Context, cfg *configs.Config, o serveOptions) error {
 		for {
 			select {
 			case <-hup:
-				logger.Warn("SIGHUP: reload is not supported yet; still serving the configuration loaded at start (restart to apply a new one)",
-					zap.String("config", cfg.File))
+				if !o.reloadable {
+					logger.Warn("SIGHUP: nothing to reload (no Roamfile); still serving", zap.String("config", cfg.File))
+					continue
+				}
+				_ = r.reload("SIGHUP") // logged either way
 			case <-hupDone:
 				return
 			}

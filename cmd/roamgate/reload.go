@@ -1,0 +1,176 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/roamgate/roamgate/configs"
+	"github.com/roamgate/roamgate/proxy"
+	"github.com/roamgate/roamgate/tlsmgr"
+)
+
+// controlSocket is the name of the running server's control socket in its
+// data directory: a unix socket only its user can open (0600 in a 0700
+// directory), so `roamgate reload` needs no setup and lets no one else in.
+const controlSocket = "control.sock"
+
+// reloader re-reads the Roamfile a server was started with and applies it
+// (proxy.Server.Reload), for SIGHUP and `roamgate reload`; one at a time.
+type reloader struct {
+	srv     *proxy.Server
+	dataDir string // as given to run (--data-dir), "" for the Roamfile's
+	logger  *zap.Logger
+
+	mu  sync.Mutex
+	cur *configs.Config
+}
+
+// reload loads the Roamfile again and applies it. An invalid file, or a
+// change that cannot be applied in place, is an error (logged with its
+// places) and the running configuration stays.
+func (r *reloader) reload(trigger string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	err := r.apply()
+	if err != nil {
+		r.logger.Error("reload refused: still serving the previous configuration", zap.String("trigger", trigger),
+			zap.String("config", r.cur.File), zap.Error(err))
+		return err
+	}
+	r.logger.Info("reloaded", zap.String("trigger", trigger), zap.String("config", r.cur.File))
+	return nil
+}
+
+func (r *reloader) apply() error {
+	next, err := configs.Load(r.cur.File)
+	if err != nil {
+		return err
+	}
+	// Certificates, logs and the data directory are set up at start; a
+	// reload that changes them waits for the next restart.
+	for _, c := range []struct {
+		what     string
+		cur, new any
+	}{
+		{"certificate settings (site names, tls, acme, storage)", tlsmgr.ConfigFor(r.cur, r.dataDir), tlsmgr.ConfigFor(next, r.dataDir)},
+		{"log settings", r.cur.Log, next.Log},
+	} {
+		if configs.Fingerprint(c.cur) != configs.Fingerprint(c.new) {
+			return fmt.Errorf("%s: reload: %s changed: that needs a restart (the running configuration is unchanged)", next.File, c.what)
+		}
+	}
+	if err := r.srv.Reload(next); err != nil {
+		return err
+	}
+	r.cur = next
+	return nil
+}
+
+// serveControl answers `roamgate reload` on the data directory's control
+// socket until ctx ends.
+func (r *reloader) serveControl(ctx context.Context, dataDir string) (stop func(), err error) {
+	path := filepath.Join(dataDir, controlSocket)
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, err
+	}
+	if c, err := net.Dial("unix", path); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("control socket %s: another roamgate serves from this data directory", path)
+	}
+	_ = os.Remove(path) // a stale socket of a process that is gone
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /reload", func(w http.ResponseWriter, req *http.Request) {
+		if want := req.URL.Query().Get("config"); want != "" && want != absPath(r.config()) {
+			http.Error(w, fmt.Sprintf("this roamgate serves %s, not %s", absPath(r.config()), want), http.StatusConflict)
+			return
+		}
+		if err := r.reload("roamgate reload"); err != nil {
+			http.Error(w, err.Error(), http.StatusUnprocessableEntity)
+			return
+		}
+		fmt.Fprintf(w, "reloaded %s\n", r.config())
+	})
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = hs.Serve(ln)
+	}()
+	return func() {
+		_ = hs.Close()
+		<-done
+		_ = os.Remove(path)
+	}, nil
+}
+
+func (r *reloader) config() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cur.File
+}
+
+func absPath(p string) string {
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
+}
+
+// reloadCmd asks the roamgate serving a Roamfile to load it again, over
+// the control socket in its data directory, and says how it went: exit 0
+// once the new configuration is live, else the errors (with their places)
+// and the running configuration unchanged.
+func reloadCmd(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("reload", flag.ContinueOnError)
+	config := fs.String("config", "Roamfile", "the Roamfile the running roamgate serves")
+	dataDir := fs.String("data-dir", "", "the data directory the running roamgate was given (default: the Roamfile's, else "+tlsmgr.DefaultDataDir()+")")
+	timeout := durationFlag(fs, "timeout", 30*time.Second, "how long to wait for the answer (a `duration`)")
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
+		return err
+	}
+	cfg, err := configs.Load(*config)
+	if err != nil {
+		return err // the running configuration stays: nothing was sent
+	}
+	sock := filepath.Join(tlsmgr.ConfigFor(cfg, *dataDir).DataDir, controlSocket)
+	client := &http.Client{Timeout: *timeout, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		},
+	}}
+	resp, err := client.Post("http://roamgate/reload?config="+url.QueryEscape(absPath(*config)), "text/plain", nil)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || strings.Contains(err.Error(), "connect: ") {
+			return fmt.Errorf("no roamgate serves from %s: %w (start it with roamgate run, or give its --data-dir)", filepath.Dir(sock), err)
+		}
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return errors.New(strings.TrimSpace(string(body)))
+	}
+	_, err = stdout.Write(body)
+	return err
+}
