@@ -142,7 +142,7 @@ func (s *Server) Reload(cfg *configs.Config) error {
 	for _, ps := range s.ports {
 		ps.rt.Store(snap.routers[ps.port])
 	}
-	s.snap, s.cfg = snap, cfg
+	s.snap = snap // s.cfg stays: what the listeners were built from, unchanged by needsRestart
 	// Pools no reverse_proxy uses any more: their health checks stop;
 	// their sessions' leases end with the sessions.
 	removed := 0
@@ -183,6 +183,7 @@ func needsRestart(cur, next *configs.Config, snap *snapshot) error {
 	}
 	same("default_bind", cur.DefaultBind, next.DefaultBind)
 	same("http_port", cur.HTTPPort, next.HTTPPort)
+	same("https_port", cur.HTTPSPort, next.HTTPSPort)
 	same("admin", cur.Admin, next.Admin)
 	same("zero_rtt", cur.ZeroRTT, next.ZeroRTT)
 	same("handshake_rate", cur.HandshakeRate, next.HandshakeRate)
