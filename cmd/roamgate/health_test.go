@@ -319,3 +319,91 @@ func TestVersion(t *testing.T) {
 		}
 	}
 }
+
+// TestRunWatch (issue 14): run --watch reloads when its Roamfile changes,
+// also when the file is a Kubernetes ConfigMap's: a symlink through a
+// "..data" link that is swapped to a new directory; a bad version is
+// refused and the one before goes on.
+func TestRunWatch(t *testing.T) {
+	dir := t.TempDir()
+	dataDir := filepath.Join(dir, "data")
+	version := func(name, body string) {
+		t.Helper()
+		os.MkdirAll(filepath.Join(dir, name), 0o755)
+		writeFile(t, filepath.Join(dir, name), "Roamfile", "{\n\tdefault_bind 127.0.0.1\n\tdata_dir "+dataDir+"\n}\n127.0.0.1:0 {\n\t"+body+"\n}\n")
+	}
+	swap := func(name string) { // as the kubelet does: a new link renamed over ..data
+		t.Helper()
+		tmp := filepath.Join(dir, "..data_tmp")
+		if err := os.Symlink(name, tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	version("v1", `respond "one"`)
+	version("v2", `respond "two"`)
+	version("v3", `respond "three" {`)
+	swap("v1")
+	if err := os.Symlink(filepath.Join("..data", "Roamfile"), filepath.Join(dir, "Roamfile")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var logs syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"run", "--config", filepath.Join(dir, "Roamfile"), "--watch", "--grace", "1s"}, io.Discard, &logs)
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("no %s:\n%s", what, logs.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitFor("serving", func() bool { return strings.Contains(logs.String(), "serving") })
+	m := listeningUDP.FindStringSubmatch(logs.String())
+	waitForCertificate(t, m[1], dataDir)
+	pem, _ := os.ReadFile(tlsmgr.RootCertPath(dataDir))
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	c, err := h3client.Dial(ctx, m[1], &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	body := func() string {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(ctx, "GET", "https://"+m[1]+"/", nil)
+		resp, err := c.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	if got := body(); got != "one" {
+		t.Fatalf("body %q", got)
+	}
+	swap("v2")
+	waitFor("the watch's reload", func() bool { return strings.Contains(logs.String(), "reloaded") })
+	if got := body(); got != "two" {
+		t.Fatalf("after the swap: %q", got)
+	}
+	swap("v3")
+	waitFor("the refused reload", func() bool { return strings.Contains(logs.String(), "reload refused") })
+	if got := body(); got != "two" {
+		t.Fatalf("after a bad version: %q", got)
+	}
+	c.Close()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

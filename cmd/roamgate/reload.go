@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -77,6 +78,36 @@ func (r *reloader) apply() error {
 	}
 	r.cur = next
 	return nil
+}
+
+// watch reloads whenever the Roamfile's content changes, looking every
+// interval: the file read through any symlinks, so a Kubernetes
+// ConfigMap's swap of its ..data link is a change like an edit in place. A
+// file that cannot be read, or does not parse, is logged (reload refused)
+// and looked at again.
+func (r *reloader) watch(interval time.Duration) (stop func()) {
+	name := r.config()
+	last, _ := os.ReadFile(name)
+	done, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			now, err := os.ReadFile(name)
+			if err != nil || bytes.Equal(now, last) {
+				continue
+			}
+			last = now
+			_ = r.reload("watch") // logged either way
+		}
+	}()
+	return func() { close(done); <-exited }
 }
 
 // serveControl answers `roamgate reload` on the data directory's control

@@ -30,6 +30,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	config := fs.String("config", "Roamfile", "the Roamfile to serve")
 	dataDir := fs.String("data-dir", "", "where certificates and the local CA live (overrides the Roamfile's data_dir; default "+tlsmgr.DefaultDataDir()+")")
 	grace := durationFlag(fs, "grace", defaultGrace, "how long in-flight requests may finish on shutdown (a `duration`)")
+	watch := fs.Bool("watch", false, "reload when the Roamfile changes (checked every second; a Kubernetes ConfigMap's symlink swap counts)")
 	if err := parseFlags(fs, args, stdout, stderr); err != nil {
 		return err
 	}
@@ -37,7 +38,11 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	return serveLogged(ctx, cfg, serveOptions{dataDir: *dataDir, grace: *grace, reloadable: true}, stdout, stderr)
+	o := serveOptions{dataDir: *dataDir, grace: *grace, reloadable: true}
+	if *watch {
+		o.watch = time.Second
+	}
+	return serveLogged(ctx, cfg, o, stdout, stderr)
 }
 
 // serveLogged serves cfg with the loggers its log options ask for (stderr
@@ -56,7 +61,8 @@ func serveLogged(ctx context.Context, cfg *configs.Config, o serveOptions, stdou
 type serveOptions struct {
 	dataDir      string
 	grace        time.Duration
-	reloadable   bool // cfg comes from a Roamfile: SIGHUP and roamgate reload re-read it
+	reloadable   bool          // cfg comes from a Roamfile: SIGHUP and roamgate reload re-read it
+	watch        time.Duration // with reloadable, how often to look for a change of the file; 0: never
 	logger       *zap.Logger
 	accessLogger *zap.Logger // nil: the logger's "access" child
 	// started, when set, runs once the listeners are up; an error stops
@@ -118,6 +124,10 @@ func serve(ctx context.Context, cfg *configs.Config, o serveOptions) error {
 			return errors.Join(err, shutdown(srv, o.grace, logger))
 		}
 		defer stopControl()
+	}
+	if o.reloadable && o.watch > 0 {
+		stopWatch := r.watch(o.watch)
+		defer stopWatch()
 	}
 	hup, hupDone := make(chan os.Signal, 1), make(chan struct{})
 	signal.Notify(hup, syscall.SIGHUP)
