@@ -407,3 +407,51 @@ func TestRunWatch(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestSystemdNotify (issue 14): under systemd's Type=notify (or
+// notify-reload), run says READY=1 once it serves, RELOADING=1 (with
+// MONOTONIC_USEC) then READY=1 around a reload, STOPPING=1 when it stops.
+func TestSystemdNotify(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "notify")
+	ln, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	t.Setenv("NOTIFY_SOCKET", sock)
+	f := writeFile(t, dir, "Roamfile", "{\n\tdefault_bind 127.0.0.1\n\tdata_dir "+filepath.Join(dir, "data")+"\n}\n127.0.0.1:0 {\n\trespond ok\n}\n")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"run", "--config", f, "--grace", "1s"}, io.Discard, io.Discard) }()
+	next := func() string {
+		t.Helper()
+		ln.SetReadDeadline(time.Now().Add(20 * time.Second))
+		buf := make([]byte, 256)
+		n, err := ln.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(buf[:n])
+	}
+	if got := next(); got != "READY=1" {
+		t.Fatalf("first notification %q", got)
+	}
+	if err := run(ctx, []string{"reload", "--config", f}, io.Discard, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if got := next(); !regexp.MustCompile(`^RELOADING=1\nMONOTONIC_USEC=\d+$`).MatchString(got) {
+		t.Fatalf("reload began: %q", got)
+	}
+	if got := next(); got != "READY=1" {
+		t.Fatalf("reload ended: %q", got)
+	}
+	cancel()
+	if got := next(); got != "STOPPING=1" {
+		t.Fatalf("stopping: %q", got)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

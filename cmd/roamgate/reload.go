@@ -45,6 +45,8 @@ type reloader struct {
 func (r *reloader) reload(trigger string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	sdNotify("RELOADING=1")
+	defer sdNotify("READY=1")
 	err := r.apply()
 	if err != nil {
 		r.logger.Error("reload refused: still serving the previous configuration", zap.String("trigger", trigger),

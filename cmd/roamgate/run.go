@@ -146,6 +146,7 @@ func serve(ctx context.Context, cfg *configs.Config, o serveOptions) error {
 			}
 		}
 	}()
+	sdNotify("READY=1") // serving, and reloads can be asked for
 	var startErr error
 	if o.started != nil {
 		startErr = o.started(ctx, srv, certs)
@@ -162,6 +163,7 @@ func shutdown(srv *proxy.Server, grace time.Duration, logger *zap.Logger) error 
 		grace = defaultGrace
 	}
 	logger.Info("shutting down", zap.Duration("grace", grace))
+	sdNotify("STOPPING=1")
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	sig := make(chan os.Signal, 1)
