@@ -103,6 +103,28 @@ func waitForCertificate(t *testing.T, edge, dataDir string) {
 	waitForCertificateNamed(t, edge, dataDir, "127.0.0.1")
 }
 
+// dialEdge opens an HTTP/3 connection to the edge at addr (127.0.0.1:P)
+// once it serves its certificate from the local CA in dataDir, closed when
+// the test ends.
+func dialEdge(t *testing.T, addr, dataDir string) *h3client.Conn {
+	t.Helper()
+	waitForCertificate(t, addr, dataDir)
+	pem, err := os.ReadFile(tlsmgr.RootCertPath(dataDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := h3client.Dial(ctx, addr, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // waitForCertificateNamed is waitForCertificate for a certificate for name.
 func waitForCertificateNamed(t *testing.T, edge, dataDir, name string) {
 	t.Helper()

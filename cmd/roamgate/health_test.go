@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"io"
@@ -21,8 +19,6 @@ import (
 	"time"
 
 	"github.com/roamgate/roamgate/examples/legacyapp"
-	"github.com/roamgate/roamgate/proxy/h3client"
-	"github.com/roamgate/roamgate/tlsmgr"
 )
 
 // TestHelperProcess is not a test: started by roamgateProcess with
@@ -80,11 +76,7 @@ func waitReady(t *testing.T, admin string) {
 // roamgate: exit 0 when healthy (or ready), 1 with the reason on stderr when
 // not, the admin address from --admin or from the Roamfile.
 func TestHealthCommand(t *testing.T) {
-	app, err := legacyapp.Start("127.0.0.1:0", "app", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close()
+	app := startLegacyApp(t, "app")
 	dir := t.TempDir()
 	dataDir := filepath.Join(dir, "data")
 	dead := deadAddr(t)
@@ -191,11 +183,7 @@ func deadAddr(t *testing.T) string {
 // the same upstream connection; an invalid edit is refused with its place,
 // and the old configuration goes on; a change that needs a restart too.
 func TestReloadBySIGHUPAndCommand(t *testing.T) {
-	app, err := legacyapp.Start("127.0.0.1:0", "app", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close()
+	app := startLegacyApp(t, "app")
 	dir := t.TempDir()
 	dataDir := filepath.Join(dir, "data")
 	roamfile := func(gen, extra string) string {
@@ -230,15 +218,7 @@ func TestReloadBySIGHUPAndCommand(t *testing.T) {
 	if m == nil {
 		t.Fatalf("no listening line:\n%s", stderr.String())
 	}
-	waitForCertificate(t, m[1], dataDir)
-	pem, _ := os.ReadFile(tlsmgr.RootCertPath(dataDir))
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
-	c, err := h3client.Dial(ctx, m[1], &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialEdge(t, m[1], dataDir)
 	get := func() (string, legacyapp.Request) {
 		t.Helper()
 		req, _ := http.NewRequestWithContext(ctx, "GET", "https://"+m[1]+"/", nil)
@@ -270,7 +250,7 @@ func TestReloadBySIGHUPAndCommand(t *testing.T) {
 
 	// An invalid edit: refused with its place, generation 2 goes on.
 	os.WriteFile(f, []byte(roamfile("3", "\tmax_con 4\n")), 0o600)
-	err = run(ctx, []string{"reload", "--config", f}, io.Discard, io.Discard)
+	err := run(ctx, []string{"reload", "--config", f}, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), f+":7:2:") {
 		t.Fatalf("invalid reload: %v", err)
 	}
@@ -368,15 +348,7 @@ func TestRunWatch(t *testing.T) {
 	}
 	waitFor("serving", func() bool { return strings.Contains(logs.String(), "serving") })
 	m := listeningUDP.FindStringSubmatch(logs.String())
-	waitForCertificate(t, m[1], dataDir)
-	pem, _ := os.ReadFile(tlsmgr.RootCertPath(dataDir))
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
-	c, err := h3client.Dial(ctx, m[1], &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialEdge(t, m[1], dataDir)
 	body := func() string {
 		t.Helper()
 		req, _ := http.NewRequestWithContext(ctx, "GET", "https://"+m[1]+"/", nil)

@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"github.com/roamgate/roamgate/configs"
-	"github.com/roamgate/roamgate/examples/legacyapp"
 )
 
 // parseLog parses a Roamfile with the given global options.
@@ -103,11 +102,7 @@ func TestLogFileErrors(t *testing.T) {
 // says (its own file, apart from the process log), or nowhere with "log
 // access off".
 func TestRunAccessLog(t *testing.T) {
-	app, err := legacyapp.Start("127.0.0.1:0", "app", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close()
+	app := startLegacyApp(t, "app")
 	dir := t.TempDir()
 	dataDir := filepath.Join(dir, "data")
 	accessFile := filepath.Join(dir, "access.log")

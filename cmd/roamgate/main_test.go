@@ -184,6 +184,18 @@ func servingLogs(t *testing.T, args []string) (addr string, logs *syncBuffer, st
 	}
 }
 
+// startLegacyApp starts the legacy app on loopback, closed when the test
+// ends.
+func startLegacyApp(t *testing.T, name string) *legacyapp.App {
+	t.Helper()
+	app, err := legacyapp.Start("127.0.0.1:0", name, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { app.Close() })
+	return app
+}
+
 // getThrough does one HTTP/3 GET through the proxy at addr, trusting the
 // local CA in dataDir.
 func getThrough(t *testing.T, addr, dataDir string) legacyapp.Request {
@@ -222,11 +234,7 @@ func getThrough(t *testing.T, addr, dataDir string) legacyapp.Request {
 }
 
 func TestRunServesARoamfile(t *testing.T) {
-	app, err := legacyapp.Start("127.0.0.1:0", "app", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close()
+	app := startLegacyApp(t, "app")
 	dir := t.TempDir()
 	dataDir := filepath.Join(dir, "data")
 	roamfile := writeFile(t, dir, "Roamfile", `{
@@ -250,11 +258,7 @@ localhost:0 {
 }
 
 func TestReverseProxyCommand(t *testing.T) {
-	app, err := legacyapp.Start("127.0.0.1:0", "app", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close()
+	app := startLegacyApp(t, "app")
 	dataDir := t.TempDir()
 	addr, stop := serving(t, []string{"reverse-proxy", "--from", "localhost:0", "--to", app.Addr(), "--bind", "127.0.0.1", "--data-dir", dataDir})
 	if r := getThrough(t, addr, dataDir); r.Conn != 1 {
@@ -293,11 +297,7 @@ func TestReverseProxyBindsTheAddressItNames(t *testing.T) {
 		}
 	}
 
-	app, err := legacyapp.Start("127.0.0.1:0", "app", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close()
+	app := startLegacyApp(t, "app")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var stderr syncBuffer

@@ -22,11 +22,7 @@ import (
 // prints); an untrusted certificate, a bad URL and --help each end as
 // they should.
 func TestProbe(t *testing.T) {
-	app, err := legacyapp.Start("127.0.0.1:0", "legacy-app", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close()
+	app := startLegacyApp(t, "legacy-app")
 	dir := t.TempDir()
 	dataDir := filepath.Join(dir, "data")
 	roamfile := writeFile(t, dir, "Roamfile", "{\n\tdefault_bind 127.0.0.1\n\tdata_dir "+dataDir+"\n}\n127.0.0.1:0 {\n\treverse_proxy "+app.Addr()+"\n}\n")
@@ -65,7 +61,7 @@ func TestProbe(t *testing.T) {
 		t.Fatalf("no move shown:\n%s", o)
 	}
 
-	err = run(context.Background(), []string{"probe", url}, io.Discard, io.Discard)
+	err := run(context.Background(), []string{"probe", url}, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "certificate signed by unknown authority") {
 		t.Fatalf("untrusted certificate: %v", err)
 	}
