@@ -63,6 +63,13 @@ func startProxy(t testing.TB, roamfile string, env map[string]string) *harness {
 // log as production does (info, JSON, to nowhere), not to the test.
 func startProxyLogging(t testing.TB, roamfile string, env map[string]string, logger *zap.Logger) *harness {
 	t.Helper()
+	return startProxyWith(t, roamfile, env, logger, Options{})
+}
+
+// startProxyWith is startProxyLogging with Options of the caller's (the
+// logger and registry are the harness's).
+func startProxyWith(t testing.TB, roamfile string, env map[string]string, logger *zap.Logger, opts Options) *harness {
+	t.Helper()
 	cfg, err := configs.Parse("Roamfile", []byte(roamfile), func(k string) (string, bool) {
 		v, ok := env[k]
 		return v, ok
@@ -79,7 +86,8 @@ func startProxyLogging(t testing.TB, roamfile string, env map[string]string, log
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	srv, err := New(cfg, Options{Logger: logger, Registry: reg})
+	opts.Logger, opts.Registry = logger, reg
+	srv, err := New(cfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,42 +11,19 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/zap"
-
 	"github.com/roamgate/roamgate/configs"
 	"github.com/roamgate/roamgate/proxy/h3client"
 	"github.com/roamgate/roamgate/proxy/quiclb"
 	"github.com/roamgate/roamgate/proxy/quiclb/quiclbtest"
-	"github.com/roamgate/roamgate/tlsmgr"
 )
 
 // startProxyGen is startProxy for a process of the given generation.
 func startProxyGen(t *testing.T, roamfile string, generation int) *harness {
 	t.Helper()
 	logger, logs := testLogger(t)
-	cfg, err := configs.Parse("Roamfile", []byte(roamfile), nil)
-	if err != nil {
-		t.Fatalf("parse Roamfile: %v", err)
-	}
-	certs, err := tlsmgr.New(tlsmgr.ConfigFor(cfg, t.TempDir()), logger.WithOptions(zap.IncreaseLevel(zap.WarnLevel)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(certs.Stop)
-	if err := certs.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	reg := prometheus.NewRegistry()
-	srv, err := New(cfg, Options{Logger: logger, Registry: reg, Generation: generation})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(certs); err != nil {
-		t.Fatal(err)
-	}
-	shutdownOnCleanup(t, srv)
-	return &harness{srv: srv, certs: certs, reg: reg, logs: logs, port: srv.Listeners()[0].Port, addr: srv.Listeners()[0].UDP[0].String()}
+	h := startProxyWith(t, roamfile, nil, logger, Options{Generation: generation})
+	h.logs = logs
+	return h
 }
 
 const testLBKey = "8f95f09245765f80256934e50c66207f"

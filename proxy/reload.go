@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"slices"
 	"strconv"
+	"strings"
 
 	"go.uber.org/zap"
 
@@ -198,20 +199,10 @@ func needsRestart(cur, next *configs.Config, snap *snapshot) error {
 	return fmt.Errorf("%s: reload: %s changed: that needs a restart (the running configuration is unchanged)", next.File, joinAnd(what))
 }
 
+// joinAnd lists s as prose: "a", "a and b", "a, b and c".
 func joinAnd(s []string) string {
-	switch len(s) {
-	case 1:
+	if len(s) == 1 {
 		return s[0]
-	case 2:
-		return s[0] + " and " + s[1]
 	}
-	return fmt.Sprintf("%s and %s", joinComma(s[:len(s)-1]), s[len(s)-1])
-}
-
-func joinComma(s []string) string {
-	out := s[0]
-	for _, x := range s[1:] {
-		out += ", " + x
-	}
-	return out
+	return strings.Join(s[:len(s)-1], ", ") + " and " + s[len(s)-1]
 }
