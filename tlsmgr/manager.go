@@ -89,6 +89,9 @@ type Manager struct {
 	// stored plan is not changed again, except for its cachedFiles (see
 	// plan), which only Start and Update touch.
 	cur atomic.Pointer[plan]
+	// next is the plan an Update is preparing, until it is switched to or
+	// dropped; nil otherwise. Its names may be obtained (see onEvent).
+	next atomic.Pointer[plan]
 
 	// onDemandSeen holds the ASCII server names that an on-demand issuance
 	// served a certificate for (name → issuanceKey), so that Update can

@@ -95,6 +95,8 @@ func (m *Manager) Update(ctx context.Context, cfg Config) error {
 	}
 	p.served = servedNames(p)
 
+	m.next.Store(p)
+	defer m.next.Store(nil)
 	if err := m.prepare(ctx, old, p, pairs); err != nil {
 		if p.ask != nil && p.ask != old.ask {
 			p.ask.close()
@@ -200,6 +202,16 @@ func (m *Manager) retire(ctx context.Context, old, p *plan) {
 		zap.Strings("acme_names_pending", acmeNames),
 		zap.Strings("unloaded", removed),
 		zap.Bool("on_demand", p.ask != nil))
+}
+
+// mayManage reports whether p may obtain or renew a certificate for name:
+// a site lists it, exactly or by a wildcard, or a catch-all may take it
+// (whose on-demand decisions vet it). A nil p may manage nothing.
+func (p *plan) mayManage(name string) bool {
+	if p == nil {
+		return false
+	}
+	return p.catchAll[0] != nil || p.lists(name) || p.lists(asciiName(name))
 }
 
 // manages reports whether p manages name from the start, with any issuer.

@@ -329,3 +329,49 @@ func TestUpdateACME(t *testing.T) {
 		}
 	}
 }
+
+// TestUpdateOnDemand applies a changed on-demand site to decisions at the
+// next handshake, and unloads the certificates obtained on demand for the
+// names the new config no longer allows, as when the site goes.
+func TestUpdateOnDemand(t *testing.T) {
+	ask := newAskServer(t, "a.dyn.internal", "b.dyn.internal")
+	cfg := Config{
+		DataDir:     t.TempDir(),
+		Sites:       append(localSites("localhost"), Site{Names: []string{"*.dyn.internal"}, OnDemand: true, Issuer: IssuerLocal}),
+		OnDemandAsk: ask.url,
+	}
+	m := startTestManager(t, cfg)
+	addr := serveTLS(t, m.TLSConfig())
+	roots := m.LocalCA().RootPool()
+	if _, err := handshakeSlow(addr, &tls.Config{ServerName: "a.dyn.internal", RootCAs: roots}); err != nil {
+		t.Fatalf("on-demand handshake: %v", err)
+	}
+
+	cfg.Sites[1].Names = []string{"b.dyn.internal"}
+	if err := m.Update(t.Context(), cfg); err != nil {
+		t.Fatalf("Update: %v", err)
+	}
+	if managedCert(m, "a.dyn.internal") {
+		t.Error("a.dyn.internal, no longer allowed, is still cached")
+	}
+	if _, err := handshakeSlow(addr, &tls.Config{ServerName: "a.dyn.internal", RootCAs: roots}); err == nil {
+		t.Error("handshake for a name the site no longer matches succeeded")
+	}
+	if _, err := handshakeSlow(addr, &tls.Config{ServerName: "b.dyn.internal", RootCAs: roots}); err != nil {
+		t.Errorf("handshake for the site's new name: %v", err)
+	}
+
+	cfg.Sites, cfg.OnDemandAsk = cfg.Sites[:1], ""
+	if err := m.Update(t.Context(), cfg); err != nil {
+		t.Fatalf("Update: %v", err)
+	}
+	if managedCert(m, "b.dyn.internal") {
+		t.Error("b.dyn.internal is still cached after its site was removed")
+	}
+	if _, err := handshakeSlow(addr, &tls.Config{ServerName: "b.dyn.internal", RootCAs: roots}); err == nil {
+		t.Error("handshake for a removed on-demand site succeeded")
+	}
+	if n := ask.count("a.dyn.internal"); n != 1 {
+		t.Errorf("ask endpoint asked %d times about a.dyn.internal, want 1 (none after its removal)", n)
+	}
+}
