@@ -7,21 +7,21 @@ import (
 	"github.com/caddyserver/certmagic"
 )
 
-// newMagic builds u's certmagic.Config on m's cache.
-func (m *Manager) newMagic(u *issuance, cfg Config) {
+// newMagic builds u, an issuance of p, its certmagic.Config on m's cache.
+func (m *Manager) newMagic(u *issuance, cfg Config, p *plan) {
 	mc := certmagic.Config{
 		Storage:            m.storage,
 		Logger:             m.logger,
 		OnEvent:            m.onEvent,
 		ShouldEmitFunc:     shouldEmit,
 		RenewalWindowRatio: cfg.RenewalWindowRatio, // certmagic's default when 0
-		DefaultServerName:  m.plan.defaultName,     // empty SNI
-		FallbackServerName: m.plan.defaultName,     // SNI that matches no certificate
+		DefaultServerName:  p.defaultName,          // empty SNI
+		FallbackServerName: p.defaultName,          // SNI that matches no certificate
 		// Not nil, or certmagic.New adds a Let's Encrypt issuer of its own.
 		Issuers: []certmagic.Issuer{},
 	}
 	if u.key.onDemand {
-		mc.OnDemand = &certmagic.OnDemandConfig{DecisionFunc: m.decisionFunc(u)}
+		mc.OnDemand = &certmagic.OnDemandConfig{DecisionFunc: m.decisionFunc(u.key)}
 	}
 	u.magic = certmagic.New(m.cache, mc)
 	if !u.key.acme {
@@ -50,21 +50,13 @@ func (m *Manager) newMagic(u *issuance, cfg Config) {
 // answers ACME HTTP-01 challenge requests (RFC 8555 §8.3) of any of the
 // manager's ACME setups, including those started by another process that
 // shares the data directory, and passes every other request to next.
-// Without ACME it returns next.
+// The ACME setups are those of the current plan, so that the handler
+// follows Update.
 func (m *Manager) HTTPChallengeHandler(next http.Handler) http.Handler {
-	var issuers []*certmagic.ACMEIssuer
-	for _, u := range m.plan.issuances {
-		if u.acme != nil {
-			issuers = append(issuers, u.acme)
-		}
-	}
-	if len(issuers) == 0 {
-		return next
-	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if certmagic.LooksLikeHTTPChallenge(r) {
-			for _, iss := range issuers {
-				if iss.HandleHTTPChallenge(w, r) {
+			for _, u := range m.plan().issuances {
+				if u.acme != nil && u.acme.HandleHTTPChallenge(w, r) {
 					return
 				}
 			}
@@ -76,7 +68,7 @@ func (m *Manager) HTTPChallengeHandler(next http.Handler) http.Handler {
 // UsesACME reports whether some site may get certificates from an ACME CA,
 // now or on demand: the proxy must then run its plain-HTTP listener for
 // HTTP-01 challenges.
-func (m *Manager) UsesACME() bool { return m.plan.usesACME() }
+func (m *Manager) UsesACME() bool { return m.plan().usesACME() }
 
 // UsesACME reports, before any Manager exists, whether a Manager for cfg
 // would use ACME (false when cfg does not validate): the proxy binds its

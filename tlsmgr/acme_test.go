@@ -84,7 +84,7 @@ func (e *acmeEnv) start(t *testing.T, cfg Config) (*Manager, string) {
 // issuer label of its metrics.
 func issuerKey(t *testing.T, m *Manager) string {
 	t.Helper()
-	for _, u := range m.plan.issuances {
+	for _, u := range m.plan().issuances {
 		if u.acme != nil {
 			return u.acme.IssuerKey()
 		}

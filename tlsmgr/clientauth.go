@@ -184,7 +184,7 @@ func (m *Manager) getConfigForClient(base *tls.Config) func(*tls.ClientHelloInfo
 		if hello.Conn != nil {
 			local = hello.Conn.LocalAddr()
 		}
-		cas := m.plan.clientCAsFor(hello.ServerName, local)
+		cas := m.plan().clientCAsFor(hello.ServerName, local)
 		if cas == nil || isTLSALPNChallenge(hello) && slices.Contains(base.NextProtos, acmeTLS1Protocol) {
 			return nil, nil
 		}
@@ -221,7 +221,7 @@ func (m *Manager) VerifyClientCert(caFiles []string, cs *tls.ConnectionState) er
 	if len(caFiles) == 0 {
 		return nil
 	}
-	cas := m.plan.clientCAs[clientCAsKey(caFiles)]
+	cas := m.plan().clientCAs[clientCAsKey(caFiles)]
 	switch {
 	case cas == nil:
 		return fmt.Errorf("verify client certificate: client CA files %q are no site's: %w", caFiles, ErrClientCertRequired)

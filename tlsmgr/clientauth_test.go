@@ -368,10 +368,10 @@ func TestClientAuthRouting(t *testing.T) {
 		},
 	})
 	tcp, q := m.TLSConfig(), m.QUICTLSConfig()
-	poolA := m.plan.clientCAs[clientCAsKey([]string{a.caFile})].pool
-	poolAB := m.plan.clientCAs[clientCAsKey([]string{a.caFile, b.caFile})].pool
-	if poolA == nil || poolAB == nil || len(m.plan.clientCAs) != 2 {
-		t.Fatalf("pools %v, want one per set of files", m.plan.clientCAs)
+	poolA := m.plan().clientCAs[clientCAsKey([]string{a.caFile})].pool
+	poolAB := m.plan().clientCAs[clientCAsKey([]string{a.caFile, b.caFile})].pool
+	if poolA == nil || poolAB == nil || len(m.plan().clientCAs) != 2 {
+		t.Fatalf("pools %v, want one per set of files", m.plan().clientCAs)
 	}
 	tests := []struct {
 		name  string
@@ -440,10 +440,14 @@ func TestClientAuthRouting(t *testing.T) {
 			t.Errorf("got min version %#x, ALPN %q; want the caller's", got.MinVersion, got.NextProtos)
 		}
 	})
-	t.Run("no client CAs, no GetConfigForClient", func(t *testing.T) {
+	// GetConfigForClient is set even without client CAs, as an Update may
+	// add some; it keeps the base config.
+	t.Run("no client CAs, base config kept", func(t *testing.T) {
 		m := newTestManager(t, Config{DataDir: t.TempDir(), Sites: []Site{{Names: []string{"localhost"}}}})
-		if m.TLSConfig().GetConfigForClient != nil || m.QUICTLSConfig().GetConfigForClient != nil {
-			t.Error("GetConfigForClient set without client CAs")
+		for _, c := range []*tls.Config{m.TLSConfig(), m.QUICTLSConfig()} {
+			if got, err := c.GetConfigForClient(&tls.ClientHelloInfo{ServerName: "localhost"}); got != nil || err != nil {
+				t.Errorf("GetConfigForClient = %v, %v without client CAs; want nil, nil", got, err)
+			}
 		}
 	})
 }

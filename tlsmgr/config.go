@@ -251,6 +251,22 @@ type plan struct {
 	// clientCAs holds one pool per distinct set of client CA files, by
 	// clientCAsKey.
 	clientCAs map[string]*clientCAs
+
+	// Set by New and Update, not by Config.plan:
+	ask         *asker   // vets on-demand names; nil without Config.OnDemandAsk
+	askURL      string   // Config.OnDemandAsk
+	served      []string // servedNames, for the no-certificate log
+	cachedFiles []string // cache hashes of the files' certificates; Start and Update add them, under Manager.updateMu
+}
+
+// issuanceByKey returns p's issuance with key, or nil.
+func (p *plan) issuanceByKey(key issuanceKey) *issuance {
+	for _, u := range p.issuances {
+		if u.key == key {
+			return u
+		}
+	}
+	return nil
 }
 
 // issuance is one way of issuing: one issuer (the local CA, or one ACME

@@ -233,7 +233,7 @@ func TestACMESetups(t *testing.T) {
 	if a == c || a == d || c == d || od == a {
 		t.Error("different ACME settings share a config")
 	}
-	if m.issuanceFor("localhost") != m.plan.issuances[0] {
+	if m.issuanceFor("localhost") != m.plan().issuances[0] {
 		t.Error("localhost is not the local CA's")
 	}
 	if got := c.acme.Email; got != "shop@example.com" {
@@ -251,12 +251,12 @@ func TestACMESetups(t *testing.T) {
 	if !a.acme.Agreed || a.acme.AltHTTPPort != 0 {
 		t.Errorf("issuer Agreed=%v AltHTTPPort=%d", a.acme.Agreed, a.acme.AltHTTPPort)
 	}
-	for _, u := range m.plan.issuances {
+	for _, u := range m.plan().issuances {
 		if u.magic.OCSP.DisableStapling {
 			t.Errorf("OCSP stapling is off for %+v", u.key)
 		}
 	}
-	if n := len(m.plan.issuances); n != 5 {
+	if n := len(m.plan().issuances); n != 5 {
 		t.Errorf("%d issuances, want 5 (local, a+b, c, d, on-demand)", n)
 	}
 }

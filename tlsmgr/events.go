@@ -67,12 +67,19 @@ func shouldEmit(event string) bool { return event != "tls_get_certificate" }
 // events. certmagic calls it synchronously, during issuance and
 // maintenance (and, for on-demand names, within a handshake that waits for
 // the certificate anyway), so it does little: at most one read of the new
-// certificate from storage. It never vetoes anything.
+// certificate from storage. It vetoes one thing only: obtaining or renewing
+// a certificate for a name that no site of the current plan (or of the one
+// an Update prepares) lists, as when
+// an Update removed the name while its order or renewal was under way.
 func (m *Manager) onEvent(ctx context.Context, event string, data map[string]any) error {
 	id := zap.String("identifier", str(data["identifier"]))
 	renewal, _ := data["renewal"].(bool)
 	switch event {
 	case "cert_obtaining":
+		if name := str(data["identifier"]); !m.plan().mayManage(name) && !m.next.Load().mayManage(name) {
+			m.logger.Info("not obtaining a certificate for a name no longer configured", id, zap.Bool("renewal", renewal))
+			return fmt.Errorf("%q is no longer configured", name)
+		}
 		fields := []zap.Field{id, zap.Bool("renewal", renewal)}
 		if renewal {
 			fields = append(fields, zap.String("issuer", str(data["issuer"])), zap.Bool("forced", data["forced"] == true))

@@ -20,7 +20,7 @@ import (
 // them, and checks the logs and counters.
 func TestOnEvent(t *testing.T) {
 	core, logs := observer.New(zap.DebugLevel)
-	m, err := New(Config{DataDir: t.TempDir()}, acmetest.Logger(t, zap.WarnLevel, core))
+	m, err := New(Config{DataDir: t.TempDir(), Sites: []Site{{Names: []string{"a.example.com"}}}}, acmetest.Logger(t, zap.WarnLevel, core))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,8 +44,12 @@ func TestOnEvent(t *testing.T) {
 	}
 	for _, e := range events {
 		if err := m.onEvent(ctx, e.name, e.data); err != nil {
-			t.Errorf("onEvent(%s) = %v; it must never veto", e.name, err)
+			t.Errorf("onEvent(%s) = %v; it must not veto a configured name's", e.name, err)
 		}
+	}
+	// A name no site lists (any more, after an Update) is not obtained.
+	if err := m.onEvent(ctx, "cert_obtaining", map[string]any{"identifier": "gone.example.com"}); err == nil {
+		t.Error("onEvent(cert_obtaining) for a name no site lists = nil, want a veto")
 	}
 
 	for _, tt := range []struct {

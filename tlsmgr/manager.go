@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -73,27 +74,52 @@ const (
 // the cache's goroutines with Stop. The TLS configs may be handed out before
 // Start; handshakes fail until certificates are loaded.
 type Manager struct {
-	logger  *zap.Logger
-	storage certmagic.Storage
-	ca      *LocalCA
-	plan    *plan
-	cache   *certmagic.Cache  // owned; Stop stops it
-	local   *certmagic.Config // plan.issuances[0].magic
-	ask     *asker            // vets on-demand names; nil without Config.OnDemandAsk
-	noCert  *noCertLog        // handshakes that found no certificate
-	metrics *metrics
-	tcpTLS  *tls.Config // template of TLSConfig
-	quicTLS *tls.Config // template of QUICTLSConfig
+	logger   *zap.Logger
+	storage  certmagic.Storage
+	ca       *LocalCA
+	cache    *certmagic.Cache // owned; Stop stops it
+	metrics  *metrics
+	noCert   *noCertLog  // handshakes that found no certificate
+	tcpTLS   *tls.Config // template of TLSConfig
+	quicTLS  *tls.Config // template of QUICTLSConfig
+	settings Config      // New's Config without Sites: what Update may not change
 
-	// acmeCtx bounds the background ACME work that Start begins (obtaining,
-	// and retrying with backoff); Stop cancels it.
+	// cur is the plan that handshakes, renewals and readiness follow; each
+	// reads it once. New stores the first, Update swaps in the next. A
+	// stored plan is not changed again, except for its cachedFiles (see
+	// plan), which only Start and Update touch.
+	cur atomic.Pointer[plan]
+	// next is the plan an Update is preparing, until it is switched to or
+	// dropped; nil otherwise. Its names may be obtained (see onEvent).
+	next atomic.Pointer[plan]
+
+	// onDemandSeen holds the ASCII server names that an on-demand issuance
+	// served a certificate for (name → issuanceKey), so that Update can
+	// unload those its new plan no longer allows.
+	onDemandSeen sync.Map
+
+	// acmeCtx bounds the background ACME work that Start and Update begin
+	// (obtaining, and retrying with backoff); Stop cancels it.
 	acmeCtx  context.Context
 	stopACME context.CancelFunc
+
+	// updateMu serializes Start and Update, and guards the following.
+	updateMu sync.Mutex
+	// acmeJobs cancels the background obtaining of each name managed from
+	// Start or Update, children of acmeCtx: Update stops those of removed
+	// names.
+	acmeJobs map[acmeJob]context.CancelFunc
 
 	mu      sync.Mutex // guards the following
 	started bool
 	loaded  bool // Start loaded the files and the local CA's certificates
 	stopped bool
+}
+
+// acmeJob is the background management of one name by one issuance.
+type acmeJob struct {
+	key  issuanceKey
+	name string
 }
 
 // New validates cfg (see Validate), opens the local CA in cfg.DataDir
@@ -132,14 +158,18 @@ func New(cfg Config, logger *zap.Logger) (*Manager, error) {
 		return nil, err
 	}
 
+	p.ask, p.askURL = ask, cfg.OnDemandAsk
+	p.served = servedNames(p)
+	settings := cfg
+	settings.Sites = nil
 	m := &Manager{
-		logger:  log,
-		storage: storage,
-		ca:      ca,
-		plan:    p,
-		ask:     ask,
-		metrics: metrics,
-		noCert:  newNoCertLog(log, p),
+		logger:   log,
+		storage:  storage,
+		ca:       ca,
+		metrics:  metrics,
+		noCert:   newNoCertLog(log),
+		settings: settings,
+		acmeJobs: make(map[acmeJob]context.CancelFunc),
 	}
 	m.cache = certmagic.NewCache(certmagic.CacheOptions{
 		GetConfigForCert:   m.configForCert,
@@ -148,9 +178,9 @@ func New(cfg Config, logger *zap.Logger) (*Manager, error) {
 		Logger:             log,
 	})
 	for _, u := range p.issuances {
-		m.newMagic(u, cfg)
+		m.newMagic(u, cfg, p)
 	}
-	m.local = p.issuances[0].magic
+	m.cur.Store(p)
 	m.acmeCtx, m.stopACME = context.WithCancel(context.Background())
 
 	m.tcpTLS = &tls.Config{
@@ -200,14 +230,21 @@ func (m *Manager) Start(ctx context.Context) error {
 	}
 	m.started = true
 	m.mu.Unlock()
+	m.updateMu.Lock()
+	defer m.updateMu.Unlock()
+	p := m.cur.Load()
 
 	var errs []error
-	for _, f := range m.plan.files {
-		if err := m.cacheFiles(ctx, f); err != nil {
+	for _, f := range p.files {
+		pair, err := loadCertFiles(f.cert, f.key)
+		if err == nil {
+			err = m.cacheFiles(ctx, p, f, pair)
+		}
+		if err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if err := m.manageLocal(ctx, m.plan.issuances[0].names); err != nil {
+	if err := m.manageLocal(ctx, p, p.issuances[0].names); err != nil {
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -217,33 +254,58 @@ func (m *Manager) Start(ctx context.Context) error {
 	m.loaded = true
 	m.mu.Unlock()
 
-	var acmeNames []string
-	for _, u := range m.plan.issuances {
-		if !u.key.acme || u.key.onDemand || len(u.names) == 0 {
-			continue
-		}
-		// Obtained and retried in the background, bounded by the
-		// manager's lifetime rather than by ctx.
-		if err := u.magic.ManageAsync(m.acmeCtx, u.names); err != nil {
-			return fmt.Errorf("manage acme certificates: %w", err)
-		}
-		acmeNames = append(acmeNames, u.names...)
-		m.logger.Info("managing acme certificates in the background",
-			zap.String("ca", caOrDefault(u.key.settings.CA)),
-			zap.Strings("identifiers", u.names))
+	acmeNames, err := m.manageACME(p)
+	if err != nil {
+		return err
 	}
 
-	if d := m.plan.defaultName; d != "" && m.issuanceFor(d) == m.plan.issuances[0] && !m.hasCertFor(d) {
+	if d := p.defaultName; d != "" && p.route(d) == p.issuances[0] && !m.hasCertFor(d) {
 		// certmagic looks the default name up exactly, not through wildcards.
 		m.logger.Warn("no certificate carries the default server name; handshakes without a matching SNI will fail",
 			zap.String("default_server_name", d))
 	}
 	m.logger.Info("certificates ready",
-		zap.Int("cert_files", len(m.plan.files)),
-		zap.Strings("local_ca_names", m.plan.issuances[0].names),
+		zap.Int("cert_files", len(p.files)),
+		zap.Strings("local_ca_names", p.issuances[0].names),
 		zap.Strings("acme_names_pending", acmeNames),
-		zap.Bool("on_demand", m.ask != nil))
+		zap.Bool("on_demand", p.ask != nil))
 	return nil
+}
+
+// manageACME starts managing, in the background, each ACME name of p that
+// has no job yet, and returns those names. Each is obtained and retried
+// under a context of its own, a child of acmeCtx (bounded by the manager's
+// lifetime, not by the caller's ctx), which Update cancels when the name
+// goes. The caller holds updateMu.
+func (m *Manager) manageACME(p *plan) ([]string, error) {
+	var all []string
+	for _, u := range p.issuances {
+		if !u.key.acme || u.key.onDemand {
+			continue
+		}
+		var names []string
+		for _, name := range u.names {
+			job := acmeJob{u.key, name}
+			if _, ok := m.acmeJobs[job]; ok {
+				continue
+			}
+			ctx, cancel := context.WithCancel(m.acmeCtx)
+			if err := u.magic.ManageAsync(ctx, []string{name}); err != nil {
+				cancel()
+				return all, fmt.Errorf("manage acme certificate %q: %w", name, err)
+			}
+			m.acmeJobs[job] = cancel
+			names = append(names, name)
+		}
+		if len(names) == 0 {
+			continue
+		}
+		all = append(all, names...)
+		m.logger.Info("managing acme certificates in the background",
+			zap.String("ca", caOrDefault(u.key.settings.CA)),
+			zap.Strings("identifiers", names))
+	}
+	return all, nil
 }
 
 // TLSConfig returns a new TLS config for the TCP listener: certificates from
@@ -260,12 +322,12 @@ func (m *Manager) TLSConfig() *tls.Config { return m.withClientAuth(cloneTLSConf
 // 1.3.
 func (m *Manager) QUICTLSConfig() *tls.Config { return m.withClientAuth(cloneTLSConfig(m.quicTLS)) }
 
-// withClientAuth sets c's GetConfigForClient when a site has client CAs,
-// and returns c.
+// withClientAuth sets c's GetConfigForClient, which requires client
+// certificates in the handshakes of sites with client CAs (and keeps c in
+// the others), and returns c.
 func (m *Manager) withClientAuth(c *tls.Config) *tls.Config {
-	if m.plan.hasClientAuth() {
-		c.GetConfigForClient = m.getConfigForClient(c)
-	}
+	// Always set: Update may add client CAs to a manager that had none.
+	c.GetConfigForClient = m.getConfigForClient(c)
 	return c
 }
 
@@ -294,10 +356,13 @@ func (m *Manager) Stop() {
 	m.stopped = true
 	m.stopACME()
 	m.cache.Stop()
-	if m.ask != nil {
-		m.ask.close()
+	if ask := m.cur.Load().ask; ask != nil {
+		ask.close()
 	}
 }
+
+// plan returns the current plan.
+func (m *Manager) plan() *plan { return m.cur.Load() }
 
 // getCertificate is the TLS configs' GetCertificate: the Config of the
 // server name's issuance answers, so that on-demand decisions and
@@ -305,10 +370,14 @@ func (m *Manager) Stop() {
 // finds no certificate is logged (see noCertLog); on-demand issuances log
 // their own denials.
 func (m *Manager) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-	u := m.issuanceFor(hello.ServerName)
+	p := m.plan()
+	u := p.route(hello.ServerName)
 	cert, err := u.magic.GetCertificate(hello)
-	if err != nil && !u.key.onDemand {
-		m.noCert.note(hello, m.plan.lists(hello.ServerName), err)
+	switch {
+	case err != nil && !u.key.onDemand:
+		m.noCert.note(hello, p.served, p.lists(hello.ServerName), err)
+	case err == nil && u.key.onDemand && hello.ServerName != "":
+		m.noteOnDemand(hello.ServerName, u.key)
 	}
 	return cert, err
 }
@@ -317,48 +386,51 @@ func (m *Manager) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 // certificate is the one its name is routed to.
 func (m *Manager) configForCert(c certmagic.Certificate) (*certmagic.Config, error) {
 	if len(c.Names) == 0 {
-		return m.local, nil
+		return m.plan().issuances[0].magic, nil
 	}
 	return m.issuanceFor(c.Names[0]).magic, nil
 }
 
-// issuanceFor returns the issuance that serves a server name: the site that
+// issuanceFor returns the issuance of the current plan that serves a
+// server name (see plan.route).
+func (m *Manager) issuanceFor(serverName string) *issuance { return m.plan().route(serverName) }
+
+// route returns the issuance that serves a server name: the site that
 // lists it, else the site with a matching wildcard (one label, RFC 6125
 // §6.4.3), else the on-demand catch-all, else the local CA's.
-func (m *Manager) issuanceFor(serverName string) *issuance {
+func (p *plan) route(serverName string) *issuance {
 	name := strings.ToLower(strings.TrimSuffix(serverName, "."))
 	if name == "" {
-		return m.plan.issuances[0]
+		return p.issuances[0]
 	}
-	if u := m.plan.routes[name]; u != nil {
+	if u := p.routes[name]; u != nil {
 		return u
 	}
 	if i := strings.IndexByte(name, '.'); i > 0 {
-		if u := m.plan.routes["*"+name[i:]]; u != nil {
+		if u := p.routes["*"+name[i:]]; u != nil {
 			return u
 		}
 	}
-	if ca := m.plan.catchAll; ca[0] != nil {
+	if ca := p.catchAll; ca[0] != nil {
 		if ca[0] == ca[1] || !qualifiesForACME(name) {
 			return ca[0]
 		}
 		return ca[1]
 	}
-	return m.plan.issuances[0]
+	return p.issuances[0]
 }
 
-// cacheFiles loads one certificate/key file pair into the cache.
-func (m *Manager) cacheFiles(ctx context.Context, f certFiles) error {
+// cacheFiles loads one certificate/key file pair, read and checked by
+// loadCertFiles, into the cache, and adds its cache hash to p.cachedFiles.
+func (m *Manager) cacheFiles(ctx context.Context, p *plan, f certFiles, pair certPair) error {
 	// Read and check once, then hand certmagic the same bytes (rather than
 	// CacheUnmanagedCertificatePEMFile, which reads the files again and
 	// reports parse errors without a path).
-	pair, err := loadCertFiles(f.cert, f.key)
+	hash, err := p.issuances[0].magic.CacheUnmanagedCertificatePEMBytes(ctx, pair.certPEM, pair.keyPEM, nil)
 	if err != nil {
-		return err
-	}
-	if _, err := m.local.CacheUnmanagedCertificatePEMBytes(ctx, pair.certPEM, pair.keyPEM, nil); err != nil {
 		return fmt.Errorf("tls certificate %q: %w", f.cert, err)
 	}
+	p.cachedFiles = append(p.cachedFiles, hash)
 	log := m.logger.With(zap.String("cert_file", f.cert))
 	if time.Now().After(pair.leaf.NotAfter) {
 		log.Warn("certificate file has expired", zap.Time("not_after", pair.leaf.NotAfter))
@@ -371,15 +443,16 @@ func (m *Manager) cacheFiles(ctx context.Context, f certFiles) error {
 	return nil
 }
 
-// manageLocal loads or issues the local-CA certificates of names.
-func (m *Manager) manageLocal(ctx context.Context, names []string) error {
+// manageLocal loads or issues the local-CA certificates of names with p's
+// local-CA issuance.
+func (m *Manager) manageLocal(ctx context.Context, p *plan, names []string) error {
 	if len(names) == 0 {
 		return nil
 	}
 	for _, name := range names {
 		m.dropForeignLeaf(ctx, name)
 	}
-	if err := m.local.ManageSync(ctx, names); err != nil {
+	if err := p.issuances[0].magic.ManageSync(ctx, names); err != nil {
 		return fmt.Errorf("local ca certificates: %w", err)
 	}
 	return nil

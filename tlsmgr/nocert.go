@@ -32,7 +32,6 @@ const (
 // in the next line's "suppressed" (and logged once a line is free).
 type noCertLog struct {
 	logger *zap.Logger
-	served []string         // the configured names, sorted; shared by every line, never modified
 	now    func() time.Time // the limiter's clock; tests replace it
 
 	mu         sync.Mutex // guards the following
@@ -41,27 +40,41 @@ type noCertLog struct {
 	suppressed int
 }
 
-func newNoCertLog(logger *zap.Logger, p *plan) *noCertLog {
-	served := make([]string, 0, len(p.routes))
-	for name := range p.routes {
-		served = append(served, name)
-	}
-	slices.Sort(served)
+func newNoCertLog(logger *zap.Logger) *noCertLog {
 	return &noCertLog{
 		logger:  logger,
-		served:  served,
 		now:     time.Now,
 		seen:    make(map[string]struct{}),
 		limiter: rate.NewLimiter(noCertRate, noCertBurst),
 	}
 }
 
+// servedNames returns the names of p's sites, sorted, for noCertLog's
+// lines.
+func servedNames(p *plan) []string {
+	served := make([]string, 0, len(p.routes))
+	for name := range p.routes {
+		served = append(served, name)
+	}
+	slices.Sort(served)
+	return served
+}
+
+// forget forgets the names logged so far, as after a config update that
+// may have removed them: their next failure is logged again.
+func (l *noCertLog) forget() {
+	l.mu.Lock()
+	clear(l.seen)
+	l.mu.Unlock()
+}
+
 // note records a handshake for hello's server name that found no
 // certificate (err says so), logging it if the name is new and a line is
-// free. configured says whether a site lists the name: then its
-// certificate is not loaded yet (an ACME certificate still being obtained,
-// say), else no site serves it.
-func (l *noCertLog) note(hello *tls.ClientHelloInfo, configured bool, err error) {
+// free. served are the names of the sites (servedNames), shared by every
+// line and never modified. configured says whether a site lists the name:
+// then its certificate is not loaded yet (an ACME certificate still being
+// obtained, say), else no site serves it.
+func (l *noCertLog) note(hello *tls.ClientHelloInfo, served []string, configured bool, err error) {
 	name := strings.ToLower(hello.ServerName)
 	l.mu.Lock()
 	if _, ok := l.seen[name]; ok {
@@ -82,7 +95,7 @@ func (l *noCertLog) note(hello *tls.ClientHelloInfo, configured bool, err error)
 	l.mu.Unlock()
 
 	fields := make([]zap.Field, 0, 5)
-	fields = append(fields, zap.String("server_name", name), zap.Strings("served", l.served))
+	fields = append(fields, zap.String("server_name", name), zap.Strings("served", served))
 	if hello.Conn != nil {
 		fields = append(fields, zap.Stringer("remote", hello.Conn.RemoteAddr()))
 	}

@@ -96,19 +96,24 @@ func (u *issuance) mayObtain(name string) bool {
 // certificate at a handshake; an error denies it, and the handshake fails.
 // It allows only the issuance's own names, and only after the ask
 // endpoint agreed: no name is ever issued without asking.
-func (m *Manager) decisionFunc(u *issuance) func(ctx context.Context, name string) error {
+//
+// The issuance is looked up by key in the current plan at each decision, so
+// that an Update that changes the site's names applies (and one that
+// removes the site denies everything).
+func (m *Manager) decisionFunc(key issuanceKey) func(ctx context.Context, name string) error {
 	// Denials are sampled: anyone can cause them. (Made here, only for an
 	// on-demand issuance: zap's sampler allocates a 458 KB table.)
 	denialLog := sampled(m.logger)
 	return func(ctx context.Context, name string) error {
 		name = strings.ToLower(name)
+		p := m.plan()
 		var err error
-		if !u.mayObtain(name) {
+		if u := p.issuanceByKey(key); u == nil || !u.mayObtain(name) {
 			err = fmt.Errorf("%q is not a name of an on-demand site", name)
-		} else if m.ask == nil { // Validate requires an ask URL; be sure anyway
+		} else if p.ask == nil { // Validate requires an ask URL; be sure anyway
 			err = fmt.Errorf("%q: no on-demand ask endpoint", name)
 		} else {
-			err = m.ask.allows(ctx, name)
+			err = p.ask.allows(ctx, name)
 		}
 		if err != nil {
 			m.metrics.onDemand.WithLabelValues("denied").Inc()

@@ -266,7 +266,7 @@ func TestOnDemandLocal(t *testing.T) {
 	if u := auto.issuanceFor("dev.internal"); u.key.acme || !u.key.onDemand {
 		t.Errorf("catch-all routes an internal name to %+v, want the on-demand local CA", u.key)
 	}
-	if u := auto.issuanceFor(""); u != auto.plan.issuances[0] {
+	if u := auto.issuanceFor(""); u != auto.plan().issuances[0] {
 		t.Error("no SNI is not routed to the local CA's issuance")
 	}
 }

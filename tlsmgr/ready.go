@@ -29,7 +29,7 @@ func (m *Manager) CertificatesReady() error {
 	}
 	var missing []string
 	n := 0
-	for _, u := range m.plan.issuances {
+	for _, u := range m.plan().issuances {
 		if u.key.onDemand {
 			continue
 		}

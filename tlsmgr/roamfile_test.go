@@ -199,7 +199,7 @@ files.test {
 			t.Errorf("SNI %q: %v", name, err)
 		case want == nil && cfg != nil:
 			t.Errorf("SNI %q: asks for a client certificate", name)
-		case want != nil && (cfg == nil || cfg.ClientCAs != m.plan.clientCAs[clientCAsKey(want)].pool):
+		case want != nil && (cfg == nil || cfg.ClientCAs != m.plan().clientCAs[clientCAsKey(want)].pool):
 			t.Errorf("SNI %q: got %+v, want the pool of %q", name, cfg, want)
 		}
 	}
