@@ -46,6 +46,8 @@ func Parse(filename string, src []byte, env func(string) (string, bool)) (*Confi
 			MaxHeaderFieldBytes: DefaultMaxHeaderFieldBytes,
 			HandshakeRate:       DefaultHandshakeRate,
 			HandshakeRatePerIP:  DefaultHandshakeRatePerIP,
+			UpgradeGrace:        DefaultUpgradeGrace,
+			UpgradeSteering:     "auto",
 			Log:                 Log{Level: "info", Format: "console"},
 		},
 		addrs:    make(map[string]Position),

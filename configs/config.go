@@ -30,6 +30,11 @@ const (
 	// for a carrier-grade NAT in front of many phones, small next to a
 	// flood.
 	DefaultHandshakeRatePerIP = 200
+	// DefaultUpgradeGrace bounds how long an old process serves its
+	// connections after a binary upgrade: long enough for a mobile app's
+	// session (a video call, a long download, a chat kept open), short
+	// enough that a deploy ends within the hour.
+	DefaultUpgradeGrace = time.Hour
 )
 
 // Position is a place in a Roamfile. File is the path as it was given to
@@ -96,6 +101,18 @@ type Config struct {
 	// (CONNECTION_REFUSED). 0 turns the limit off. Default
 	// DefaultHandshakeRatePerIP.
 	HandshakeRatePerIP int
+	// UpgradeGrace is the global upgrade_grace option: how long, after a
+	// binary upgrade handed its sockets to the new process, the old one
+	// goes on serving the connections it has before it tells the rest to
+	// go away (GOAWAY) and exits. Default DefaultUpgradeGrace.
+	UpgradeGrace time.Duration
+	// UpgradeSteering is the global upgrade_steering option, how packets
+	// of the old process's QUIC connections reach it during an upgrade:
+	// "auto" (default: "bpf" where this process may load BPF programs,
+	// else "forward"), "bpf" or "forward" (see package handoff). It is
+	// read when roamgate starts; upgrades keep the mode the first
+	// process chose.
+	UpgradeSteering string
 	// OnDemandAsk is the URL of the global "on_demand_tls { ask URL }": it
 	// must answer 200 for a name (?domain=NAME) before an on-demand
 	// certificate is obtained for it. Empty means on-demand TLS is off.

@@ -28,6 +28,8 @@ var globalOptions = map[string]func(b *builder, c *Cursor) error{
 	"on_demand_tls":          onDemandTLSOption,
 	"quic_lb":                quicLBOption,
 	"storage":                storage,
+	"upgrade_grace":          upgradeGrace,
+	"upgrade_steering":       upgradeSteering,
 	"zero_rtt":               zeroRTT,
 }
 
@@ -318,6 +320,29 @@ func zeroRTT(b *builder, c *Cursor) error {
 		return c.Errf("unknown value %q (want on, off)", t.Text)
 	}
 	return nil
+}
+
+// upgradeGrace reads "upgrade_grace DURATION".
+func upgradeGrace(b *builder, c *Cursor) error {
+	t, err := oneArg(c)
+	if err != nil {
+		return err
+	}
+	return durationArg(c, t, &b.cfg.UpgradeGrace, true)
+}
+
+// upgradeSteering reads "upgrade_steering auto|bpf|forward".
+func upgradeSteering(b *builder, c *Cursor) error {
+	t, err := oneArg(c)
+	if err != nil {
+		return err
+	}
+	switch t.Text {
+	case "auto", "bpf", "forward":
+		b.cfg.UpgradeSteering = t.Text
+		return nil
+	}
+	return c.Errf("unknown value %q (want auto, bpf, forward)", t.Text)
 }
 
 // maxHandshakeRate bounds handshake_rate and handshake_rate_per_ip.

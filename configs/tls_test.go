@@ -108,6 +108,8 @@ func TestParseACMEFile(t *testing.T) {
 		MaxHeaderFieldBytes: DefaultMaxHeaderFieldBytes,
 		HandshakeRate:       DefaultHandshakeRate,
 		HandshakeRatePerIP:  DefaultHandshakeRatePerIP,
+		UpgradeGrace:        DefaultUpgradeGrace,
+		UpgradeSteering:     "auto",
 		HTTPSPort:           443,
 		HTTPPort:            8080,
 		DataDir:             "/var/lib/roamgate",

@@ -16,14 +16,15 @@ import (
 // Server.readiness) and, when bound to a loopback address, /debug/pprof/
 // for profiling the running proxy.
 type adminServer struct {
-	addr   string
-	srv    *http.Server
-	ln     net.Listener
-	logger *zap.Logger
+	addr    string
+	sockets Sockets
+	srv     *http.Server
+	ln      net.Listener
+	logger  *zap.Logger
 }
 
 func newAdminServer(addr string, reg *prometheus.Registry, s *Server, logger *zap.Logger) *adminServer {
-	a := &adminServer{addr: addr, logger: logger.Named("admin")}
+	a := &adminServer{addr: addr, sockets: s.sockets, logger: logger.Named("admin")}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: zap.NewStdLog(a.logger)}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { serveHealth(w, s.liveness()) })
@@ -33,7 +34,7 @@ func newAdminServer(addr string, reg *prometheus.Registry, s *Server, logger *za
 }
 
 func (a *adminServer) listen() error {
-	ln, err := net.Listen("tcp", a.addr)
+	ln, err := a.sockets.ListenTCP(a.addr)
 	if err != nil {
 		return err
 	}

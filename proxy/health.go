@@ -110,7 +110,7 @@ func (s *Server) goServe(msg, what string, addr net.Addr, serve func() error) {
 	s.serving.Go(func() {
 		err := serve()
 		s.mu.Lock()
-		stopping := s.shutdown
+		stopping := s.shutdown || s.draining
 		if !stopping {
 			why := "returned"
 			if err != nil {

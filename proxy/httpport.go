@@ -37,7 +37,7 @@ func (s *Server) listenHTTP(hosts []string) error {
 	hp := &httpPort{}
 	port := s.cfg.HTTPPort
 	for _, host := range hosts {
-		ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+		ln, err := s.sockets.ListenTCP(net.JoinHostPort(host, strconv.Itoa(port)))
 		if err != nil {
 			for _, l := range hp.lns {
 				l.Close()

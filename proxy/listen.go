@@ -11,31 +11,62 @@ import (
 	"syscall"
 )
 
+// Sockets binds the server's listening sockets. The default binds new
+// ones; during a binary upgrade (package handoff) the new process gets its
+// predecessor's, so no connection waiting in a queue is lost and the old
+// process's QUIC connections keep their packets.
+type Sockets interface {
+	// ListenUDP binds a UDP socket on address ("host:port", port 0 for any).
+	ListenUDP(address string) (*net.UDPConn, error)
+	// ListenTCP binds a TCP listener on address.
+	ListenTCP(address string) (net.Listener, error)
+	// PacketConn returns what the QUIC transport of a socket ListenUDP
+	// bound reads and writes: the socket itself, or a conn that forwards
+	// other processes' packets to them.
+	PacketConn(udp *net.UDPConn) (net.PacketConn, error)
+	// Serving says the QUIC transport of udp accepts connections: new
+	// clients' packets may be sent to it.
+	Serving(udp *net.UDPConn) error
+}
+
+// NetSockets are the default Sockets: new ones, bound with package net.
+type NetSockets struct{}
+
+func (NetSockets) ListenUDP(address string) (*net.UDPConn, error) {
+	ua, err := net.ResolveUDPAddr("udp", address)
+	if err != nil {
+		return nil, fmt.Errorf("listen udp %s: %w", address, err)
+	}
+	return net.ListenUDP("udp", ua)
+}
+
+func (NetSockets) ListenTCP(address string) (net.Listener, error) { return net.Listen("tcp", address) }
+
+func (NetSockets) PacketConn(udp *net.UDPConn) (net.PacketConn, error) { return udp, nil }
+
+func (NetSockets) Serving(*net.UDPConn) error { return nil }
+
 // listenPair binds the UDP (HTTP/3) and TCP (HTTP/1.1, HTTP/2) sockets of
 // one host and port. Port 0 picks a free port that both protocols get, as
 // Alt-Svc advertises one port number for both.
-func listenPair(host string, port int) (*net.UDPConn, net.Listener, error) {
+func listenPair(sockets Sockets, host string, port int) (*net.UDPConn, net.Listener, error) {
 	for attempt := 0; ; attempt++ {
-		ua, err := net.ResolveUDPAddr("udp", net.JoinHostPort(host, strconv.Itoa(port)))
+		udp, err := sockets.ListenUDP(net.JoinHostPort(host, strconv.Itoa(port)))
 		if err != nil {
-			return nil, nil, fmt.Errorf("listen udp %s: %w", net.JoinHostPort(host, strconv.Itoa(port)), err)
+			return nil, nil, inUse(err, port) // the error says "listen udp ADDR" itself
 		}
-		udp, err := net.ListenUDP("udp", ua)
-		if err != nil {
-			return nil, nil, inUse(err, ua.Port) // the error says "listen udp ADDR" itself
+		ua := udp.LocalAddr().(*net.UDPAddr)
+		tcpHost := host // all interfaces, like the UDP socket, when ""
+		if h, _, err := net.SplitHostPort(ua.String()); err == nil && host != "" {
+			tcpHost = h
 		}
-		p := udp.LocalAddr().(*net.UDPAddr).Port
-		tcpHost := "" // all interfaces, like the UDP socket
-		if ua.IP != nil {
-			tcpHost = ua.IP.String()
-		}
-		tcp, err := net.Listen("tcp", net.JoinHostPort(tcpHost, strconv.Itoa(p)))
+		tcp, err := sockets.ListenTCP(net.JoinHostPort(tcpHost, strconv.Itoa(ua.Port)))
 		if err == nil {
 			return udp, tcp, nil
 		}
 		udp.Close()
 		if port != 0 || !errors.Is(err, syscall.EADDRINUSE) || attempt >= 20 {
-			return nil, nil, inUse(err, p)
+			return nil, nil, inUse(err, ua.Port)
 		}
 		// The free UDP port is taken on TCP: try another.
 	}

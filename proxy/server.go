@@ -60,6 +60,9 @@ type Options struct {
 	// carries (0 to quiclb.MaxGeneration; default 0), by which packets reach
 	// the old or the new process during a binary upgrade (issue 14).
 	Generation int
+	// Sockets binds the listening sockets; nil binds new ones (NetSockets).
+	// A binary upgrade's new process gets its predecessor's through it.
+	Sockets Sockets
 	// CookieSecret signs lb_policy cookie values. It should persist across
 	// restarts (roamgate keeps one in the data directory) so clients keep
 	// their backend; nil uses a random one for this process.
@@ -81,6 +84,7 @@ type Server struct {
 	// cids issues the server connection IDs of every QUIC transport.
 	cids      *quiclb.Generator
 	admit     *admission // for every QUIC transport
+	sockets   Sockets
 	ports     []*portServer
 	secret    []byte // the cookie key, for the pools
 	upMetrics *upstream.Metrics
@@ -89,6 +93,10 @@ type Server struct {
 	http      *httpPort       // nil unless some certificate comes from ACME
 	admin     *adminServer
 	sessions  sync.WaitGroup // one per open session
+	open      atomic.Int64   // open sessions, for Idle
+	idle      chan struct{}  // closed when a draining server has no session left
+	idleOnce  sync.Once
+	drainStop context.CancelFunc // ends StopAccepting's TCP shutdowns
 	serving   sync.WaitGroup // the Serve goroutines
 
 	nextSessionID atomic.Uint64
@@ -99,6 +107,7 @@ type Server struct {
 	listening bool
 	served    bool
 	shutdown  bool
+	draining  bool // StopAccepting was called
 	// loopsStopped describes the serving loops that returned while the
 	// server was not shutting down: /healthz fails while there are any.
 	loopsStopped []string
@@ -156,6 +165,11 @@ func New(cfg *configs.Config, opts Options) (*Server, error) {
 		registry:   reg,
 		metrics:    newMetrics(reg),
 		quicConf:   qconf,
+		sockets:    opts.Sockets,
+		idle:       make(chan struct{}),
+	}
+	if s.sockets == nil {
+		s.sockets = NetSockets{}
 	}
 	s.admit = newAdmission(cfg.HandshakeRate, cfg.HandshakeRatePerIP, s.metrics.admission, &s.errLog)
 	cids, err := newCIDGenerator(cfg.QUICLB, opts.Generation, logger)
@@ -224,7 +238,7 @@ func (s *Server) Listen(withHTTP bool) (err error) {
 	for _, ps := range s.ports {
 		port := ps.port
 		for _, host := range hosts {
-			udp, tcp, err := listenPair(host, port)
+			udp, tcp, err := listenPair(s.sockets, host, port)
 			if err != nil {
 				return err
 			}
@@ -328,7 +342,11 @@ func (s *Server) serve(ps *portServer) error {
 	}
 	qtls := http3.ConfigureTLSConfig(s.certs.QUICTLSConfig())
 	for i, udp := range ps.udp {
-		tr := &quic.Transport{Conn: udp}
+		pc, err := s.sockets.PacketConn(udp)
+		if err != nil {
+			return fmt.Errorf("listen quic %s: %w", udp.LocalAddr(), err)
+		}
+		tr := &quic.Transport{Conn: pc}
 		s.admit.configure(tr)
 		tr.ConnectionIDGenerator = s.cids
 		ln, err := listenQUIC(tr, qtls, s.quicConf)
@@ -337,6 +355,9 @@ func (s *Server) serve(ps *portServer) error {
 		}
 		ps.transports = append(ps.transports, tr)
 		ps.qlns = append(ps.qlns, ln)
+		if err := s.sockets.Serving(udp); err != nil {
+			return fmt.Errorf("listen quic %s: %w", udp.LocalAddr(), err)
+		}
 		s.goServe("http3 serving stopped", "http3", udp.LocalAddr(), func() error { return ps.h3.ServeListener(ln) })
 		tcp := &sessionListener{Listener: ps.tcp[i], srv: s}
 		s.goServe("tcp serving stopped", "tcp", tcp.Addr(), func() error { return ps.h1.ServeTLS(tcp, "", "") })
@@ -437,6 +458,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		wg.Go(func() { record(s.admin.srv.Shutdown(ctx)) })
 	}
 	wg.Wait()
+	if s.drainStop != nil {
+		s.drainStop()
+	}
 	for _, ps := range s.ports {
 		if ps.h3 != nil {
 			_ = ps.h3.Close()

@@ -84,6 +84,7 @@ func (srv *Server) newSession(proto string, remote net.Addr, qconn *quic.Conn) *
 		s.lastAddr.Store(remote)
 	}
 	srv.sessions.Add(1)
+	srv.open.Add(1)
 	srv.metrics.sessionsOpened.WithLabelValues(proto).Inc()
 	srv.metrics.sessionsActive.Inc()
 	if ce := srv.logger.Check(zap.DebugLevel, "session opened"); ce != nil {
@@ -224,6 +225,7 @@ func (s *session) close() {
 		_ = c.Close()
 	}
 	s.srv.metrics.sessionsActive.Dec()
+	s.srv.sessionEnded()
 	s.srv.sessions.Done()
 	if ce := s.srv.logger.Check(zap.DebugLevel, "session closed"); ce != nil {
 		ce.Write(zap.Uint64("session", s.id), zap.String("proto", s.proto),

@@ -52,7 +52,7 @@ var errUsage = errors.New("usage")
 const usage = `roamgate: an HTTP/3 edge and sidecar proxy that survives client network changes
 
 Usage:
-  roamgate run [--config Roamfile] [--data-dir DIR] [--grace 10s]
+  roamgate run [--config Roamfile] [--data-dir DIR] [--grace 10s] [--watch]
   roamgate validate [--config Roamfile]
   roamgate reverse-proxy --from HOST:PORT --to UPSTREAM[,UPSTREAM...] [--bind HOST] [--data-dir DIR]
                          [--upstream-ca F] [--upstream-server-name N] [--upstream-cert F --upstream-key F] [--upstream-insecure]
@@ -61,6 +61,7 @@ Usage:
   roamgate connect https://EDGE[:PORT] [--listen 127.0.0.1:2222] [--token T | --token-file F] [--cert F --key F] [--ca F] [--server-name N]
   roamgate fmt [--overwrite] [FILE]
   roamgate reload [--config Roamfile] [--data-dir DIR]
+  roamgate upgrade [--config Roamfile] [--data-dir DIR]
   roamgate probe [--ca F | --insecure] [--migrate] [-X METHOD] [-H "Name: value"]... URL
   roamgate health [--admin HOST:PORT | --config Roamfile] [--ready] [--timeout 5s]
   roamgate cid decode [--sid-len N] [--nonce-len M] [--key HEX] [--config-id C] [--config F] CID...
@@ -93,6 +94,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmtCmd(rest, stdout, stderr)
 	case "reload":
 		return reloadCmd(rest, stdout, stderr)
+	case "upgrade":
+		return upgradeCmd(rest, stdout, stderr)
 	case "health":
 		return healthCmd(ctx, rest, stdout, stderr)
 	case "cid":
@@ -118,6 +121,7 @@ var usageLines = map[string]string{
 	"health":        "roamgate health [flags]",
 	"connect":       "roamgate connect [flags] https://EDGE[:PORT]",
 	"reload":        "roamgate reload [flags]",
+	"upgrade":       "roamgate upgrade [flags]",
 }
 
 // helpOutput sends fs's messages to stderr, or its help to stdout when

@@ -31,7 +31,12 @@ import (
 
 func TestMain(m *testing.M) {
 	os.Setenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING", "true")
-	goleak.VerifyTestMain(m, acmetest.IgnoreCertmagicGoroutines...)
+	opts := append([]goleak.Option{goleak.Cleanup(func(int) {
+		if builtDir != "" {
+			os.RemoveAll(builtDir) // TestUpgradeUnderLoad's binaries
+		}
+	})}, acmetest.IgnoreCertmagicGoroutines...)
+	goleak.VerifyTestMain(m, opts...)
 }
 
 // syncBuffer is a bytes.Buffer safe for the logger and the test at once.

@@ -9,10 +9,8 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -20,6 +18,7 @@ import (
 
 	"github.com/roamgate/roamgate/configs"
 	"github.com/roamgate/roamgate/proxy"
+	"github.com/roamgate/roamgate/proxy/handoff"
 	"github.com/roamgate/roamgate/tlsmgr"
 )
 
@@ -35,8 +34,9 @@ type reloader struct {
 	dataDir string // as given to run (--data-dir), "" for the Roamfile's
 	logger  *zap.Logger
 
-	mu  sync.Mutex
-	cur *configs.Config
+	mu      sync.Mutex
+	cur     *configs.Config
+	drained bool // an upgrade handed over to a successor
 }
 
 // reload loads the Roamfile again and applies it. An invalid file, or a
@@ -57,7 +57,18 @@ func (r *reloader) reload(trigger string) error {
 	return nil
 }
 
+// handedOver makes reloads refuse: after an upgrade the successor serves
+// the Roamfile, and this process only drains.
+func (r *reloader) handedOver() {
+	r.mu.Lock()
+	r.drained = true
+	r.mu.Unlock()
+}
+
 func (r *reloader) apply() error {
+	if r.drained {
+		return errors.New("this process has handed over to its successor (an upgrade) and only drains: reload the new process")
+	}
 	next, err := configs.Load(r.cur.File)
 	if err != nil {
 		return err
@@ -112,30 +123,42 @@ func (r *reloader) watch(interval time.Duration) (stop func()) {
 	return func() { close(done); <-exited }
 }
 
-// serveControl answers `roamgate reload` on the data directory's control
-// socket until ctx ends.
-func (r *reloader) serveControl(ctx context.Context, dataDir string) (stop func(), err error) {
+// serveControl answers `roamgate reload` and `roamgate upgrade` on the
+// data directory's control socket until stop. A successor in an upgrade
+// takes the socket over (the same listening socket, so no command is
+// lost); stop(false) leaves its file to it.
+func (r *reloader) serveControl(dataDir string, sockets *handoff.Sockets, u *upgrader) (stop func(remove bool), err error) {
 	path := filepath.Join(dataDir, controlSocket)
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, err
 	}
-	if c, err := net.Dial("unix", path); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("control socket %s: another roamgate serves from this data directory", path)
+	if !sockets.Inherited() {
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("control socket %s: another roamgate serves from this data directory", path)
+		}
+		_ = os.Remove(path) // a stale socket of a process that is gone
 	}
-	_ = os.Remove(path) // a stale socket of a process that is gone
-	ln, err := net.Listen("unix", path)
+	ln, inherited, err := sockets.ListenUnix(path)
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, err
+	if !inherited {
+		if err := os.Chmod(path, 0o600); err != nil {
+			ln.Close()
+			return nil, err
+		}
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /reload", func(w http.ResponseWriter, req *http.Request) {
+	ours := func(w http.ResponseWriter, req *http.Request) bool {
 		if want := req.URL.Query().Get("config"); want != "" && want != absPath(r.config()) {
 			http.Error(w, fmt.Sprintf("this roamgate serves %s, not %s", absPath(r.config()), want), http.StatusConflict)
+			return false
+		}
+		return true
+	}
+	mux.HandleFunc("POST /reload", func(w http.ResponseWriter, req *http.Request) {
+		if !ours(w, req) {
 			return
 		}
 		if err := r.reload("roamgate reload"); err != nil {
@@ -144,16 +167,36 @@ func (r *reloader) serveControl(ctx context.Context, dataDir string) (stop func(
 		}
 		fmt.Fprintf(w, "reloaded %s\n", r.config())
 	})
+	mux.HandleFunc("POST /upgrade", func(w http.ResponseWriter, req *http.Request) {
+		if !ours(w, req) {
+			return
+		}
+		pid, err := u.upgrade("roamgate upgrade")
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusUnprocessableEntity)
+			return
+		}
+		fmt.Fprintf(w, "upgraded: process %d serves %s; process %d drains its connections\n", pid, r.config(), os.Getpid())
+	})
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		_ = hs.Serve(ln)
 	}()
-	return func() {
-		_ = hs.Close()
-		<-done
-		_ = os.Remove(path)
+	var once sync.Once
+	return func(remove bool) {
+		once.Do(func() {
+			// Shutdown, not Close: the upgrade command that led here
+			// gets its answer.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = hs.Shutdown(ctx)
+			<-done
+			if remove {
+				_ = os.Remove(path)
+			}
+		})
 	}, nil
 }
 
@@ -186,23 +229,9 @@ func reloadCmd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err // the running configuration stays: nothing was sent
 	}
-	sock := filepath.Join(tlsmgr.ConfigFor(cfg, *dataDir).DataDir, controlSocket)
-	client := &http.Client{Timeout: *timeout, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-		},
-	}}
-	resp, err := client.Post("http://roamgate/reload?config="+url.QueryEscape(absPath(*config)), "text/plain", nil)
+	body, err := control(tlsmgr.ConfigFor(cfg, *dataDir).DataDir, "reload", absPath(*config), *timeout)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) || strings.Contains(err.Error(), "connect: ") {
-			return fmt.Errorf("no roamgate serves from %s: %w (start it with roamgate run, or give its --data-dir)", filepath.Dir(sock), err)
-		}
 		return err
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		return errors.New(strings.TrimSpace(string(body)))
 	}
 	_, err = stdout.Write(body)
 	return err

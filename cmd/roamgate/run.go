@@ -20,6 +20,7 @@ import (
 
 	"github.com/roamgate/roamgate/configs"
 	"github.com/roamgate/roamgate/proxy"
+	"github.com/roamgate/roamgate/proxy/handoff"
 	"github.com/roamgate/roamgate/tlsmgr"
 )
 
@@ -73,11 +74,25 @@ type serveOptions struct {
 // serve runs roamgate for cfg until ctx ends, then shuts down gracefully:
 // GOAWAY to HTTP/3 clients, in-flight requests get o.grace to finish (a
 // second signal cuts it short).
-func serve(ctx context.Context, cfg *configs.Config, o serveOptions) error {
+func serve(ctx context.Context, cfg *configs.Config, o serveOptions) (err error) {
 	logger := o.logger
 	restore := zap.RedirectStdLog(logger.Named("stdlog")) // quic-go's socket buffer warnings
 	defer restore()
 
+	// The listening sockets: this process's predecessor's when it was
+	// started by an upgrade (SIGUSR2), which then waits to hear that it
+	// serves, or why not.
+	sockets, err := handoff.New(handoff.Mode(cfg.UpgradeSteering), logger)
+	if err != nil {
+		return err
+	}
+	serving := false
+	defer func() {
+		if !serving {
+			sockets.Failed(err)
+		}
+		sockets.Close()
+	}()
 	tcfg := tlsmgr.ConfigFor(cfg, o.dataDir)
 	if err := tlsmgr.Validate(tcfg); err != nil {
 		return err
@@ -88,7 +103,8 @@ func serve(ctx context.Context, cfg *configs.Config, o serveOptions) error {
 	if err != nil {
 		return err
 	}
-	srv, err := proxy.New(cfg, proxy.Options{Logger: logger, Registry: reg, AccessLogger: o.accessLogger, CookieSecret: secret})
+	srv, err := proxy.New(cfg, proxy.Options{Logger: logger, Registry: reg, AccessLogger: o.accessLogger, CookieSecret: secret,
+		Sockets: sockets, Generation: sockets.Generation()})
 	if err != nil {
 		return err
 	}
@@ -118,52 +134,85 @@ func serve(ctx context.Context, cfg *configs.Config, o serveOptions) error {
 	// socket in the data directory. Without a Roamfile (reverse-proxy)
 	// there is nothing to reload.
 	r := &reloader{srv: srv, dataDir: o.dataDir, logger: logger, cur: cfg}
+	u := newUpgrader(sockets, logger)
+	stopControl := func(bool) {}
 	if o.reloadable {
-		stopControl, err := r.serveControl(ctx, tcfg.DataDir)
+		stop, err := r.serveControl(tcfg.DataDir, sockets, u)
 		if err != nil {
 			return errors.Join(err, shutdown(srv, o.grace, logger))
 		}
-		defer stopControl()
+		stopControl = stop
 	}
+	removeControl := true
+	defer func() { stopControl(removeControl) }()
 	if o.reloadable && o.watch > 0 {
 		stopWatch := r.watch(o.watch)
 		defer stopWatch()
 	}
-	hup, hupDone := make(chan os.Signal, 1), make(chan struct{})
-	signal.Notify(hup, syscall.SIGHUP)
-	defer func() { signal.Stop(hup); close(hupDone) }()
+	// SIGUSR2 upgrades the binary (so does `roamgate upgrade`, over the
+	// control socket).
+	sigs, sigsDone := make(chan os.Signal, 1), make(chan struct{})
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGUSR2)
+	defer func() { signal.Stop(sigs); close(sigsDone) }()
 	go func() {
 		for {
 			select {
-			case <-hup:
-				if !o.reloadable {
+			case sig := <-sigs:
+				switch {
+				case sig == syscall.SIGUSR2:
+					go func() { _, _ = u.upgrade("SIGUSR2") }() // logged either way
+				case !o.reloadable:
 					logger.Warn("SIGHUP: nothing to reload (no Roamfile); still serving", zap.String("config", cfg.File))
-					continue
+				default:
+					_ = r.reload("SIGHUP") // logged either way
 				}
-				_ = r.reload("SIGHUP") // logged either way
-			case <-hupDone:
+			case <-sigsDone:
 				return
 			}
 		}
 	}()
-	sdNotify("READY=1") // serving, and reloads can be asked for
+	if sockets.Inherited() {
+		// The predecessor stops accepting once it hears this, and tells
+		// systemd this process is the main one.
+		if err := sockets.Ready(); err != nil {
+			logger.Warn("upgrade: telling the previous process", zap.Error(err))
+		}
+	} else {
+		sdNotify("READY=1") // serving, and reloads can be asked for
+	}
+	serving = true
 	var startErr error
 	if o.started != nil {
 		startErr = o.started(ctx, srv, certs)
 	}
-	if startErr == nil {
-		<-ctx.Done()
+	if startErr != nil {
+		return errors.Join(startErr, shutdown(srv, o.grace, logger))
 	}
-	return errors.Join(startErr, shutdown(srv, o.grace, logger))
+	select {
+	case <-ctx.Done():
+		return shutdown(srv, o.grace, logger)
+	case succ := <-u.handedOver:
+		// The control socket is the successor's now; so is the rest.
+		removeControl = false
+		stopControl(false)
+		r.handedOver()
+		return drain(ctx, srv, succ, cfg.UpgradeGrace, o.grace, logger)
+	}
 }
 
 // shutdown stops srv within grace; a second SIGINT/SIGTERM stops it at once.
 func shutdown(srv *proxy.Server, grace time.Duration, logger *zap.Logger) error {
+	sdNotify("STOPPING=1")
+	return shutdownQuiet(srv, grace, logger)
+}
+
+// shutdownQuiet is shutdown without telling systemd the service stops: for
+// a process that has handed the service to its successor.
+func shutdownQuiet(srv *proxy.Server, grace time.Duration, logger *zap.Logger) error {
 	if grace <= 0 {
 		grace = defaultGrace
 	}
 	logger.Info("shutting down", zap.Duration("grace", grace))
-	sdNotify("STOPPING=1")
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	sig := make(chan os.Signal, 1)

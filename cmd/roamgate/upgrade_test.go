@@ -1,0 +1,516 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/roamgate/roamgate/examples/legacyapp"
+	"github.com/roamgate/roamgate/proxy/h3client"
+	"github.com/roamgate/roamgate/proxy/handoff"
+)
+
+// binaries builds roamgate twice, once per test binary: the version to
+// start and the one to upgrade to (they differ in their link-time
+// version, so each is a different file).
+var binaries = sync.OnceValues(func() ([2]string, error) {
+	dir, err := os.MkdirTemp("", "roamgate-upgrade-bin-")
+	if err != nil {
+		return [2]string{}, err
+	}
+	var out [2]string
+	var errs [2]error
+	var wg sync.WaitGroup
+	for i, v := range []string{"upgrade-test-1", "upgrade-test-2"} {
+		out[i] = filepath.Join(dir, v)
+		wg.Go(func() {
+			b, err := exec.Command("go", "build", "-ldflags", "-X main.buildVersion="+v, "-o", out[i], ".").CombinedOutput()
+			if err != nil {
+				errs[i] = fmt.Errorf("go build: %v\n%s", err, b)
+			}
+		})
+	}
+	wg.Wait()
+	builtDir = dir
+	if errs[0] != nil {
+		return out, errs[0]
+	}
+	return out, errs[1]
+})
+
+// builtDir holds the binaries; TestMain removes it.
+var builtDir string
+
+// upgradeFixture is a roamgate process started from a freshly built
+// binary, with its log in a file (so that the successor it starts, which
+// inherits the file, never keeps a pipe of the test open).
+type upgradeFixture struct {
+	t       *testing.T
+	dir     string
+	bin     string // the path the process runs from
+	next    string // the binary the upgrade installs at bin
+	dataDir string
+	config  string
+	logPath string
+	apps    []*legacyapp.App
+	cmd     *exec.Cmd
+	exited  chan error
+}
+
+func (f *upgradeFixture) log() string {
+	b, _ := os.ReadFile(f.logPath)
+	return string(b)
+}
+
+// waitLog waits until the log matches re, and returns the match.
+func (f *upgradeFixture) waitLog(what string, re *regexp.Regexp, after int) []string {
+	f.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		l := f.log()
+		if after < len(l) {
+			if m := re.FindStringSubmatch(l[after:]); m != nil {
+				return m
+			}
+		}
+		if time.Now().After(deadline) {
+			f.t.Fatalf("no %s in the log:\n%s", what, l)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (f *upgradeFixture) roamfile(gen, backends, extra string) string {
+	return "{\n\tdefault_bind 127.0.0.1\n\tdata_dir " + f.dataDir + "\n\tupgrade_steering " + filepath.Base(f.dir) +
+		"\n\tupgrade_grace 1m\n}\n127.0.0.1:0 {\n\theader X-Gen " + gen + "\n\treverse_proxy " + backends + "\n}\n" + extra
+}
+
+func startUpgradeFixture(t *testing.T, mode string) *upgradeFixture {
+	bins, err := binaries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	f := &upgradeFixture{t: t, dir: filepath.Join(root, mode), dataDir: filepath.Join(root, "data"), exited: make(chan error, 1)}
+	if err := os.MkdirAll(f.dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	f.bin, f.next = filepath.Join(f.dir, "roamgate"), filepath.Join(f.dir, "roamgate.next")
+	for src, dst := range map[string]string{bins[0]: f.bin, bins[1]: f.next} {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.apps = []*legacyapp.App{startLegacyApp(t, "app1"), startLegacyApp(t, "app2"), startLegacyApp(t, "app3")}
+	f.config = writeFile(t, root, "Roamfile", f.roamfile("1", f.apps[0].Addr()+" "+f.apps[1].Addr(), ""))
+	f.logPath = filepath.Join(root, "roamgate.log")
+	logFile, err := os.Create(f.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	f.cmd = exec.Command(f.bin, "run", "--config", f.config, "--grace", "2s")
+	f.cmd.Stdout, f.cmd.Stderr = logFile, logFile
+	if err := f.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { f.exited <- f.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = f.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-f.exited:
+		case <-time.After(20 * time.Second):
+			_ = f.cmd.Process.Kill()
+		}
+		if t.Failed() {
+			t.Logf("roamgate log:\n%s", f.log())
+		}
+	})
+	return f
+}
+
+// upstreamConn names the upstream connection that carried a request: the
+// app and its connection number.
+type upstreamConn struct {
+	app  string
+	conn int
+}
+
+// result is one request of the load.
+type result struct {
+	client   int
+	start    time.Time
+	latency  time.Duration
+	err      error
+	gen      string
+	upstream upstreamConn
+	remote   string // roamgate's end of the upstream connection
+}
+
+// loadClient is an HTTP/3 client of the load with two requests in flight.
+type loadClient struct {
+	id   int
+	conn *h3client.Conn
+	addr string
+}
+
+func (lc *loadClient) get(ctx context.Context) result {
+	r := result{client: lc.id, start: time.Now()}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(rctx, "GET", "https://"+lc.addr+"/", nil)
+	req.Header.Set("X-Client", strconv.Itoa(lc.id))
+	resp, err := lc.conn.RoundTrip(req)
+	if err != nil {
+		r.err = err
+		return r
+	}
+	defer resp.Body.Close()
+	var lr legacyapp.Request
+	if err := json.NewDecoder(resp.Body).Decode(&lr); err != nil || resp.StatusCode != 200 {
+		r.err = fmt.Errorf("status %d: %v", resp.StatusCode, err)
+		return r
+	}
+	r.latency = time.Since(r.start)
+	r.gen, r.upstream, r.remote = resp.Header.Get("X-Gen"), upstreamConn{lr.App, lr.Conn}, lr.Remote
+	return r
+}
+
+// load runs the clients, two requests in flight each, until stop; results
+// go to out.
+func load(ctx context.Context, clients []*loadClient, out *[]result, mu *sync.Mutex) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for _, c := range clients {
+		for range 2 {
+			wg.Go(func() {
+				for ctx.Err() == nil {
+					r := c.get(ctx)
+					if ctx.Err() != nil && r.err != nil {
+						return // stopped mid-request
+					}
+					mu.Lock()
+					*out = append(*out, r)
+					mu.Unlock()
+					time.Sleep(5 * time.Millisecond)
+				}
+			})
+		}
+	}
+	return func() { cancel(); wg.Wait() }
+}
+
+// socketOwner returns which of pids holds the TCP socket whose local
+// address is addr (127.0.0.1:PORT), or 0: roamgate's end of an upstream
+// connection tells which process opened it.
+func socketOwner(t *testing.T, addr string, pids ...int) int {
+	t.Helper()
+	_, port, _ := strings.Cut(addr, ":")
+	p, _ := strconv.Atoi(port)
+	want := fmt.Sprintf("0100007F:%04X", p)
+	fh, err := os.Open("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fh.Close()
+	inode := ""
+	sc := bufio.NewScanner(fh)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) > 9 && f[1] == want {
+			inode = f[9]
+		}
+	}
+	if inode == "" {
+		return 0
+	}
+	for _, pid := range pids {
+		fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		for _, fd := range fds {
+			if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); l == "socket:["+inode+"]" {
+				return pid
+			}
+		}
+	}
+	return 0
+}
+
+var newProcessServes = regexp.MustCompile(`the new process serves; this one drains.*"pid": ?(\d+)`)
+
+// TestUpgradeUnderLoad (issue 14): 50 HTTP/3 clients with two requests in
+// flight each, half of them migrating during the changes, across a reload
+// that changes headers, an invalid one, and a SIGUSR2 upgrade to a freshly
+// built binary; the other half migrate while the old process drains. No
+// request fails, no client handshakes again, every session keeps its
+// upstream connections in the old process, new connections are served by
+// the new binary, and the old process exits once its clients leave. Once
+// with the BPF program steering packets, once forwarding them.
+func TestUpgradeUnderLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds roamgate twice and runs 50 clients")
+	}
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+	for _, mode := range []string{"bpf", "forward"} {
+		t.Run(mode, func(t *testing.T) {
+			if mode == "bpf" {
+				if err := handoff.BPFSupported(); err != nil {
+					if os.Getenv("CI") != "" {
+						t.Fatalf("BPF is not available in CI: %v", err)
+					}
+					t.Skipf("BPF not available here: %v", err)
+				}
+			}
+			testUpgradeUnderLoad(t, mode)
+		})
+	}
+}
+
+func testUpgradeUnderLoad(t *testing.T, mode string) {
+	f := startUpgradeFixture(t, mode)
+	m := f.waitLog("listening line", listeningUDP, 0)
+	addr := m[1]
+	f.waitLog("serving", regexp.MustCompile(`\bserving\b`), 0)
+	if !strings.Contains(f.log(), `"mode": "`+mode+`"`) {
+		t.Fatalf("not in %s mode:\n%s", mode, f.log())
+	}
+	oldPID := f.cmd.Process.Pid
+
+	const n = 50
+	clients := make([]*loadClient, n)
+	var wg sync.WaitGroup
+	for i := range clients {
+		wg.Go(func() { clients[i] = &loadClient{id: i, conn: dialEdge(t, addr, f.dataDir), addr: addr} })
+	}
+	wg.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var mu sync.Mutex
+	var results []result
+	stopLoad := load(ctx, clients, &results, &mu)
+	stopped := false
+	defer func() {
+		if !stopped {
+			stopLoad()
+		}
+	}()
+	mark := func() int { mu.Lock(); defer mu.Unlock(); return len(results) }
+	waitRequests := func(k int) {
+		t.Helper()
+		from := mark()
+		for mark() < from+k {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	migrate := func(ids []int) {
+		t.Helper()
+		var wg sync.WaitGroup
+		errs := make([]error, len(ids))
+		for k, i := range ids {
+			wg.Go(func() {
+				mctx, mcancel := context.WithTimeout(ctx, 20*time.Second)
+				defer mcancel()
+				errs[k] = clients[i].conn.Migrate(mctx)
+			})
+		}
+		wg.Wait()
+		for k, err := range errs {
+			if err != nil {
+				t.Fatalf("client %d: migrate: %v", ids[k], err)
+			}
+		}
+	}
+	waitRequests(4 * n)
+	baseline := mark()
+
+	// Reload: new headers.
+	os.WriteFile(f.config, []byte(f.roamfile("2", f.apps[0].Addr()+" "+f.apps[1].Addr(), "")), 0o600)
+	if err := run(ctx, []string{"reload", "--config", f.config}, io.Discard, io.Discard); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	// An invalid one: refused, generation 2 serves on.
+	os.WriteFile(f.config, []byte(f.roamfile("3", f.apps[0].Addr()+" "+f.apps[1].Addr(), "")+"bad {\n"), 0o600)
+	if err := run(ctx, []string{"reload", "--config", f.config}, io.Discard, io.Discard); err == nil {
+		t.Fatal("an invalid Roamfile was reloaded")
+	}
+	os.WriteFile(f.config, []byte(f.roamfile("2", f.apps[0].Addr()+" "+f.apps[1].Addr(), "")), 0o600)
+	firstHalf := make([]int, 0, n/2)
+	for i := range n / 2 {
+		firstHalf = append(firstHalf, i)
+	}
+	migrate(firstHalf)
+	waitRequests(2 * n)
+
+	// The upgrade: a new binary at the same path, then SIGUSR2.
+	if err := os.Rename(f.next, f.bin); err != nil {
+		t.Fatal(err)
+	}
+	logAt := len(f.log())
+	upgradeStart := time.Now()
+	upgradeMark := mark()
+	if err := f.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	m = f.waitLog("handover", newProcessServes, logAt)
+	upgradeTook := time.Since(upgradeStart)
+	newPID, _ := strconv.Atoi(m[1])
+	t.Cleanup(func() {
+		_ = syscall.Kill(newPID, syscall.SIGTERM)
+		var ws syscall.WaitStatus
+		for range 200 {
+			if p, _ := syscall.Wait4(newPID, &ws, syscall.WNOHANG, nil); p == newPID {
+				return
+			}
+			if syscall.Kill(newPID, 0) != nil {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		_ = syscall.Kill(newPID, syscall.SIGKILL)
+	})
+	if fi, err := os.Stat(fmt.Sprintf("/proc/%d/exe", newPID)); err != nil {
+		t.Fatal(err)
+	} else if bi, _ := os.Stat(f.bin); !os.SameFile(fi, bi) {
+		t.Fatal("the new process does not run the new binary")
+	}
+	waitRequests(2 * n)
+	upgradeEnd := mark()
+
+	// The other half migrates while the old process drains.
+	secondHalf := make([]int, 0, n/2)
+	for i := n / 2; i < n; i++ {
+		secondHalf = append(secondHalf, i)
+	}
+	migrate(secondHalf)
+	waitRequests(2 * n)
+
+	// New connections go to the new process.
+	for i := range 5 {
+		lc := &loadClient{id: 100 + i, conn: dialEdge(t, addr, f.dataDir), addr: addr}
+		r := lc.get(ctx)
+		if r.err != nil {
+			t.Fatalf("new client: %v", r.err)
+		}
+		if owner := socketOwner(t, r.remote, oldPID, newPID); owner != newPID {
+			t.Fatalf("new client %d served over an upstream connection of process %d (old %d, new %d)", i, owner, oldPID, newPID)
+		}
+		if r.gen != "2" {
+			t.Fatalf("new client: X-Gen %q", r.gen)
+		}
+		lc.conn.Close()
+	}
+	stopLoad()
+	stopped = true
+
+	// Every request succeeded; every session kept its upstream
+	// connections, in the old process.
+	sets := map[int]map[upstreamConn]bool{}
+	var before, during []time.Duration
+	var failed int
+	for k, r := range results {
+		if r.err != nil {
+			failed++
+			t.Errorf("client %d: request at %s: %v", r.client, r.start.Format("15:04:05.000"), r.err)
+			continue
+		}
+		if k >= upgradeMark && r.gen != "2" {
+			t.Errorf("client %d: X-Gen %q after the reload", r.client, r.gen)
+		}
+		if sets[r.client] == nil {
+			sets[r.client] = map[upstreamConn]bool{}
+		}
+		sets[r.client][r.upstream] = true
+		switch {
+		case k < baseline:
+			before = append(before, r.latency)
+		case k >= upgradeMark && k < upgradeEnd:
+			during = append(during, r.latency)
+		}
+	}
+	for id, set := range sets {
+		if len(set) > 2 {
+			t.Errorf("client %d used %d upstream connections (2 in flight at most): %v", id, len(set), set)
+		}
+	}
+	owners := map[int]int{}
+	for _, c := range clients {
+		if err := c.conn.Context().Err(); err != nil {
+			t.Errorf("client %d: its QUIC connection ended: %v", c.id, context.Cause(c.conn.Context()))
+		}
+		if c.conn.Migrations() != 1 {
+			t.Errorf("client %d migrated %d times", c.id, c.conn.Migrations())
+		}
+		r := c.get(ctx)
+		if r.err != nil {
+			t.Fatalf("client %d after the upgrade: %v", c.id, r.err)
+		}
+		owners[socketOwner(t, r.remote, oldPID, newPID)]++
+		if !sets[c.id][r.upstream] {
+			t.Errorf("client %d: upstream connection %v is new (had %v)", c.id, r.upstream, sets[c.id])
+		}
+	}
+	if owners[oldPID] != n {
+		t.Errorf("old clients' upstream connections by process: %v (want all %d in the old process %d)", owners, n, oldPID)
+	}
+	p := func(d []time.Duration, q float64) time.Duration {
+		if len(d) == 0 {
+			return 0
+		}
+		d = slices.Clone(d)
+		slices.Sort(d)
+		return d[int(float64(len(d)-1)*q)]
+	}
+	t.Logf("%s: %d requests, %d failed; latency p50/p99 before the changes %v/%v (%d), during the upgrade %v/%v (%d); SIGUSR2 to new process serving: %v",
+		mode, len(results), failed, p(before, .5), p(before, .99), len(before), p(during, .5), p(during, .99), len(during), upgradeTook.Round(time.Millisecond))
+
+	// The old process exits once its clients leave.
+	for _, c := range clients {
+		c.conn.Close()
+	}
+	closed := time.Now()
+	select {
+	case err := <-f.exited:
+		if err != nil {
+			t.Fatalf("old process: %v", err)
+		}
+		f.exited <- nil // for the cleanup
+	case <-time.After(30 * time.Second):
+		t.Fatal("the old process still runs 30 s after its last client left")
+	}
+	t.Logf("%s: the old process exited %v after its last client closed", mode, time.Since(closed).Round(time.Millisecond))
+	if !strings.Contains(f.log(), "drained: the last connection has closed") {
+		t.Error("the old process did not log that it drained")
+	}
+	// The new one serves on, and answers the control socket.
+	lc := &loadClient{id: 200, conn: dialEdge(t, addr, f.dataDir), addr: addr}
+	if r := lc.get(ctx); r.err != nil || socketOwner(t, r.remote, newPID) != newPID {
+		t.Fatalf("after the old process left: %v", r.err)
+	}
+	lc.conn.Close()
+	os.WriteFile(f.config, []byte(f.roamfile("4", f.apps[0].Addr()+" "+f.apps[1].Addr(), "")), 0o600)
+	if err := run(ctx, []string{"reload", "--config", f.config}, io.Discard, io.Discard); err != nil {
+		t.Fatalf("reload of the new process: %v", err)
+	}
+}
