@@ -97,7 +97,7 @@ type Server struct {
 	idle      chan struct{}  // closed when a draining server has no session left
 	idleOnce  sync.Once
 	drainStop context.CancelFunc // ends StopAccepting's TCP shutdowns
-	serving   sync.WaitGroup // the Serve goroutines
+	serving   sync.WaitGroup     // the Serve goroutines
 
 	nextSessionID atomic.Uint64
 	pathSample    time.Duration // how often a session with long-lived streams checks its path

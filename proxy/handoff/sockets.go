@@ -467,7 +467,6 @@ func socketpair(typ int, name string) (*os.File, *os.File, error) {
 	return os.NewFile(uintptr(fds[0]), name), os.NewFile(uintptr(fds[1]), name), nil
 }
 
-
 // BPFSupported returns nil when this process may load the SK_REUSEPORT
 // program of the BPF mode, else why not.
 func BPFSupported() error { return bpfSupported() }

@@ -285,4 +285,3 @@ func withoutVar(env []string, name string) []string {
 	}
 	return out
 }
-
