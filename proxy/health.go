@@ -50,6 +50,8 @@ func (s *Server) readiness() []check {
 	switch {
 	case s.shutdown:
 		listeners = errors.New("shutting down")
+	case s.draining:
+		listeners = errors.New("draining: another process accepts the new connections (an upgrade)")
 	case !s.served:
 		listeners = errors.New("not serving yet")
 	default:

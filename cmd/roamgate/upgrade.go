@@ -58,6 +58,11 @@ func newUpgrader(sockets *handoff.Sockets, logger *zap.Logger) *upgrader {
 // returns its process ID once it serves. On error this process serves on
 // as before, and the reason is logged.
 func (u *upgrader) upgrade(trigger string) (int, error) {
+	if os.Getpid() == 1 {
+		err := errors.New("upgrade: roamgate is PID 1 (a container's init): the container would end when this process exits after draining, and with it the new one; roll out a new image instead (reload changes the configuration in place)")
+		u.logger.Error("upgrade refused: still serving", zap.String("trigger", trigger), zap.Error(err))
+		return 0, err
+	}
 	u.mu.Lock()
 	if u.busy {
 		u.mu.Unlock()
