@@ -179,6 +179,9 @@ func (r *reloader) serveControl(dataDir string, sockets *handoff.Sockets, u *upg
 		fmt.Fprintf(w, "upgraded: process %d serves %s; process %d drains its connections\n", pid, r.config(), os.Getpid())
 	})
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	// Once the successor serves, it answers the control socket: this
+	// process accepts no more (it answers what it accepted already).
+	u.beforeHandover = func() { _ = ln.Close() }
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -44,6 +44,10 @@ type upgrader struct {
 	logger  *zap.Logger
 	args    []string // this process's, without the program name
 
+	// beforeHandover, when set, runs once the successor serves, before
+	// this process starts draining (the control socket stops accepting).
+	beforeHandover func()
+
 	mu   sync.Mutex
 	busy bool // an upgrade runs, or one succeeded
 	// handedOver receives the successor once it serves.
@@ -80,6 +84,9 @@ func (u *upgrader) upgrade(trigger string) (int, error) {
 		u.mu.Unlock()
 		u.logger.Error("upgrade failed: still serving", zap.String("trigger", trigger), zap.Error(err))
 		return 0, err
+	}
+	if u.beforeHandover != nil {
+		u.beforeHandover()
 	}
 	u.logger.Info("upgrade: the new process serves; this one drains", zap.Int("pid", succ.PID))
 	u.handedOver <- succ

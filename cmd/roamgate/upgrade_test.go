@@ -376,20 +376,7 @@ func testUpgradeUnderLoad(t *testing.T, mode string) {
 	m = f.waitLog("handover", newProcessServes, logAt)
 	upgradeTook := time.Since(upgradeStart)
 	newPID, _ := strconv.Atoi(m[1])
-	t.Cleanup(func() {
-		_ = syscall.Kill(newPID, syscall.SIGTERM)
-		var ws syscall.WaitStatus
-		for range 200 {
-			if p, _ := syscall.Wait4(newPID, &ws, syscall.WNOHANG, nil); p == newPID {
-				return
-			}
-			if syscall.Kill(newPID, 0) != nil {
-				return
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		_ = syscall.Kill(newPID, syscall.SIGKILL)
-	})
+	t.Cleanup(func() { stopProcess(newPID) })
 	if fi, err := os.Stat(fmt.Sprintf("/proc/%d/exe", newPID)); err != nil {
 		t.Fatal(err)
 	} else if bi, _ := os.Stat(f.bin); !os.SameFile(fi, bi) {
@@ -513,4 +500,99 @@ func testUpgradeUnderLoad(t *testing.T, mode string) {
 	if err := run(ctx, []string{"reload", "--config", f.config}, io.Discard, io.Discard); err != nil {
 		t.Fatalf("reload of the new process: %v", err)
 	}
+}
+
+// TestFailedUpgradeKeepsServing: a new binary that cannot serve (an
+// invalid Roamfile, a binary that exits at once) leaves the old process
+// serving every connection as before, the reason logged and answered to
+// roamgate upgrade; a good upgrade works afterwards.
+func TestFailedUpgradeKeepsServing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds roamgate")
+	}
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+	f := startUpgradeFixture(t, "forward")
+	addr := f.waitLog("listening line", listeningUDP, 0)[1]
+	f.waitLog("serving", regexp.MustCompile(`\bserving\b`), 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := &loadClient{id: 1, conn: dialEdge(t, addr, f.dataDir), addr: addr}
+	first := c.get(ctx)
+	if first.err != nil {
+		t.Fatal(first.err)
+	}
+	check := func(when string) {
+		t.Helper()
+		r := c.get(ctx)
+		if r.err != nil || r.upstream != first.upstream {
+			t.Fatalf("%s: %v over %v (was %v)", when, r.err, r.upstream, first.upstream)
+		}
+		if owner := socketOwner(t, r.remote, f.cmd.Process.Pid); owner != f.cmd.Process.Pid {
+			t.Fatalf("%s: served by process %d", when, owner)
+		}
+	}
+
+	// The new process cannot read its Roamfile.
+	good, _ := os.ReadFile(f.config)
+	os.WriteFile(f.config, append(good, "bad {\n"...), 0o600)
+	at := len(f.log())
+	f.cmd.Process.Signal(syscall.SIGUSR2)
+	f.waitLog("failure", regexp.MustCompile(`upgrade failed: still serving.*exited before serving`), at)
+	check("after a new process that could not load its Roamfile")
+	os.WriteFile(f.config, good, 0o600)
+
+	// A binary that exits at once, asked for with roamgate upgrade.
+	os.WriteFile(f.bin+".broken", []byte("#!/bin/sh\necho broken binary >&2\nexit 3\n"), 0o755)
+	os.Rename(f.bin+".broken", f.bin)
+	err := run(ctx, []string{"upgrade", "--config", f.config}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "exit status 3") {
+		t.Fatalf("roamgate upgrade to a broken binary: %v", err)
+	}
+	if !strings.Contains(f.log(), "broken binary") {
+		t.Error("the new process's output is not in the log")
+	}
+	check("after a binary that exited")
+
+	// A good one.
+	os.Rename(f.next, f.bin)
+	var out strings.Builder
+	if err := run(ctx, []string{"upgrade", "--config", f.config}, &out, io.Discard); err != nil || !strings.Contains(out.String(), "upgraded: process") {
+		t.Fatalf("roamgate upgrade: %v %q", err, out.String())
+	}
+	newPID, _ := strconv.Atoi(f.waitLog("handover", newProcessServes, 0)[1])
+	t.Cleanup(func() { stopProcess(newPID) })
+	check("during the drain")
+	// Only two processes: a second upgrade waits for the first to drain.
+	err = run(ctx, []string{"upgrade", "--config", f.config}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "still draining") {
+		t.Fatalf("an upgrade while the previous process drains: %v", err)
+	}
+	c.conn.Close()
+	select {
+	case err := <-f.exited:
+		f.exited <- err
+	case <-time.After(30 * time.Second):
+		t.Fatal("the old process did not exit")
+	}
+}
+
+// stopProcess ends a process the test reaped as a subreaper (an upgrade's
+// new process, whose parent has exited).
+func stopProcess(pid int) {
+	_ = syscall.Kill(pid, syscall.SIGTERM)
+	var ws syscall.WaitStatus
+	for range 200 {
+		if p, _ := syscall.Wait4(pid, &ws, syscall.WNOHANG, nil); p == pid {
+			return
+		}
+		if syscall.Kill(pid, 0) != nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	_, _ = syscall.Wait4(pid, &ws, 0, nil)
 }

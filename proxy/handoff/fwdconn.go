@@ -124,13 +124,16 @@ func (c *fwdConn) release(from *net.UnixConn) {
 func (c *fwdConn) resume() { c.switchTo(&source{udp: c.udp}) }
 
 func (c *fwdConn) switchTo(next *source) {
-	prev := c.src.Swap(next)
 	c.mu.Lock()
-	d := c.deadline
-	c.mu.Unlock()
-	_ = setReadDeadline(next, d)
+	defer c.mu.Unlock()
+	prev := c.src.Load()
+	if prev.udp == next.udp && prev.unix == next.unix {
+		return // reading there already
+	}
+	c.src.Store(next)
 	// Unblock a read waiting on the previous source; it reads next.
 	_ = setReadDeadline(prev, time.Unix(1, 0))
+	_ = setReadDeadline(next, c.deadline)
 }
 
 func setReadDeadline(s *source, t time.Time) error {
@@ -165,8 +168,8 @@ func (c *fwdConn) SetDeadline(t time.Time) error {
 
 func (c *fwdConn) SetReadDeadline(t time.Time) error {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.deadline = t
-	c.mu.Unlock()
 	return setReadDeadline(c.src.Load(), t)
 }
 

@@ -137,21 +137,25 @@ func newPair(t *testing.T) *pair {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, b, err := socketpair(syscall.SOCK_DGRAM, "link")
+	a, b, err := socketpair(syscall.SOCK_DGRAM)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca, _ := net.FileConn(a)
-	cb, _ := net.FileConn(b)
-	a.Close()
-	b.Close()
+	ca, err := fdConn(a, "link")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb, err := fdConn(b, "link")
+	if err != nil {
+		t.Fatal(err)
+	}
 	hold := make(chan struct{})
 	p := &pair{server: server}
 	p.old = newFwdConn(server, 0, nil, zap.NewNop())
 	p.new = newFwdConn(pc.(*net.UDPConn), 1, hold, zap.NewNop())
-	p.oldEnd = ca.(*net.UnixConn)
-	raw, _ := cb.(*net.UnixConn).SyscallConn()
-	p.newLink = &link{conn: cb.(*net.UnixConn), raw: raw, gen: 0, logger: zap.NewNop()}
+	p.oldEnd = ca
+	raw, _ := cb.SyscallConn()
+	p.newLink = &link{conn: cb, raw: raw, gen: 0, logger: zap.NewNop()}
 	p.new.link.Store(p.newLink)
 	p.oldCID, p.newCID = mustCID(t, 0), mustCID(t, 1)
 	p.closeExtra = func() { close(hold) }

@@ -448,23 +448,68 @@ func (p *predecessor) send(st status) error {
 	return err
 }
 
-// fileOf returns a duplicate descriptor of a listener or conn.
-func fileOf(v any) (*os.File, error) {
-	f, ok := v.(interface{ File() (*os.File, error) })
+// dupOf returns a duplicate of a socket's descriptor (close-on-exec; the
+// child gets its own with ForkExec), leaving the socket's mode alone.
+func dupOf(v any) (int, error) {
+	sc, ok := v.(syscall.Conn)
 	if !ok {
-		return nil, fmt.Errorf("upgrade: %T has no descriptor", v)
+		return -1, fmt.Errorf("upgrade: %T has no descriptor", v)
 	}
-	return f.File()
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	nfd, derr := -1, error(nil)
+	if err := rc.Control(func(fd uintptr) { nfd, derr = dupCloexec(int(fd)) }); err != nil {
+		return -1, err
+	}
+	if derr != nil {
+		return -1, fmt.Errorf("upgrade: dup: %w", derr)
+	}
+	return nfd, nil
+}
+
+// rawFD returns f's descriptor without putting it in blocking mode (as
+// File.Fd does); valid while f is open.
+func rawFD(f *os.File) (int, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	var out int
+	if err := rc.Control(func(fd uintptr) { out = int(fd) }); err != nil {
+		return -1, err
+	}
+	return out, nil
+}
+
+func dupCloexec(fd int) (int, error) {
+	nfd, _, errno := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), syscall.F_DUPFD_CLOEXEC, 0)
+	if errno != 0 {
+		return -1, errno
+	}
+	return int(nfd), nil
 }
 
 // socketpair returns the two ends of a unix socket pair of typ
-// (syscall.SOCK_STREAM, SOCK_DGRAM) as files.
-func socketpair(typ int, name string) (*os.File, *os.File, error) {
+// (syscall.SOCK_STREAM, SOCK_DGRAM), close-on-exec.
+func socketpair(typ int) (int, int, error) {
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, typ|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, nil, fmt.Errorf("upgrade: socketpair: %w", err)
+		return -1, -1, fmt.Errorf("upgrade: socketpair: %w", err)
 	}
-	return os.NewFile(uintptr(fds[0]), name), os.NewFile(uintptr(fds[1]), name), nil
+	return fds[0], fds[1], nil
+}
+
+// fdConn makes a *net.UnixConn of a raw descriptor, which it takes over.
+func fdConn(fd int, name string) (*net.UnixConn, error) {
+	f := os.NewFile(uintptr(fd), name)
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("upgrade: %s: %w", name, err)
+	}
+	return c.(*net.UnixConn), nil
 }
 
 // BPFSupported returns nil when this process may load the SK_REUSEPORT

@@ -6,10 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
-	"os/exec"
 	"strings"
 	"syscall"
 	"time"
@@ -24,7 +22,6 @@ type Successor struct {
 	PID int
 
 	s      *Sockets
-	cmd    *exec.Cmd
 	conn   *net.UnixConn            // the status socket
 	links  map[string]*net.UnixConn // forward mode: what the successor forwards on, by UDP key
 	exited chan struct{}
@@ -37,7 +34,7 @@ type Command struct {
 	Path           string
 	Args           []string // without the program name
 	Env            []string // nil: this process's
-	Stdout, Stderr io.Writer
+	Stdout, Stderr *os.File // nil: /dev/null
 }
 
 // Upgrade starts the successor with every socket of s and waits until it
@@ -62,28 +59,34 @@ func (s *Sockets) Upgrade(ctx context.Context, c Command) (*Successor, error) {
 	}
 	next := (s.gen + 1) % (quiclb.MaxGeneration + 1)
 	m := manifest{Generation: next, Mode: s.mode, Parent: os.Getpid()}
-	var files []*os.File // the child's, closed here once it started
-	defer func() {
-		for _, f := range files {
-			f.Close()
+	// The child's descriptors 3 and up, as raw duplicates: an *os.File
+	// handed to os/exec is put in blocking mode (File.Fd), and blocking
+	// mode belongs to the open file description, which this process's
+	// sockets share with their duplicates: its reads and accepts would
+	// then block threads and ignore deadlines and Close.
+	var fds []int
+	closeFDs := func() {
+		for _, fd := range fds {
+			syscall.Close(fd)
 		}
-	}()
-	add := func(kind, key, addr string, f *os.File) {
-		m.Files = append(m.Files, entry{Kind: kind, Key: key, Addr: addr, FD: 3 + len(files)})
-		files = append(files, f)
+		fds = nil
 	}
-	ours, theirs, err := socketpair(syscall.SOCK_STREAM, "status")
+	defer closeFDs()
+	add := func(kind, key, addr string, fd int) {
+		m.Files = append(m.Files, entry{Kind: kind, Key: key, Addr: addr, FD: 3 + len(fds)})
+		fds = append(fds, fd)
+	}
+	ours, theirs, err := socketpair(syscall.SOCK_STREAM)
 	if err != nil {
 		return nil, err
 	}
 	m.Status = 3
-	files = append(files, theirs)
-	sc, err := net.FileConn(ours)
-	ours.Close()
+	fds = append(fds, theirs)
+	sc, err := fdConn(ours, "status")
 	if err != nil {
 		return nil, err
 	}
-	succ := &Successor{s: s, conn: sc.(*net.UnixConn), links: map[string]*net.UnixConn{}, exited: make(chan struct{})}
+	succ := &Successor{s: s, conn: sc, links: map[string]*net.UnixConn{}, exited: make(chan struct{})}
 	fail := func(err error) (*Successor, error) {
 		succ.conn.Close()
 		for _, l := range succ.links {
@@ -97,51 +100,50 @@ func (s *Sockets) Upgrade(ctx context.Context, c Command) (*Successor, error) {
 		addr := us.conn.LocalAddr().String()
 		switch {
 		case us.bpf != nil:
-			f, err := us.bpf.mapFile()
+			fd, err := us.bpf.mapFD()
 			if err != nil {
 				s.mu.Unlock()
 				return fail(err)
 			}
-			add("steer", us.key, addr, f)
+			add("steer", us.key, addr, fd)
 		case us.fwd != nil:
-			f, err := us.conn.File()
+			fd, err := dupOf(us.conn)
 			if err != nil {
 				s.mu.Unlock()
 				return fail(err)
 			}
-			add("udp", us.key, addr, f)
-			mine, child, err := socketpair(syscall.SOCK_DGRAM, "link "+us.key)
+			add("udp", us.key, addr, fd)
+			mine, child, err := socketpair(syscall.SOCK_DGRAM)
 			if err != nil {
 				s.mu.Unlock()
 				return fail(err)
 			}
-			lc, err := net.FileConn(mine)
-			mine.Close()
-			if err != nil {
-				child.Close()
-				s.mu.Unlock()
-				return fail(err)
-			}
-			succ.links[us.key] = lc.(*net.UnixConn)
-			setBuffers(succ.links[us.key], child)
+			setBuffers(child)
 			add("link", us.key, addr, child)
+			lc, err := fdConn(mine, "link "+us.key)
+			if err != nil {
+				s.mu.Unlock()
+				return fail(err)
+			}
+			_ = lc.SetReadBuffer(4 << 20)
+			succ.links[us.key] = lc
 		}
 	}
 	for _, ts := range s.tcps {
-		f, err := fileOf(ts.ln)
+		fd, err := dupOf(ts.ln)
 		if err != nil {
 			s.mu.Unlock()
 			return fail(err)
 		}
-		add("tcp", ts.key, ts.ln.Addr().String(), f)
+		add("tcp", ts.key, ts.ln.Addr().String(), fd)
 	}
 	for _, us := range s.unixs {
-		f, err := us.ln.File()
+		fd, err := dupOf(us.ln)
 		if err != nil {
 			s.mu.Unlock()
 			return fail(err)
 		}
-		add("unix", us.key, us.key, f)
+		add("unix", us.key, us.key, fd)
 	}
 	s.mu.Unlock()
 
@@ -154,16 +156,43 @@ func (s *Sockets) Upgrade(ctx context.Context, c Command) (*Successor, error) {
 		env = os.Environ()
 	}
 	env = append(withoutVar(env, EnvVar), EnvVar+"="+string(b))
-	cmd := exec.Command(c.Path, c.Args...)
-	cmd.Env, cmd.Stdout, cmd.Stderr, cmd.ExtraFiles = env, c.Stdout, c.Stderr, files
-	if err := cmd.Start(); err != nil {
+	stdio := make([]uintptr, 0, 3+len(fds))
+	devNull, err := syscall.Open(os.DevNull, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return fail(err)
+	}
+	defer syscall.Close(devNull)
+	stdio = append(stdio, uintptr(devNull))
+	for _, f := range []*os.File{c.Stdout, c.Stderr} {
+		fd := devNull
+		if f != nil {
+			if fd, err = rawFD(f); err != nil {
+				return fail(err)
+			}
+		}
+		stdio = append(stdio, uintptr(fd))
+	}
+	for _, fd := range fds {
+		stdio = append(stdio, uintptr(fd))
+	}
+	passed := len(fds) - 1 // the status socket aside
+	pid, err := syscall.ForkExec(c.Path, append([]string{c.Path}, c.Args...), &syscall.ProcAttr{Env: env, Files: stdio})
+	// The child has its copies now (or none): without closing ours, its
+	// end of the status socket would never report that it exited.
+	closeFDs()
+	if err != nil {
 		return fail(fmt.Errorf("upgrade: start %s: %w", c.Path, err))
 	}
-	succ.cmd, succ.PID = cmd, cmd.Process.Pid
+	proc, _ := os.FindProcess(pid) // a child: never fails on Unix
+	succ.PID = pid
 	s.logger.Info("upgrade: started the new process", zap.String("path", c.Path), zap.Int("pid", succ.PID),
-		zap.Int("generation", next), zap.String("mode", string(s.mode)), zap.Int("sockets", len(files)-1))
+		zap.Int("generation", next), zap.String("mode", string(s.mode)), zap.Int("sockets", passed))
 	go func() {
-		succ.err = cmd.Wait()
+		st, err := proc.Wait()
+		if err == nil && !st.Success() {
+			err = errors.New(st.String())
+		}
+		succ.err = err
 		close(succ.exited)
 	}()
 
@@ -182,11 +211,11 @@ func (s *Sockets) Upgrade(ctx context.Context, c Command) (*Successor, error) {
 		}
 	}()
 	stop := func(why error) (*Successor, error) {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = proc.Signal(syscall.SIGTERM)
 		select {
 		case <-succ.exited:
 		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
+			_ = proc.Kill()
 			<-succ.exited
 		}
 		s.reclaim()
@@ -210,6 +239,18 @@ func (s *Sockets) Upgrade(ctx context.Context, c Command) (*Successor, error) {
 				s.mu.Unlock()
 				return succ, nil
 			}
+		case <-succ.exited:
+			// Its last status line, if any, may still be in the socket.
+			select {
+			case st, ok := <-lines:
+				if ok && st.Error != "" {
+					s.reclaim()
+					return fail(fmt.Errorf("upgrade: the new process (pid %d) failed: %s", succ.PID, st.Error))
+				}
+			case <-time.After(100 * time.Millisecond):
+			}
+			s.reclaim()
+			return fail(fmt.Errorf("upgrade: the new process (pid %d) exited before serving: %v", succ.PID, succ.err))
 		case <-ctx.Done():
 			return stop(fmt.Errorf("upgrade: the new process (pid %d) did not serve in time: %w", succ.PID, ctx.Err()))
 		}
@@ -265,15 +306,9 @@ func (s *Sockets) reclaim() {
 
 // setBuffers gives a link room for bursts: 4 MiB each way (the kernel caps
 // it at net.core.wmem_max/rmem_max).
-func setBuffers(mine *net.UnixConn, theirs *os.File) {
-	_ = mine.SetReadBuffer(4 << 20)
-	_ = mine.SetWriteBuffer(4 << 20)
-	if rc, err := theirs.SyscallConn(); err == nil {
-		_ = rc.Control(func(fd uintptr) {
-			_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, 4<<20)
-			_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4<<20)
-		})
-	}
+func setBuffers(fd int) {
+	_ = syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_SNDBUF, 4<<20)
+	_ = syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4<<20)
 }
 
 func withoutVar(env []string, name string) []string {
