@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -24,6 +26,7 @@ import (
 	"github.com/roamgate/roamgate/examples/legacyapp"
 	"github.com/roamgate/roamgate/proxy/h3client"
 	"github.com/roamgate/roamgate/proxy/handoff"
+	"github.com/roamgate/roamgate/tlsmgr"
 )
 
 // binaries builds roamgate twice, once per test binary: the version to
@@ -223,7 +226,7 @@ func load(ctx context.Context, clients []*loadClient, out *[]result, mu *sync.Mu
 // socketOwner returns which of pids holds the TCP socket whose local
 // address is addr (127.0.0.1:PORT), or 0: roamgate's end of an upstream
 // connection tells which process opened it.
-func socketOwner(t *testing.T, addr string, pids ...int) int {
+func socketOwner(t testing.TB, addr string, pids ...int) int {
 	t.Helper()
 	_, port, _ := strings.Cut(addr, ":")
 	p, _ := strconv.Atoi(port)
@@ -237,7 +240,7 @@ func socketOwner(t *testing.T, addr string, pids ...int) int {
 	sc := bufio.NewScanner(fh)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
-		if len(f) > 9 && f[1] == want {
+		if len(f) > 9 && f[1] == want && f[9] != "0" { // not a TIME_WAIT left by an earlier one
 			inode = f[9]
 		}
 	}
@@ -253,6 +256,54 @@ func socketOwner(t *testing.T, addr string, pids ...int) int {
 		}
 	}
 	return 0
+}
+
+// tcpResult is one request of a TCP client.
+type tcpResult struct {
+	proto  string
+	at     time.Time
+	err    error
+	owner  int // the roamgate process whose upstream connection served it
+}
+
+// tcpLoad sends requests one after another over HTTP/2 (h2) or HTTP/1.1
+// with keep-alive until ctx ends.
+func tcpLoad(ctx context.Context, addr, dataDir string, h2 bool, whose func(remote string) int) []tcpResult {
+	pem, err := os.ReadFile(tlsmgr.RootCertPath(dataDir))
+	if err != nil {
+		return []tcpResult{{err: err}}
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}, ForceAttemptHTTP2: h2}
+	if !h2 {
+		tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	var out []tcpResult
+	for ctx.Err() == nil {
+		r := tcpResult{proto: "HTTP/1.1", at: time.Now()}
+		if h2 {
+			r.proto = "HTTP/2"
+		}
+		resp, err := client.Get("https://" + addr + "/")
+		if err != nil {
+			r.err = err
+		} else {
+			var lr legacyapp.Request
+			if err := json.NewDecoder(resp.Body).Decode(&lr); err != nil || resp.StatusCode != 200 {
+				r.err = fmt.Errorf("status %d: %v", resp.StatusCode, err)
+			} else if (resp.ProtoMajor == 2) != h2 {
+				r.err = fmt.Errorf("served over %s", resp.Proto)
+			}
+			resp.Body.Close()
+			r.owner = whose(lr.Remote)
+		}
+		out = append(out, r)
+		time.Sleep(10 * time.Millisecond)
+	}
+	return out
 }
 
 var newProcessServes = regexp.MustCompile(`the new process serves; this one drains.*"pid": ?(\d+)`)
@@ -310,6 +361,21 @@ func testUpgradeUnderLoad(t *testing.T, mode string) {
 	var mu sync.Mutex
 	var results []result
 	stopLoad := load(ctx, clients, &results, &mu)
+	// And TCP clients, HTTP/2 and HTTP/1.1 with keep-alive: the new
+	// process inherits the listener, the old one ends their connections
+	// with GOAWAY / Connection: close; nothing fails.
+	tcpDone := make(chan []tcpResult, 2)
+	tcpCtx, stopTCP := context.WithCancel(ctx)
+	var pidsMu sync.Mutex
+	pids := []int{oldPID}
+	whose := func(remote string) int {
+		pidsMu.Lock()
+		defer pidsMu.Unlock()
+		return socketOwner(t, remote, pids...)
+	}
+	for _, h2 := range []bool{true, false} {
+		go func() { tcpDone <- tcpLoad(tcpCtx, addr, f.dataDir, h2, whose) }()
+	}
 	stopped := false
 	defer func() {
 		if !stopped {
@@ -377,6 +443,9 @@ func testUpgradeUnderLoad(t *testing.T, mode string) {
 	upgradeTook := time.Since(upgradeStart)
 	newPID, _ := strconv.Atoi(m[1])
 	t.Cleanup(func() { stopProcess(newPID) })
+	pidsMu.Lock()
+	pids = append(pids, newPID)
+	pidsMu.Unlock()
 	if fi, err := os.Stat(fmt.Sprintf("/proc/%d/exe", newPID)); err != nil {
 		t.Fatal(err)
 	} else if bi, _ := os.Stat(f.bin); !os.SameFile(fi, bi) {
@@ -410,6 +479,24 @@ func testUpgradeUnderLoad(t *testing.T, mode string) {
 	}
 	stopLoad()
 	stopped = true
+	stopTCP()
+	for range 2 {
+		rs := <-tcpDone
+		owners := map[int]int{}
+		for _, r := range rs {
+			if r.err != nil {
+				t.Errorf("%s client: %v", r.proto, r.err)
+				continue
+			}
+			if r.at.After(upgradeStart.Add(upgradeTook)) {
+				owners[r.owner]++
+			}
+		}
+		if len(rs) == 0 || owners[newPID] == 0 {
+			t.Errorf("TCP client (%d requests): none served by the new process after the upgrade (%v)", len(rs), owners)
+		}
+		t.Logf("%s: a TCP client: %d requests, after the upgrade by process: %v", mode, len(rs), owners)
+	}
 
 	// Every request succeeded; every session kept its upstream
 	// connections, in the old process.
