@@ -64,7 +64,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		Settings: settings{
 			DurationSeconds: o.duration.Seconds(), WarmupSeconds: o.warmupFor().Seconds(), Rounds: o.rounds,
 			Conns: o.conns, Streams: o.streams, SizeBytes: o.size, StreamBytes: o.streamSize,
-			Idle: o.idle, Storm: o.storm, StormStreams: o.stormStreams, AccessLog: o.accessLog, Targets: o.targetNames(),
+			Idle: o.idle, Storm: o.storm, StormStreams: o.stormStreams, AccessLog: o.accessLog, Steering: o.steering, Targets: o.targetNames(),
 			Faults: settingsOf(o.faults),
 		},
 	}
@@ -150,6 +150,9 @@ func (b *bench) startTargets(ctx context.Context, sp *spawner, dir string) error
 		args := append([]string{"--backend", backendAddr, "--data-dir", filepath.Join(dir, "data")}, extra...)
 		if b.o.accessLog {
 			args = append(args, "--access-log")
+		}
+		if b.o.steering != "" {
+			args = append(args, "--steering", b.o.steering)
 		}
 		return sp.start(ctx, childRoamgate, args...)
 	}

@@ -133,6 +133,7 @@ type options struct {
 	pids         map[string]int // extra URL → server PID
 	extra        []*url.URL
 	accessLog    bool
+	steering     string // roamgate's upgrade steering: "" (none: plain sockets), bpf or forward
 	childLogs    bool
 	cpuProfile   string
 	heapProfile  string
@@ -246,6 +247,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 		return nil
 	})
 	fs.BoolVar(&o.accessLog, "access-log", false, "let roamgate encode its access log (JSON, discarded) as a deployment would")
+	fs.StringVar(&o.steering, "steering", "", "serve roamgate's UDP through its upgrade steering: bpf (SK_REUSEPORT program on the socket) or forward (the forwarding conn); default none, plain sockets")
 	fs.BoolVar(&o.childLogs, "child-logs", false, "copy the servers' logs to stderr (else shown only when one fails)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of roamgate during its first measured run of --profile-scenario to this file (go tool pprof)")
 	fs.StringVar(&o.heapProfile, "heapprofile", "", "write a heap profile of roamgate at the end of its first measured run of --profile-scenario (connections still open) to this file")
@@ -301,6 +303,8 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 		return bad("--stream-size must be at least 1 byte")
 	case o.idle < 1:
 		return bad("--idle must be at least 1")
+	case o.steering != "" && o.steering != "bpf" && o.steering != "forward":
+		return bad("--steering: %q (want bpf or forward)", o.steering)
 	case o.storm < 1:
 		return bad("--storm must be at least 1")
 	case o.stormStreams < 1 || o.stormStreams > 8:

@@ -47,6 +47,7 @@ type settings struct {
 	Storm           int      `json:"storm"`
 	StormStreams    int      `json:"storm_streams"`
 	AccessLog       bool     `json:"access_log"`
+	Steering        string   `json:"steering,omitempty"`
 	Targets         []string `json:"targets"`
 	// Faults are those of the storm's path (--faults); absent: none.
 	Faults *faultSettings `json:"storm_faults,omitempty"`
@@ -386,7 +387,11 @@ func printHeader(w io.Writer, r *report) {
 	if s.AccessLog {
 		accessLog = "encoded as JSON and discarded"
 	}
-	fmt.Fprintf(w, "roamgate: access log %s; h3-plain: quic-go alone with roamgate's QUIC settings and certificate; both serve on loopback.\n", accessLog)
+	steering := "plain UDP sockets (--steering bpf|forward: its upgrade steering)"
+	if s.Steering != "" {
+		steering = "UDP through its upgrade steering, " + s.Steering + " mode"
+	}
+	fmt.Fprintf(w, "roamgate: access log %s; %s; h3-plain: quic-go alone with roamgate's QUIC settings and certificate; both serve on loopback.\n", accessLog, steering)
 	if f := s.Faults; f != nil {
 		fmt.Fprintf(w, "faults: the storm's clients reach each HTTP/3 target through a relay (impair) with %s; every body is checked by hash; timeouts at least %v.\n", f, faultTimeout)
 	}

@@ -29,6 +29,7 @@ import (
 
 	"github.com/roamgate/roamgate/configs"
 	"github.com/roamgate/roamgate/proxy"
+	"github.com/roamgate/roamgate/proxy/handoff"
 	"github.com/roamgate/roamgate/tlsmgr"
 )
 
@@ -92,6 +93,7 @@ func childMain(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	unixPath := fs.String("unix", "", "also serve on this Unix socket (backend)")
 	dataDir := fs.String("data-dir", "", "the data directory (roamgate)")
 	accessLog := fs.Bool("access-log", false, "encode access logs (roamgate)")
+	steering := fs.String("steering", "", "roamgate's upgrade steering: bpf or forward; none by default")
 	removeOnExit := fs.String("remove-on-exit", "", "a directory to remove on exit, so a benchmark killed outright leaves no temporary files")
 	if err := fs.Parse(args[1:]); err != nil {
 		return fmt.Errorf("child %s: %w", kind, err)
@@ -128,7 +130,7 @@ func childMain(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		rl := &relay{backend: *backend}
 		info, stop, err = servePlain(rl, rl.connContext, &conns, *cert, *key)
 	case childRoamgate:
-		info, stop, err = serveRoamgate(ctx, *backend, *dataDir, *accessLog, stderr)
+		info, stop, err = serveRoamgate(ctx, *backend, *dataDir, *accessLog, *steering, stderr)
 	default:
 		return fmt.Errorf("child: unknown kind %q", kind)
 	}
@@ -347,7 +349,7 @@ localhost:0 {
 // Roamfile, with its local CA in dataDir. Logs at warn level go to stderr;
 // access logs are off unless accessLog, when they are encoded (JSON) and
 // discarded, to count their cost without a terminal's.
-func serveRoamgate(ctx context.Context, backend, dataDir string, accessLog bool, stderr io.Writer) (childInfo, func() error, error) {
+func serveRoamgate(ctx context.Context, backend, dataDir string, accessLog bool, steering string, stderr io.Writer) (childInfo, func() error, error) {
 	if backend == "" || dataDir == "" {
 		return childInfo{}, nil, errors.New("--backend and --data-dir are required")
 	}
@@ -364,7 +366,20 @@ func serveRoamgate(ctx context.Context, backend, dataDir string, accessLog bool,
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	srv, err := proxy.New(cfg, proxy.Options{Logger: logger, AccessLogger: access, Registry: reg})
+	opts := proxy.Options{Logger: logger, AccessLogger: access, Registry: reg}
+	var sockets *handoff.Sockets
+	if steering != "" {
+		if sockets, err = handoff.New(handoff.Mode(steering), logger); err != nil {
+			restore()
+			return childInfo{}, nil, err
+		}
+		if sockets.Mode() != handoff.Mode(steering) {
+			restore()
+			return childInfo{}, nil, fmt.Errorf("--steering %s: not available here (would be %s; see the log)", steering, sockets.Mode())
+		}
+		opts.Sockets = sockets
+	}
+	srv, err := proxy.New(cfg, opts)
 	if err != nil {
 		restore()
 		return childInfo{}, nil, err
@@ -387,6 +402,9 @@ func serveRoamgate(ctx context.Context, backend, dataDir string, accessLog bool,
 			err = nil // Shutdown closed what was left
 		}
 		certs.Stop()
+		if sockets != nil {
+			sockets.Close()
+		}
 		restore()
 		return err
 	}
