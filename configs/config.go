@@ -130,6 +130,9 @@ type Config struct {
 	// load balancer in front of several instances. nil means unroutable
 	// connection IDs (config rotation 7), for an instance on its own.
 	QUICLB *QUICLB
+	// SharedKeys is the global shared_keys option; nil: every key is this
+	// process's own.
+	SharedKeys *SharedKeys
 
 	// Sites are the site blocks in file order.
 	Sites []Site

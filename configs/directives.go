@@ -27,6 +27,7 @@ var globalOptions = map[string]func(b *builder, c *Cursor) error{
 	"max_header_field_bytes": globalHeaderSize(func(c *Config) *int { return &c.MaxHeaderFieldBytes }),
 	"on_demand_tls":          onDemandTLSOption,
 	"quic_lb":                quicLBOption,
+	"shared_keys":            sharedKeysOption,
 	"storage":                storage,
 	"upgrade_grace":          upgradeGrace,
 	"upgrade_steering":       upgradeSteering,

@@ -7,7 +7,9 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -169,7 +171,7 @@ func TestRoutableConnectionIDs(t *testing.T) {
 			used := map[string]int{}
 			for i, path := range paths {
 				if len(byPath[path]) == 0 {
-					t.Fatalf("path %d (%v): no short-header packets; seen on %v", i, path, keys(byPath))
+					t.Fatalf("path %d (%v): no short-header packets; seen on %v", i, path, slices.Collect(maps.Keys(byPath)))
 				}
 				for id := range byPath[path] {
 					if j, dup := used[id]; dup {
@@ -249,14 +251,6 @@ func (lb *testBalancer) start(t *testing.T, codec *quiclb.Codec, servers []quicl
 		t.Fatal(err)
 	}
 	lb.Balancer = b
-}
-
-func keys[V any](m map[netip.AddrPort]V) []netip.AddrPort {
-	var ks []netip.AddrPort
-	for k := range m {
-		ks = append(ks, k)
-	}
-	return ks
 }
 
 func idsPerPath(paths []netip.AddrPort, byPath map[netip.AddrPort]map[string]bool) string {

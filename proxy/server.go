@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/roamgate/roamgate/configs"
+	"github.com/roamgate/roamgate/proxy/keys"
 	"github.com/roamgate/roamgate/proxy/quiclb"
 	"github.com/roamgate/roamgate/upstream"
 )
@@ -63,6 +64,11 @@ type Options struct {
 	// Sockets binds the listening sockets; nil binds new ones (NetSockets).
 	// A binary upgrade's new process gets its predecessor's through it.
 	Sockets Sockets
+	// SharedSecret, when set (the Roamfile's shared_keys, resolved), is
+	// the secret the token, session-ticket, cookie and (with quic_lb)
+	// stateless-reset keys derive from (package keys), the same on every
+	// instance that has it. It takes the place of CookieSecret.
+	SharedSecret []byte
 	// CookieSecret signs lb_policy cookie values. It should persist across
 	// restarts (roamgate keeps one in the data directory) so clients keep
 	// their backend; nil uses a random one for this process.
@@ -83,7 +89,9 @@ type Server struct {
 	quicConf *quic.Config
 	// cids issues the server connection IDs of every QUIC transport.
 	cids      *quiclb.Generator
-	admit     *admission // for every QUIC transport
+	admit     *admission    // for every QUIC transport
+	keys      *keys.Keys    // shared keys; nil: each transport's own
+	tickets   *keys.Tickets // seals session tickets with shared keys; nil: crypto/tls's own
 	sockets   Sockets
 	ports     []*portServer
 	secret    []byte // the cookie key, for the pools
@@ -178,6 +186,21 @@ func New(cfg *configs.Config, opts Options) (*Server, error) {
 	}
 	s.cids = cids
 	secret := opts.CookieSecret
+	if opts.SharedSecret != nil {
+		var serverID []byte
+		if cfg.QUICLB != nil {
+			serverID = cfg.QUICLB.ServerID
+		}
+		k := keys.Derive(opts.SharedSecret, serverID)
+		s.keys, secret = &k, k.Cookie
+		rotation := configs.DefaultTicketRotation
+		if cfg.SharedKeys != nil {
+			rotation = cfg.SharedKeys.TicketRotation
+		}
+		s.tickets = keys.NewTickets(opts.SharedSecret, rotation)
+		logger.Info("shared keys: tokens, session tickets and cookies from the shared secret",
+			zap.Bool("stateless_reset", k.Reset != nil), zap.Duration("ticket_rotation", rotation))
+	}
 	if secret == nil {
 		secret = make([]byte, 32)
 		if _, err := rand.Read(secret); err != nil {
@@ -331,22 +354,31 @@ func (s *Server) serve(ps *portServer) error {
 		Logger:         slogger,
 	}
 	altSvc := []string{`h3=":` + strconv.Itoa(ps.bound) + `"; ma=2592000`}
+	tcpTLS, quicTLS := s.certs.TLSConfig(), s.certs.QUICTLSConfig()
+	if s.tickets != nil {
+		s.tickets.Install(tcpTLS)
+		s.tickets.Install(quicTLS)
+	}
 	ps.h1 = &http.Server{
 		MaxHeaderBytes:    maxHeader,
 		Handler:           &handler{srv: s, router: &ps.rt, altSvc: altSvc},
-		TLSConfig:         s.certs.TLSConfig(),
+		TLSConfig:         tcpTLS,
 		ConnContext:       tcpConnContext,
 		ReadHeaderTimeout: time.Minute,
 		IdleTimeout:       5 * time.Minute,
 		ErrorLog:          zap.NewStdLog(s.logger.Named("tcp").WithOptions(zap.IncreaseLevel(zap.WarnLevel))),
 	}
-	qtls := http3.ConfigureTLSConfig(s.certs.QUICTLSConfig())
+	qtls := http3.ConfigureTLSConfig(quicTLS)
 	for i, udp := range ps.udp {
 		pc, err := s.sockets.PacketConn(udp)
 		if err != nil {
 			return fmt.Errorf("listen quic %s: %w", udp.LocalAddr(), err)
 		}
 		tr := &quic.Transport{Conn: pc}
+		if s.keys != nil {
+			tr.TokenGeneratorKey = &s.keys.Token
+			tr.StatelessResetKey = s.keys.Reset
+		}
 		s.admit.configure(tr)
 		tr.ConnectionIDGenerator = s.cids
 		ln, err := listenQUIC(tr, qtls, s.quicConf)
