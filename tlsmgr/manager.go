@@ -146,7 +146,10 @@ func New(cfg Config, logger *zap.Logger) (*Manager, error) {
 	}
 
 	log := logger.Named("tls")
-	storage := &certmagic.FileStorage{Path: cfg.DataDir}
+	storage, err := NewStorage(cfg)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), localCASetupTimeout)
 	defer cancel()
 	ca, err := loadOrCreateLocalCA(ctx, storage, lifetime, log)

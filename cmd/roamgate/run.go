@@ -103,8 +103,12 @@ func serve(ctx context.Context, cfg *configs.Config, o serveOptions) (err error)
 	if err != nil {
 		return err
 	}
+	shared, err := sharedSecret(ctx, cfg, tcfg)
+	if err != nil {
+		return err
+	}
 	srv, err := proxy.New(cfg, proxy.Options{Logger: logger, Registry: reg, AccessLogger: o.accessLogger, CookieSecret: secret,
-		Sockets: sockets, Generation: sockets.Generation()})
+		SharedSecret: shared, Sockets: sockets, Generation: sockets.Generation()})
 	if err != nil {
 		return err
 	}
