@@ -190,6 +190,7 @@ func needsRestart(cur, next *configs.Config, snap *snapshot) error {
 	same("handshake_rate", cur.HandshakeRate, next.HandshakeRate)
 	same("handshake_rate_per_ip", cur.HandshakeRatePerIP, next.HandshakeRatePerIP)
 	same("quic_lb", fmt.Sprintf("%+v", cur.QUICLB), fmt.Sprintf("%+v", next.QUICLB))
+	same("shared_keys", fmt.Sprintf("%+v", cur.SharedKeys), fmt.Sprintf("%+v", next.SharedKeys))
 	if protocolHeaderLimit(next) > protocolHeaderLimit(cur) {
 		what = append(what, "a header limit above the largest one served")
 	}

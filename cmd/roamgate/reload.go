@@ -203,6 +203,13 @@ func (r *reloader) serveControl(dataDir string, sockets *handoff.Sockets, u *upg
 	}, nil
 }
 
+// current is the configuration being served (the last one reloaded).
+func (r *reloader) current() *configs.Config {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cur
+}
+
 func (r *reloader) config() string {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -200,7 +200,7 @@ func serve(ctx context.Context, cfg *configs.Config, o serveOptions) (err error)
 		removeControl = false
 		stopControl(false)
 		r.handedOver()
-		return drain(ctx, srv, succ, cfg.UpgradeGrace, o.grace, logger)
+		return drain(ctx, srv, succ, r.current().UpgradeGrace, o.grace, logger)
 	}
 }
 
