@@ -50,6 +50,7 @@ type Balancer struct {
 	upstream map[netip.AddrPort]*net.UDPConn
 	packets  []Packet
 	closed   bool
+	down     map[string]bool // server IDs taken out (SetDown)
 }
 
 // New starts a Balancer on a loopback port of the first server's family in
@@ -95,12 +96,26 @@ func (b *Balancer) Close() error {
 	return err
 }
 
+// SetDown takes the server with ID id out of the balancer (down) or puts
+// it back, as a health check would: packets whose connection ID names a
+// server that is down go by the 4-tuple hash over the others.
+func (b *Balancer) SetDown(id []byte, down bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.down == nil {
+		b.down = map[string]bool{}
+	}
+	b.down[string(id)] = down
+}
+
 // Route returns where a client packet goes and whether its connection ID
 // decided it.
 func (b *Balancer) Route(client netip.AddrPort, pkt []byte) (server netip.AddrPort, long bool, dcid []byte, byCID bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	dcid, long = destinationCID(pkt, b.codec)
 	if b.codec != nil && dcid != nil {
-		if d, err := b.codec.Decode(dcid); err == nil {
+		if d, err := b.codec.Decode(dcid); err == nil && !b.down[string(d.ServerID)] {
 			for _, s := range b.servers {
 				if string(s.ID) == string(d.ServerID) {
 					return s.Addr, long, dcid, true
@@ -108,10 +123,19 @@ func (b *Balancer) Route(client netip.AddrPort, pkt []byte) (server netip.AddrPo
 			}
 		}
 	}
+	up := make([]Server, 0, len(b.servers))
+	for _, s := range b.servers {
+		if !b.down[string(s.ID)] {
+			up = append(up, s)
+		}
+	}
+	if len(up) == 0 {
+		up = b.servers
+	}
 	h := fnv.New64a()
 	h.Write([]byte(client.String()))
-	h.Write([]byte(b.Addr().String()))
-	return b.servers[h.Sum64()%uint64(len(b.servers))].Addr, long, dcid, false
+	h.Write([]byte(b.front.LocalAddr().String()))
+	return up[h.Sum64()%uint64(len(up))].Addr, long, dcid, false
 }
 
 // destinationCID returns the destination connection ID of a QUIC packet:
