@@ -61,7 +61,7 @@ type manifest struct {
 
 // entry is one passed descriptor.
 type entry struct {
-	Kind string `json:"kind"` // "udp", "tcp", "unix", "steer" (BPF map of a UDP address), "link" (forward mode)
+	Kind string `json:"kind"` // "udp", "tcp", "unix", "steer" and "newest" (BPF maps of a UDP address), "link" (forward mode)
 	Key  string `json:"key"`  // the address or path as the listener asked for it
 	Addr string `json:"addr"` // the bound address
 	FD   int    `json:"fd"`
@@ -481,6 +481,16 @@ func rawFD(f *os.File) (int, error) {
 		return -1, err
 	}
 	return out, nil
+}
+
+// takeFD returns a close-on-exec duplicate of f's descriptor and closes f.
+func takeFD(f *os.File) (int, error) {
+	defer f.Close()
+	fd, err := rawFD(f)
+	if err != nil {
+		return -1, err
+	}
+	return dupCloexec(fd)
 }
 
 func dupCloexec(fd int) (int, error) {

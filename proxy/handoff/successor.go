@@ -100,12 +100,13 @@ func (s *Sockets) Upgrade(ctx context.Context, c Command) (*Successor, error) {
 		addr := us.conn.LocalAddr().String()
 		switch {
 		case us.bpf != nil:
-			fd, err := us.bpf.mapFD()
+			socks, newest, err := us.bpf.mapFDs()
 			if err != nil {
 				s.mu.Unlock()
 				return fail(err)
 			}
-			add("steer", us.key, addr, fd)
+			add("steer", us.key, addr, socks)
+			add("newest", us.key, addr, newest)
 		case us.fwd != nil:
 			fd, err := dupOf(us.conn)
 			if err != nil {
