@@ -53,7 +53,8 @@ func logEncoder(format string) zapcore.Encoder {
 // the files.
 type logs struct {
 	logger *zap.Logger
-	access *zap.Logger // one line per request, at info, whatever the process log's level
+	level  zap.AtomicLevel // the process log's, which a reload changes in place
+	access *zap.Logger     // one line per request, at info, whatever the process log's level
 	files  []*os.File
 }
 
@@ -67,7 +68,7 @@ func openLogs(cfg configs.Log, stdout, stderr io.Writer) (*logs, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &logs{}
+	l := &logs{level: zap.NewAtomicLevelAt(level)}
 	sinks := map[string]zapcore.WriteSyncer{
 		"stderr":  zapcore.Lock(zapcore.AddSync(stderr)),
 		"stdout":  zapcore.Lock(zapcore.AddSync(stdout)),
@@ -104,7 +105,7 @@ func openLogs(cfg configs.Log, stdout, stderr io.Writer) (*logs, error) {
 	if err != nil {
 		return nil, err
 	}
-	l.logger = zap.New(zapcore.NewCore(logEncoder(cfg.Format), sink, level), zap.ErrorOutput(sink))
+	l.logger = zap.New(zapcore.NewCore(logEncoder(cfg.Format), sink, l.level), zap.ErrorOutput(sink))
 
 	if cfg.Access.Off {
 		l.access = zap.NewNop()

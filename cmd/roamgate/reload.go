@@ -31,7 +31,9 @@ const controlSocket = "control.sock"
 // (proxy.Server.Reload), for SIGHUP and `roamgate reload`; one at a time.
 type reloader struct {
 	srv     *proxy.Server
-	dataDir string // as given to run (--data-dir), "" for the Roamfile's
+	certs   *tlsmgr.Manager
+	level   *zap.AtomicLevel // nil: the log level cannot change
+	dataDir string           // as given to run (--data-dir), "" for the Roamfile's
 	logger  *zap.Logger
 
 	mu      sync.Mutex
@@ -73,24 +75,52 @@ func (r *reloader) apply() error {
 	if err != nil {
 		return err
 	}
-	// Certificates, logs and the data directory are set up at start; a
-	// reload that changes them waits for the next restart.
-	for _, c := range []struct {
-		what     string
-		cur, new any
-	}{
-		{"certificate settings (site names, tls, acme, storage)", tlsmgr.ConfigFor(r.cur, r.dataDir), tlsmgr.ConfigFor(next, r.dataDir)},
-		{"log settings", r.cur.Log, next.Log},
-	} {
-		if configs.Fingerprint(c.cur) != configs.Fingerprint(c.new) {
-			return fmt.Errorf("%s: reload: %s changed: that needs a restart (the running configuration is unchanged)", next.File, c.what)
+	// The log's level changes in place; where it goes and how it is
+	// written are set up at start.
+	curLog, nextLog := r.cur.Log, next.Log
+	curLog.Level, nextLog.Level = "", ""
+	if configs.Fingerprint(curLog) != configs.Fingerprint(nextLog) {
+		return fmt.Errorf("%s: reload: the log's output, format or access log changed: that needs a restart (only its level changes in place; the running configuration is unchanged)", next.File)
+	}
+	level, err := logLevel(next.Log.Level)
+	if err != nil {
+		return fmt.Errorf("%s: reload: %w", next.File, err)
+	}
+	// Certificates first, so that by the time requests route to a new
+	// site its name has one; if the rest fails, they go back.
+	curTLS, nextTLS := r.tlsConfig(r.cur), r.tlsConfig(next)
+	tlsChanged := r.certs != nil && configs.Fingerprint(curTLS) != configs.Fingerprint(nextTLS)
+	if tlsChanged {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := r.certs.Update(ctx, nextTLS); err != nil {
+			return err
 		}
 	}
 	if err := r.srv.Reload(next); err != nil {
+		if tlsChanged {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if rerr := r.certs.Update(ctx, curTLS); rerr != nil {
+				r.logger.Error("reload: putting the previous certificates back", zap.Error(rerr))
+			}
+		}
 		return err
+	}
+	if r.level != nil && r.level.Level() != level {
+		r.logger.Info("log level changed", zap.Stringer("from", r.level.Level()), zap.Stringer("to", level))
+		r.level.SetLevel(level)
 	}
 	r.cur = next
 	return nil
+}
+
+// tlsConfig is the certificate manager's configuration for cfg, with the
+// challenge ports the server listens on.
+func (r *reloader) tlsConfig(cfg *configs.Config) tlsmgr.Config {
+	tcfg := tlsmgr.ConfigFor(cfg, r.dataDir)
+	tcfg.HTTPPort, tcfg.TLSPort = r.srv.ChallengePorts()
+	return tcfg
 }
 
 // watch reloads whenever the Roamfile's content changes, looking every

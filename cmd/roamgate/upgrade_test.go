@@ -260,10 +260,10 @@ func socketOwner(t testing.TB, addr string, pids ...int) int {
 
 // tcpResult is one request of a TCP client.
 type tcpResult struct {
-	proto  string
-	at     time.Time
-	err    error
-	owner  int // the roamgate process whose upstream connection served it
+	proto string
+	at    time.Time
+	err   error
+	owner int // the roamgate process whose upstream connection served it
 }
 
 // tcpLoad sends requests one after another over HTTP/2 (h2) or HTTP/1.1
