@@ -112,7 +112,7 @@ func (s *Server) goServe(msg, what string, addr net.Addr, serve func() error) {
 	s.serving.Go(func() {
 		err := serve()
 		s.mu.Lock()
-		stopping := s.shutdown || s.draining
+		stopping := s.shutdown || s.draining || errors.Is(err, errPortRemoved)
 		if !stopping {
 			why := "returned"
 			if err != nil {

@@ -122,8 +122,11 @@ func (h *redirectHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // httpsPortFor is the bound port of the site that serves host by name
 // (exact or wildcard), else of a catch-all site, else the global https_port.
 func (s *Server) httpsPortFor(host string) int {
+	s.mu.Lock()
+	ports := s.ports // a reload replaces the slice, never changes it
+	s.mu.Unlock()
 	catchAll := 0
-	for _, ps := range s.ports {
+	for _, ps := range ports {
 		rt := ps.rt.Load()
 		if rt.exact[host] != nil || rt.matchWildcard(host) != nil {
 			return ps.bound

@@ -1,12 +1,15 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"reflect"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -125,6 +128,9 @@ func (s *Server) Reload(cfg *configs.Config) error {
 	if s.shutdown {
 		return errors.New("proxy: reload: server shut down")
 	}
+	if s.draining {
+		return errors.New("proxy: reload: server draining (an upgrade handed over to another process)")
+	}
 	old := s.snap
 	if err := needsRestart(old.cfg, cfg, old); err != nil {
 		s.metrics.reloads.WithLabelValues("refused").Inc()
@@ -135,13 +141,27 @@ func (s *Server) Reload(cfg *configs.Config) error {
 		s.metrics.reloads.WithLabelValues("refused").Inc()
 		return err
 	}
+	// New ports listen and serve before anything switches; if one
+	// cannot, the reload is refused whole.
+	ports, gone, err := s.reloadPorts(snap)
+	if err != nil {
+		for _, p := range fresh {
+			_ = p.Close()
+		}
+		s.metrics.reloads.WithLabelValues("refused").Inc()
+		return fmt.Errorf("%s: reload: %w (the running configuration is unchanged)", cfg.File, err)
+	}
 	if s.poolCtx != nil {
 		for _, p := range fresh {
 			p.Start(s.poolCtx)
 		}
 	}
-	for _, ps := range s.ports {
+	for _, ps := range ports {
 		ps.rt.Store(snap.routers[ps.port])
+	}
+	s.ports = ports
+	for _, ps := range gone {
+		s.drainPort(ps)
 	}
 	s.snap = snap // s.cfg stays: what the listeners were built from, unchanged by needsRestart
 	// Pools no reverse_proxy uses any more: their health checks stop;
@@ -163,20 +183,6 @@ func (s *Server) Reload(cfg *configs.Config) error {
 // serving cur, or nil.
 func needsRestart(cur, next *configs.Config, snap *snapshot) error {
 	var what []string
-	ports := slices.Clone(snap.order)
-	nextPorts := []int{}
-	for _, sc := range next.Sites {
-		for _, a := range sc.Addresses {
-			if !slices.Contains(nextPorts, a.Port) {
-				nextPorts = append(nextPorts, a.Port)
-			}
-		}
-	}
-	slices.Sort(ports)
-	slices.Sort(nextPorts)
-	if !slices.Equal(ports, nextPorts) {
-		what = append(what, fmt.Sprintf("site ports (%v, now %v)", ports, nextPorts))
-	}
 	same := func(name string, a, b any) {
 		if !reflect.DeepEqual(a, b) {
 			what = append(what, name)
@@ -206,4 +212,110 @@ func joinAnd(s []string) string {
 		return s[0]
 	}
 	return strings.Join(s[:len(s)-1], ", ") + " and " + s[len(s)-1]
+}
+
+// portDrainGrace bounds how long a port that a reload removed serves the
+// requests in flight on it, once its clients were told to go away.
+const portDrainGrace = 30 * time.Second
+
+// reloadPorts returns the port servers of snap: those of the ports that
+// stay (sockets and connections untouched), and new ones for the ports it
+// adds, bound and serving (with the routers of snap); and the ones it no
+// longer has. On error the new ones are closed and nothing changed.
+func (s *Server) reloadPorts(snap *snapshot) (ports, gone []*portServer, err error) {
+	byPort := map[int]*portServer{}
+	for _, ps := range s.ports {
+		byPort[ps.port] = ps
+	}
+	var added []*portServer
+	defer func() {
+		if err != nil {
+			for _, ps := range added {
+				s.closePort(ps)
+			}
+		}
+	}()
+	for _, port := range snap.order {
+		if ps := byPort[port]; ps != nil {
+			ports = append(ports, ps)
+			delete(byPort, port)
+			continue
+		}
+		if !s.listening {
+			return nil, nil, fmt.Errorf("port %d: the server does not listen yet", port)
+		}
+		ps := &portServer{port: port}
+		ps.rt.Store(snap.routers[port])
+		added = append(added, ps)
+		if err := s.listenPort(ps); err != nil {
+			return nil, nil, err
+		}
+		if s.served {
+			if err := s.serve(ps); err != nil {
+				return nil, nil, err
+			}
+		}
+		ports = append(ports, ps)
+	}
+	for _, ps := range s.ports {
+		if byPort[ps.port] != nil {
+			gone = append(gone, ps)
+		}
+	}
+	return ports, gone, nil
+}
+
+// drainPort tells the clients of a port a reload removed to go away
+// (GOAWAY on HTTP/3 and HTTP/2, Connection: close on HTTP/1.1), lets the
+// requests in flight finish within portDrainGrace (or until the server
+// shuts down), then closes the port's sockets.
+func (s *Server) drainPort(ps *portServer) {
+	ps.removed.Store(true)
+	s.logger.Info("reload: port removed: draining it", zap.Int("port", ps.bound), zap.Duration("grace", portDrainGrace))
+	for _, ln := range ps.qlns {
+		_ = ln.Close() // no new connection
+	}
+	s.serving.Go(func() {
+		ctx, cancel := context.WithTimeout(s.stopCtx, portDrainGrace)
+		defer cancel()
+		var wg sync.WaitGroup
+		if ps.h3 != nil {
+			wg.Go(func() { _ = ps.h3.Shutdown(ctx) })
+			wg.Go(func() { _ = ps.h1.Shutdown(ctx) })
+		}
+		wg.Wait()
+		s.closePort(ps)
+		s.logger.Info("reload: port closed", zap.Int("port", ps.bound))
+	})
+}
+
+// errPortRemoved ends the serving loops of a port a reload removed.
+var errPortRemoved = errors.New("port removed by a reload")
+
+// removedOr is errPortRemoved once the port was removed, else err.
+func (ps *portServer) removedOr(err error) error {
+	if ps.removed.Load() {
+		return errPortRemoved
+	}
+	return err
+}
+
+// closePort closes a port's servers and sockets at once.
+func (s *Server) closePort(ps *portServer) {
+	if ps.h3 != nil {
+		_ = ps.h3.Close()
+		_ = ps.h1.Close()
+	}
+	for _, ln := range ps.qlns {
+		_ = ln.Close()
+	}
+	for _, tr := range ps.transports {
+		_ = tr.Close()
+	}
+	for _, u := range ps.udp {
+		_ = u.Close()
+	}
+	for _, t := range ps.tcp {
+		_ = t.Close()
+	}
 }

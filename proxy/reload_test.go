@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -60,10 +62,11 @@ func TestReloadUnderLoad(t *testing.T) {
 			t.Errorf("reload 2: %v", err)
 		}
 		time.Sleep(300 * time.Millisecond)
-		// A port change needs a restart: refused, nothing changes.
-		bad := strings.Replace(generation("9", "", app.Addr()), "localhost:0", "localhost:1", 1)
+		// New connection IDs (quic_lb) need a restart: refused,
+		// nothing changes.
+		bad := strings.Replace(generation("9", "", app.Addr()), "default_bind 127.0.0.1\n", "default_bind 127.0.0.1\n\tquic_lb {\n\t\tserver_id 01\n\t\tnonce_len 8\n\t}\n", 1)
 		if err := h.srv.Reload(mustParse(t, bad)); err == nil || !strings.Contains(err.Error(), "needs a restart") {
-			t.Errorf("a port change: %v", err)
+			t.Errorf("a quic_lb change: %v", err)
 		}
 		time.Sleep(300 * time.Millisecond)
 		if err := h.srv.Reload(mustParse(t, generation("3", "\theader X-Extra yes\n\thandle /new* {\n\t\trespond \"new route\"\n\t}\n", app.Addr()))); err != nil {
@@ -132,5 +135,103 @@ func TestReloadChangedUpstreams(t *testing.T) {
 	}
 	if len(h.logged("configuration reloaded")) != 1 {
 		t.Fatal("no reload log line")
+	}
+}
+
+// freePort returns a port free on 127.0.0.1 for UDP and TCP (a moment
+// ago).
+func freePort(t *testing.T) int {
+	t.Helper()
+	for range 20 {
+		u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := u.LocalAddr().(*net.UDPAddr).Port
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
+		u.Close()
+		if err == nil {
+			l.Close()
+			return p
+		}
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+// TestReloadPorts (issue 14): a reload that adds a site on a new port
+// opens it (HTTP/3 and TLS over TCP); the port that stays keeps its
+// sockets and its connections (the same upstream connection answers); a
+// reload that removes the port tells its clients to go away and closes
+// it, /healthz still passing; a port in use refuses the reload whole.
+func TestReloadPorts(t *testing.T) {
+	app := startApp(t, "app", nil)
+	h := startProxy(t, generation("1", "", app.Addr()), nil)
+	c := h.dial(t)
+	first := seen(t, c, h, "c")
+	port := freePort(t)
+	twoSites := generation("2", "", app.Addr()) + "localhost:" + strconv.Itoa(port) + " {\n\trespond \"second port\"\n}\n"
+	if err := h.srv.Reload(mustParse(t, twoSites)); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(h.srv.Listeners()); got != 2 {
+		t.Fatalf("%d listeners after adding a port", got)
+	}
+	if r := seen(t, c, h, "c"); r.Conn != first.Conn {
+		t.Fatalf("the kept port's client on upstream connection %d, was %d", r.Conn, first.Conn)
+	}
+	addr2 := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	c2 := h.dialTo(t, addr2)
+	if resp, body := do(t, c2, "GET", "https://localhost:"+strconv.Itoa(port)+"/", nil, nil); resp.StatusCode != 200 || body != "second port" {
+		t.Fatalf("the new port over HTTP/3: %d %q", resp.StatusCode, body)
+	}
+	tc, err := tls.Dial("tcp", addr2, h.clientTLS())
+	if err != nil {
+		t.Fatalf("the new port over TCP: %v", err)
+	}
+	tc.Close()
+
+	// Removed: its client is told to go away, the port closes.
+	if err := h.srv.Reload(mustParse(t, generation("3", "", app.Addr()))); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-c2.Context().Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the removed port's client was not told to go away")
+	}
+	eventually(t, "the removed port to close", func() bool {
+		l, err := net.Listen("tcp", addr2)
+		if err == nil {
+			l.Close()
+		}
+		return err == nil
+	})
+	if r := seen(t, c, h, "c"); r.Conn != first.Conn {
+		t.Fatalf("after the removal: upstream connection %d, was %d", r.Conn, first.Conn)
+	}
+	for _, ck := range h.srv.liveness() {
+		if ck.err != nil {
+			t.Fatalf("/healthz after a port was removed: %s %v", ck.name, ck.err)
+		}
+	}
+
+	// A port in use: refused whole, nothing bound, the old config serves.
+	busy, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	bp := busy.LocalAddr().(*net.UDPAddr).Port
+	bad := generation("4", "", app.Addr()) + "localhost:" + strconv.Itoa(bp) + " {\n\trespond no\n}\n"
+	if err := h.srv.Reload(mustParse(t, bad)); err == nil || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("a reload onto a port in use: %v", err)
+	}
+	if got := len(h.srv.Listeners()); got != 1 {
+		t.Fatalf("%d listeners after the refused reload", got)
+	}
+	resp, _ := do(t, c, "GET", "https://localhost:"+strconv.Itoa(h.port)+"/", nil, nil)
+	if resp.Header.Get("X-Gen") != "3" {
+		t.Fatalf("after the refused reload: X-Gen %q", resp.Header.Get("X-Gen"))
 	}
 }

@@ -105,7 +105,9 @@ type Server struct {
 	idle      chan struct{}  // closed when a draining server has no session left
 	idleOnce  sync.Once
 	drainStop context.CancelFunc // ends StopAccepting's TCP shutdowns
-	serving   sync.WaitGroup     // the Serve goroutines
+	stopCtx   context.Context    // ends when Shutdown begins
+	stop      context.CancelFunc
+	serving   sync.WaitGroup // the Serve goroutines
 
 	nextSessionID atomic.Uint64
 	pathSample    time.Duration // how often a session with long-lived streams checks its path
@@ -123,9 +125,10 @@ type Server struct {
 
 // portServer is everything listening on one port number.
 type portServer struct {
-	port  int                    // as configured; 0 picks a free port shared by UDP and TCP
-	bound int                    // the port listened on
-	rt    atomic.Pointer[router] // swapped by Reload
+	port    int                    // as configured; 0 picks a free port shared by UDP and TCP
+	bound   int                    // the port listened on
+	rt      atomic.Pointer[router] // swapped by Reload
+	removed atomic.Bool            // a reload took the port out: its serving loops end
 
 	h3         *http3.Server
 	h1         *http.Server
@@ -176,6 +179,7 @@ func New(cfg *configs.Config, opts Options) (*Server, error) {
 		sockets:    opts.Sockets,
 		idle:       make(chan struct{}),
 	}
+	s.stopCtx, s.stop = context.WithCancel(context.Background())
 	if s.sockets == nil {
 		s.sockets = NetSockets{}
 	}
@@ -254,22 +258,11 @@ func (s *Server) Listen(withHTTP bool) (err error) {
 			s.closeListeners()
 		}
 	}()
-	hosts := s.cfg.DefaultBind
-	if len(hosts) == 0 {
-		hosts = []string{""}
-	}
+	hosts := s.bindHosts()
 	for _, ps := range s.ports {
-		port := ps.port
-		for _, host := range hosts {
-			udp, tcp, err := listenPair(s.sockets, host, port)
-			if err != nil {
-				return err
-			}
-			ps.udp = append(ps.udp, udp)
-			ps.tcp = append(ps.tcp, tcp)
-			port = udp.LocalAddr().(*net.UDPAddr).Port // several hosts share one ephemeral port
+		if err := s.listenPort(ps); err != nil {
+			return err
 		}
-		ps.bound = port
 	}
 	if withHTTP {
 		if err := s.listenHTTP(hosts); err != nil {
@@ -281,6 +274,31 @@ func (s *Server) Listen(withHTTP bool) (err error) {
 			return err
 		}
 	}
+	return nil
+}
+
+// bindHosts are the hosts every port listens on: default_bind's, else all
+// interfaces ("").
+func (s *Server) bindHosts() []string {
+	if hosts := s.cfg.DefaultBind; len(hosts) > 0 {
+		return hosts
+	}
+	return []string{""}
+}
+
+// listenPort binds a port's UDP and TCP sockets on every bind host.
+func (s *Server) listenPort(ps *portServer) error {
+	port := ps.port
+	for _, host := range s.bindHosts() {
+		udp, tcp, err := listenPair(s.sockets, host, port)
+		if err != nil {
+			return err
+		}
+		ps.udp = append(ps.udp, udp)
+		ps.tcp = append(ps.tcp, tcp)
+		port = udp.LocalAddr().(*net.UDPAddr).Port // several hosts share one ephemeral port
+	}
+	ps.bound = port
 	return nil
 }
 
@@ -390,9 +408,9 @@ func (s *Server) serve(ps *portServer) error {
 		if err := s.sockets.Serving(udp); err != nil {
 			return fmt.Errorf("listen quic %s: %w", udp.LocalAddr(), err)
 		}
-		s.goServe("http3 serving stopped", "http3", udp.LocalAddr(), func() error { return ps.h3.ServeListener(ln) })
+		s.goServe("http3 serving stopped", "http3", udp.LocalAddr(), func() error { return ps.removedOr(ps.h3.ServeListener(ln)) })
 		tcp := &sessionListener{Listener: ps.tcp[i], srv: s}
-		s.goServe("tcp serving stopped", "tcp", tcp.Addr(), func() error { return ps.h1.ServeTLS(tcp, "", "") })
+		s.goServe("tcp serving stopped", "tcp", tcp.Addr(), func() error { return ps.removedOr(ps.h1.ServeTLS(tcp, "", "")) })
 		s.logger.Info("listening", zap.Stringer("udp", udp.LocalAddr()), zap.Stringer("tcp", tcp.Addr()),
 			zap.Strings("protocols", []string{"h3", "h2", "http/1.1"}))
 	}
@@ -457,6 +475,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.shutdown = true
 	listening := s.listening
 	s.mu.Unlock()
+	s.stop()
 	if !listening {
 		return nil
 	}

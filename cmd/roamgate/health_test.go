@@ -255,9 +255,9 @@ func TestReloadBySIGHUPAndCommand(t *testing.T) {
 		t.Fatalf("invalid reload: %v", err)
 	}
 	// A change that needs a restart: refused by the server.
-	os.WriteFile(f, []byte(strings.Replace(roamfile("3", ""), "127.0.0.1:0 {", "127.0.0.1:1 {", 1)), 0o600)
+	os.WriteFile(f, []byte(strings.Replace(roamfile("3", ""), "\tdata_dir ", "\tzero_rtt off\n\tdata_dir ", 1)), 0o600)
 	if err := run(ctx, []string{"reload", "--config", f}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "needs a restart") {
-		t.Fatalf("port change: %v", err)
+		t.Fatalf("zero_rtt change: %v", err)
 	}
 	if gen, _ := get(); gen != "2" {
 		t.Fatalf("after refused reloads: X-Gen %q", gen)

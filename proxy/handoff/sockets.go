@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 
@@ -481,6 +482,35 @@ func rawFD(f *os.File) (int, error) {
 		return -1, err
 	}
 	return out, nil
+}
+
+// forgetClosed drops the sockets that were closed since they were bound
+// (a reload removed their port): nothing to hand on. s.mu is held.
+func (s *Sockets) forgetClosed() {
+	s.udps = slices.DeleteFunc(s.udps, func(us *udpSocket) bool {
+		if isClosed(us.conn) {
+			if us.bpf != nil {
+				us.bpf.close()
+			}
+			return true
+		}
+		return false
+	})
+	s.tcps = slices.DeleteFunc(s.tcps, func(ts *tcpSocket) bool { return isClosed(ts.ln) })
+	s.unixs = slices.DeleteFunc(s.unixs, func(us *unixSocket) bool { return isClosed(us.ln) })
+}
+
+// isClosed reports whether a socket's descriptor is closed.
+func isClosed(v any) bool {
+	sc, ok := v.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	return rc.Control(func(uintptr) {}) != nil
 }
 
 // takeFD returns a close-on-exec duplicate of f's descriptor and closes f.

@@ -96,6 +96,7 @@ func (s *Sockets) Upgrade(ctx context.Context, c Command) (*Successor, error) {
 	}
 
 	s.mu.Lock()
+	s.forgetClosed()
 	for _, us := range s.udps {
 		addr := us.conn.LocalAddr().String()
 		switch {
