@@ -27,6 +27,9 @@ type Sockets interface {
 	// Serving says the QUIC transport of udp accepts connections: new
 	// clients' packets may be sent to it.
 	Serving(udp *net.UDPConn) error
+	// Closing says udp is being closed for good (a reload removed its
+	// port): what the Sockets keep for it goes.
+	Closing(udp *net.UDPConn)
 }
 
 // NetSockets are the default Sockets: new ones, bound with package net.
@@ -45,6 +48,8 @@ func (NetSockets) ListenTCP(address string) (net.Listener, error) { return net.L
 func (NetSockets) PacketConn(udp *net.UDPConn) (net.PacketConn, error) { return udp, nil }
 
 func (NetSockets) Serving(*net.UDPConn) error { return nil }
+
+func (NetSockets) Closing(*net.UDPConn) {}
 
 // listenPair binds the UDP (HTTP/3) and TCP (HTTP/1.1, HTTP/2) sockets of
 // one host and port. Port 0 picks a free port that both protocols get, as

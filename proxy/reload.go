@@ -275,6 +275,12 @@ func (s *Server) drainPort(ps *portServer) {
 	for _, ln := range ps.qlns {
 		_ = ln.Close() // no new connection
 	}
+	// The TCP port is free at once (its connections are served on), so a
+	// reload may open it again; the UDP socket stays until the QUIC
+	// connections have gone.
+	for _, t := range ps.tcp {
+		_ = t.Close()
+	}
 	s.serving.Go(func() {
 		ctx, cancel := context.WithTimeout(s.stopCtx, portDrainGrace)
 		defer cancel()
@@ -313,6 +319,7 @@ func (s *Server) closePort(ps *portServer) {
 		_ = tr.Close()
 	}
 	for _, u := range ps.udp {
+		s.sockets.Closing(u)
 		_ = u.Close()
 	}
 	for _, t := range ps.tcp {

@@ -208,7 +208,7 @@ func (r *reloader) serveControl(dataDir string, sockets *handoff.Sockets, u *upg
 		}
 		fmt.Fprintf(w, "upgraded: process %d serves %s; process %d drains its connections\n", pid, r.config(), os.Getpid())
 	})
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}
 	// Once the successor serves, it answers the control socket: this
 	// process accepts no more (it answers what it accepted already).
 	u.beforeHandover = func() { _ = ln.Close() }

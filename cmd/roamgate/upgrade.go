@@ -150,6 +150,7 @@ func control(dataDir, command, config string, timeout time.Duration) ([]byte, er
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
 		},
+		DisableKeepAlives: true, // one command, one connection
 	}}
 	resp, err := client.Post("http://roamgate/"+command+"?config="+url.QueryEscape(config), "text/plain", nil)
 	if err != nil {

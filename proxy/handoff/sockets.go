@@ -275,6 +275,27 @@ func (s *Sockets) Serving(conn *net.UDPConn) error {
 	return us.bpf.serving(s.gen)
 }
 
+// Closing forgets conn, which is being closed for good, and closes what
+// was kept for it (BPF maps, a forwarding link).
+func (s *Sockets) Closing(conn *net.UDPConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.udps = slices.DeleteFunc(s.udps, func(us *udpSocket) bool {
+		if us.conn != conn {
+			return false
+		}
+		if us.bpf != nil {
+			us.bpf.close()
+		}
+		if us.fwd != nil {
+			if l := us.fwd.link.Load(); l != nil {
+				l.conn.Close()
+			}
+		}
+		return true
+	})
+}
+
 // ListenTCP binds, or takes over, the TCP listener for address.
 func (s *Sockets) ListenTCP(address string) (net.Listener, error) {
 	var ln net.Listener
