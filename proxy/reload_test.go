@@ -188,14 +188,23 @@ func TestReloadRemovesABackend(t *testing.T) {
 	var reloaded atomic.Bool // Reload has returned
 	var wg sync.WaitGroup
 	for i, conn := range conns {
-		var sent atomic.Int64 // requests sent after the reload
+		migrating := i%2 == 0
+		var sent atomic.Int64    // requests sent after the reload
+		var migrated atomic.Bool // the client has switched paths
+		var onPath atomic.Int64  // requests sent after that
+		more := func() bool {
+			return !reloaded.Load() || sent.Load() < 20 || migrating && (!migrated.Load() || onPath.Load() < 4)
+		}
 		for w := range inFlight {
 			wg.Go(func() {
-				for n := 0; sent.Load() < 20 || !reloaded.Load(); n++ {
+				for n := 0; more(); n++ {
 					phase := "0"
 					if reloaded.Load() {
 						phase = "1"
 						sent.Add(1)
+					}
+					if migrated.Load() {
+						onPath.Add(1)
 					}
 					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 					req, _ := http.NewRequestWithContext(ctx, "GET", base, nil)
@@ -216,9 +225,12 @@ func TestReloadRemovesABackend(t *testing.T) {
 				}
 			})
 		}
-		if i%2 == 0 {
-			// Half the clients migrate about when the reload happens.
+		if migrating {
+			// Half the clients migrate about when the reload happens; each
+			// goes on until requests on its new path have shown the proxy
+			// the change.
 			wg.Go(func() {
+				defer migrated.Store(true)
 				time.Sleep(time.Duration(250+10*i) * time.Millisecond)
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				defer cancel()
