@@ -85,8 +85,9 @@ func (b *Backend) hostHeader() string {
 func (b *Backend) Leases() int64 { return b.leases.Load() }
 
 // addLease counts l on the backend and reports whether the backend has
-// been removed meanwhile (then the caller moves l on: an Update's sweep
-// may have missed it).
+// been removed meanwhile: an Update's sweep may have missed l, and the
+// caller drains it (a new lease, holding no connection, needs nothing:
+// its first request moves it).
 func (b *Backend) addLease(l *Lease) (removed bool) {
 	b.leases.Add(1)
 	b.mu.Lock()
