@@ -25,6 +25,9 @@ type snapshot struct {
 	order   []int // site ports in first-seen order
 	routers map[int]*router
 	pools   []*poolEntry
+	// changes are the new settings of pools kept from the snapshot served
+	// before, prepared by compile and applied by Reload when it commits.
+	changes []*upstream.Change
 }
 
 // poolEntry is a reverse_proxy's pool and what identifies it across
@@ -37,10 +40,14 @@ type poolEntry struct {
 }
 
 // compile builds a snapshot of cfg. With old, a reverse_proxy at the same
-// place (site, path) with the same settings keeps old's pool, so the
+// place (site, path, which one of that path's) keeps old's pool, so the
 // sessions holding leases on it keep their backend and their upstream
-// connections; others get new pools, returned in fresh (not started). On
-// error, fresh pools are closed and nil returned.
+// connections: as it is when its settings are unchanged, else with the
+// new ones prepared in snap.changes, which Reload applies when it commits
+// (upstream.Pool.Update: backends that stay keep their sessions, removed
+// ones drain). compile changes no pool of old. Other reverse_proxies get
+// new pools, returned in fresh (not started). On error, fresh pools are
+// closed and nil returned; nothing was applied.
 func (s *Server) compile(cfg *configs.Config, old *snapshot) (snap *snapshot, fresh []*upstream.Pool, err error) {
 	defer func() {
 		if err != nil {
@@ -50,10 +57,10 @@ func (s *Server) compile(cfg *configs.Config, old *snapshot) (snap *snapshot, fr
 			snap, fresh = nil, nil
 		}
 	}()
-	kept := map[string]*poolEntry{}
+	kept := map[string]*poolEntry{} // by place
 	if old != nil {
 		for _, pe := range old.pools {
-			kept[pe.key+"\x00"+pe.fp] = pe
+			kept[pe.key] = pe
 		}
 	}
 	snap = &snapshot{cfg: cfg, routers: map[int]*router{}}
@@ -75,9 +82,18 @@ func (s *Server) compile(cfg *configs.Config, old *snapshot) (snap *snapshot, fr
 				key := st.name + " " + fmt.Sprint(rc.Path) + " #" + strconv.Itoa(nth[fmt.Sprint(rc.Path)])
 				nth[fmt.Sprint(rc.Path)]++
 				pe := &poolEntry{key: key, fp: configs.Fingerprint(rc.ReverseProxy), pos: rc.ReverseProxy.Pos}
-				if k := kept[pe.key+"\x00"+pe.fp]; k != nil {
+				if k := kept[pe.key]; k != nil {
 					pe.pool = k.pool
-					delete(kept, pe.key+"\x00"+pe.fp)
+					delete(kept, pe.key)
+					if k.fp != pe.fp {
+						// header_up/header_down are the route's (below); the
+						// rest is the pool's, changed in place at commit.
+						ch, err := preparePool(k.pool, rc.ReverseProxy, s.secret)
+						if err != nil {
+							return nil, fresh, err
+						}
+						snap.changes = append(snap.changes, ch)
+					}
 				} else {
 					pool, err := newPool(rc.ReverseProxy, s.secret, logger, s.upMetrics)
 					if err != nil {
@@ -111,17 +127,37 @@ func (s *Server) compile(cfg *configs.Config, old *snapshot) (snap *snapshot, fr
 }
 
 // Reload serves cfg from now on, in place: every request sees the old
-// configuration or the new one, never a mix. Sites, routes, headers,
-// limits, redirects, responses and tunnels change for the next request; a
-// reverse_proxy whose place (site, path) and settings are unchanged keeps
-// its pool, so its sessions keep their backend and upstream connections.
-// A reverse_proxy that changed gets a new pool: its sessions pick a backend
-// again on their next request (the old pool's connections close with the
-// session). What the listeners are built from (ports, default_bind,
-// http_port, admin, zero_rtt, handshake rates, quic_lb, a larger header
-// limit) cannot change yet: such a cfg is refused whole, as is one whose
-// pools cannot be built, and the server goes on as it was. Certificates are
-// the caller's (tlsmgr.Manager).
+// configuration or the new one, never a mix of the two snapshots. Sites,
+// routes, headers, limits, redirects, responses and tunnels change for the
+// next request.
+//
+// A reverse_proxy at the same place (site, path) keeps its pool, so its
+// sessions keep their backend and upstream connections. When its settings
+// changed, they apply to the pool in place (upstream.Pool.Update): a
+// session whose backend (same address) is still listed keeps it and its
+// connections; a session whose backend was removed moves at its next
+// request (logged, counted with reason "reload") while its requests in
+// flight there finish over their connections, and its WebSockets and
+// tunnels there run on until they end. A reverse_proxy at a new place gets
+// a new pool; pools no reverse_proxy uses any more stop their health
+// checks, their leases ending with their sessions.
+//
+// Pools are shared by the snapshots, so their changes are prepared while
+// cfg compiles and applied only once it has compiled whole, before the
+// routers swap: a request routed by the new configuration always gets the
+// new pool settings; one the old routed a moment before reaches the pool
+// with the new settings too (its headers are the old ones).
+//
+// A port a site names for the first time is bound and serving before
+// anything switches (a port in use refuses the reload whole); a port no
+// site names any more stops accepting, tells its clients to go away and
+// closes once they have (within portDrainGrace). Ports that stay keep
+// their sockets, so their connections are untouched. What the listeners
+// are built from (default_bind, http_port, https_port, admin, zero_rtt,
+// handshake rates, quic_lb, shared_keys, a larger header limit) cannot
+// change: such a cfg is refused whole, as is one whose pools cannot be
+// built or updated, and the server goes on as it was, no pool changed.
+// Certificates are the caller's (tlsmgr.Manager).
 func (s *Server) Reload(cfg *configs.Config) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -151,6 +187,10 @@ func (s *Server) Reload(cfg *configs.Config) error {
 		s.metrics.reloads.WithLabelValues("refused").Inc()
 		return fmt.Errorf("%s: reload: %w (the running configuration is unchanged)", cfg.File, err)
 	}
+	// Commit: nothing fails from here.
+	for _, ch := range snap.changes {
+		ch.Apply()
+	}
 	if s.poolCtx != nil {
 		for _, p := range fresh {
 			p.Start(s.poolCtx)
@@ -175,7 +215,8 @@ func (s *Server) Reload(cfg *configs.Config) error {
 	}
 	s.metrics.reloads.WithLabelValues("applied").Inc()
 	s.logger.Info("configuration reloaded", zap.String("config", cfg.File), zap.Int("sites", len(cfg.Sites)),
-		zap.Int("pools_kept", len(snap.pools)-len(fresh)), zap.Int("pools_new", len(fresh)), zap.Int("pools_removed", removed))
+		zap.Int("pools_kept", len(snap.pools)-len(fresh)-len(snap.changes)), zap.Int("pools_updated", len(snap.changes)),
+		zap.Int("pools_new", len(fresh)), zap.Int("pools_removed", removed))
 	return nil
 }
 

@@ -1,11 +1,15 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/roamgate/roamgate/configs"
+	"github.com/roamgate/roamgate/examples/legacyapp"
 	"github.com/roamgate/roamgate/proxy/h3client"
 )
 
@@ -113,9 +118,9 @@ func TestReloadUnderLoad(t *testing.T) {
 	t.Logf("%d requests, %d after the last reload", len(app.Requests()), after.Load())
 }
 
-// TestReloadChangedUpstreams: a reverse_proxy whose backends change gets a
-// pool of its own; a session picks its backend there on its next request,
-// and the old pool's health checks stop.
+// TestReloadChangedUpstreams: a reverse_proxy whose one backend is replaced
+// keeps its pool, updated in place: its session moves to the new backend
+// at its next request, counted with reason "reload".
 func TestReloadChangedUpstreams(t *testing.T) {
 	a1, a2 := startApp(t, "a1", nil), startApp(t, "a2", nil)
 	h := startProxy(t, generation("1", "", a1.Addr()), nil)
@@ -135,6 +140,332 @@ func TestReloadChangedUpstreams(t *testing.T) {
 	}
 	if len(h.logged("configuration reloaded")) != 1 {
 		t.Fatal("no reload log line")
+	}
+	if n := testutil.ToFloat64(h.srv.upMetrics.SessionMoves.WithLabelValues(a1.Addr(), "reload")); n != 1 {
+		t.Fatalf("reload moves %v, want 1", n)
+	}
+}
+
+// generationWith is generation with a block of reverse_proxy settings
+// (block: "lb_policy first"; empty for none).
+func generationWith(gen, block string, upstreams ...string) string {
+	rp := strings.Join(upstreams, " ")
+	if block != "" {
+		rp += " {\n\t\t" + block + "\n\t}"
+	}
+	return generation(gen, "", rp)
+}
+
+// slowSeen answers like the legacy app's "/" (what it saw, as JSON) after
+// a few milliseconds, so a client's requests overlap at the backend.
+func slowSeen(w http.ResponseWriter, r *http.Request) {
+	time.Sleep(3 * time.Millisecond)
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(legacyapp.Seen(r.Context()))
+}
+
+// TestReloadRemovesABackend (issue 14): HTTP/3 clients with two requests
+// in flight each, half of them migrating meanwhile, while a reload takes
+// backend b out of a reverse_proxy of a and b and adds c. No request
+// fails. The sessions on a keep their exact upstream connections (none of
+// a's closes, none is added after the reload). Each session on b moves
+// once, logged and counted with reason "reload", to a or c: nothing sent
+// after the reload reaches b, every b connection closes, and the session
+// stays where it moved. New sessions go to a and c. No client handshakes
+// again.
+//
+// Before Pool.Update, the changed reverse_proxy got a new pool: every
+// session picked its backend again, a's sessions on new connections.
+func TestReloadRemovesABackend(t *testing.T) {
+	const clients, inFlight = 8, 2
+	a := startApp(t, "a", http.HandlerFunc(slowSeen))
+	b := startApp(t, "b", http.HandlerFunc(slowSeen))
+	c := startApp(t, "c", http.HandlerFunc(slowSeen))
+	h := startProxy(t, generation("1", "", a.Addr(), b.Addr()), nil)
+	base := "https://localhost:" + strconv.Itoa(h.port) + "/"
+	conns := make([]*h3client.Conn, clients)
+	for i := range conns {
+		conns[i] = h.dial(t)
+	}
+
+	var reloaded atomic.Bool // Reload has returned
+	var wg sync.WaitGroup
+	for i, conn := range conns {
+		migrating := i%2 == 0
+		var sent atomic.Int64    // requests sent after the reload
+		var migrated atomic.Bool // the client has switched paths
+		var onPath atomic.Int64  // requests sent after that
+		more := func() bool {
+			return !reloaded.Load() || sent.Load() < 20 || migrating && (!migrated.Load() || onPath.Load() < 4)
+		}
+		for w := range inFlight {
+			wg.Go(func() {
+				for n := 0; more(); n++ {
+					phase := "0"
+					if reloaded.Load() {
+						phase = "1"
+						sent.Add(1)
+					}
+					if migrated.Load() {
+						onPath.Add(1)
+					}
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					req, _ := http.NewRequestWithContext(ctx, "GET", base, nil)
+					req.Header.Set("X-Client", fmt.Sprintf("c%d/%s", i, phase))
+					resp, err := conn.RoundTrip(req)
+					if err == nil {
+						_, err = io.ReadAll(resp.Body)
+						resp.Body.Close()
+						if err == nil && resp.StatusCode != http.StatusOK {
+							err = fmt.Errorf("status %d", resp.StatusCode)
+						}
+					}
+					cancel()
+					if err != nil {
+						t.Errorf("client %d worker %d request %d (phase %s): %v", i, w, n, phase, err)
+						return
+					}
+				}
+			})
+		}
+		if migrating {
+			// Half the clients migrate about when the reload happens; each
+			// goes on until requests on its new path have shown the proxy
+			// the change.
+			wg.Go(func() {
+				defer migrated.Store(true)
+				time.Sleep(time.Duration(250+10*i) * time.Millisecond)
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				if err := conn.Migrate(ctx); err != nil {
+					t.Errorf("client %d: migrate: %v", i, err)
+				}
+			})
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := h.srv.Reload(mustParse(t, generation("2", "", a.Addr(), c.Addr()))); err != nil {
+		t.Errorf("reload: %v", err)
+	}
+	reloaded.Store(true)
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+
+	// What each client's requests reached: app and upstream connection, and
+	// whether they were sent after the reload. (Across backends, arrival
+	// order says nothing: a request in flight on b may arrive after the
+	// session's next one reached a.)
+	type hop struct {
+		app, remote string
+		after       bool
+	}
+	hops := map[string][]hop{}
+	for _, app := range []*legacyapp.App{a, b, c} {
+		for _, r := range app.Requests() {
+			client, phase, _ := strings.Cut(r.Client, "/")
+			hops[client] = append(hops[client], hop{r.App, r.Remote, phase == "1"})
+		}
+	}
+	if len(hops) != clients {
+		t.Fatalf("%d clients reached the backends, want %d", len(hops), clients)
+	}
+	onA, onB := 0, 0
+	for client, hs := range hops {
+		apps := map[string]bool{}
+		for _, x := range hs {
+			apps[x.app] = true
+		}
+		if !apps["b"] {
+			// On a, the kept backend, from start to end.
+			onA++
+			before, after := map[string]bool{}, map[string]bool{}
+			for _, x := range hs {
+				if x.app != "a" {
+					t.Fatalf("%s, on a, sent a request to %s", client, x.app)
+				}
+				if x.after {
+					after[x.remote] = true
+				} else {
+					before[x.remote] = true
+				}
+			}
+			if len(after) == 0 {
+				t.Fatalf("%s sent nothing after the reload", client)
+			}
+			for r := range after {
+				if !before[r] {
+					t.Errorf("%s, on the kept backend a, used upstream connection %s after the reload, not one of %v", client, r, before)
+				}
+			}
+			continue
+		}
+		onB++
+		delete(apps, "b")
+		if len(apps) != 1 {
+			t.Fatalf("%s left b for %v: want one backend, a or c", client, apps)
+		}
+		for _, x := range hs {
+			if x.after && x.app == "b" {
+				t.Fatalf("%s sent a request after the reload to the removed b", client)
+			}
+		}
+	}
+	if onA == 0 || onB == 0 {
+		t.Fatalf("sessions on a: %d, on b: %d; want some on each", onA, onB)
+	}
+	if closed := a.ClosedConns(); len(closed) != 0 {
+		t.Fatalf("a's upstream connections %v closed: sessions on the kept backend lost them", closed)
+	}
+	bConns := map[int]bool{}
+	for _, r := range b.Requests() {
+		bConns[r.Conn] = true
+	}
+	eventually(t, "every connection to b to close", func() bool { return len(b.ClosedConns()) == len(bConns) })
+
+	moves := h.srv.upMetrics.SessionMoves
+	if n := testutil.ToFloat64(moves.WithLabelValues(b.Addr(), "reload")); n != float64(onB) {
+		t.Fatalf("%v sessions moved off b with reason reload, want %d", n, onB)
+	}
+	if n := testutil.CollectAndCount(moves); n != 1 {
+		t.Fatalf("%d session move series, want only b's reload moves", n)
+	}
+	logged := h.logged("session moved")
+	if len(logged) != onB {
+		t.Fatalf("%d move log lines, want %d", len(logged), onB)
+	}
+	for _, e := range logged {
+		if f := e.ContextMap(); f["from"] != b.Addr() || f["reason"] != "reload" {
+			t.Fatalf("move logged %v", f)
+		}
+	}
+	if got := h.sessionsOpened("h3"); got != clients {
+		t.Fatalf("sessions opened = %v, want %d: a client handshook again", got, clients)
+	}
+	eventually(t, "the migrations counted", func() bool { return h.pathChanges() == clients/2 })
+
+	// New sessions: a and c, never b.
+	seenApps := map[string]int{}
+	for range 6 {
+		seenApps[seen(t, h.dial(t), h, "new").App]++
+	}
+	if seenApps["b"] != 0 || seenApps["a"] == 0 || seenApps["c"] == 0 {
+		t.Fatalf("new sessions went to %v, want a and c", seenApps)
+	}
+	if len(h.logged("upstream configuration updated")) != 1 {
+		t.Fatal("the pool update was not logged")
+	}
+}
+
+// TestReloadKeepsAWebSocketOnARemovedBackend (issue 14): a WebSocket over
+// HTTP/3 to a backend that a reload removes keeps its conversation going,
+// on its upstream connection, while the session's next request moves to
+// the remaining backend; it ends when the client closes it.
+func TestReloadKeepsAWebSocketOnARemovedBackend(t *testing.T) {
+	echo := &wsEcho{}
+	both := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "" {
+			echo.ServeHTTP(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(legacyapp.Seen(r.Context()))
+	})
+	a1, a2 := startApp(t, "a1", both), startApp(t, "a2", both)
+	h := startProxy(t, generationWith("1", "lb_policy first", a1.Addr(), a2.Addr()), nil)
+	conn := h.dial(t)
+	if r := seen(t, conn, h, "c"); r.App != "a1" {
+		t.Fatalf("answered by %s", r.App)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ws, err := conn.WebSocket(ctx, "https://localhost:"+strconv.Itoa(h.port)+"/chat", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	br := bufio.NewReader(ws)
+	talk := func(msg string) {
+		t.Helper()
+		if err := wsWrite(ws, opText, []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		if op, got, err := wsRead(br); err != nil || op != opText || string(got) != msg {
+			t.Fatalf("%q: op %d %q %v", msg, op, got, err)
+		}
+	}
+	talk("before")
+	if err := h.srv.Reload(mustParse(t, generationWith("2", "lb_policy first", a2.Addr()))); err != nil {
+		t.Fatal(err)
+	}
+	talk("after the reload")
+	if r := seen(t, conn, h, "c"); r.App != "a2" {
+		t.Fatalf("after the reload, answered by %s", r.App)
+	}
+	talk("after the move")
+	if n := testutil.ToFloat64(h.srv.upMetrics.SessionMoves.WithLabelValues(a1.Addr(), "reload")); n != 1 {
+		t.Fatalf("reload moves %v, want 1", n)
+	}
+	if echo.ended.Load() != 0 {
+		t.Fatal("the WebSocket's backend conversation ended")
+	}
+	wsWrite(ws, opClose, []byte{0x03, 0xe8})
+	if op, _, err := wsRead(br); err != nil || op != opClose {
+		t.Fatalf("close: op %d, %v", op, err)
+	}
+	eventually(t, "the backend's conversation to end", func() bool { return echo.ended.Load() == 1 })
+	if n := len(a1.Requests()); n != 2 {
+		t.Fatalf("a1 saw %d requests, want the first and the upgrade", n)
+	}
+}
+
+// TestRefusedReloadChangesNoPool (issue 14): a reload that changes a
+// reverse_proxy's backends, and fails further on (a later
+// reverse_proxy's tls_ca file is missing), is refused whole: the changed
+// pool was only prepared, so its session stays on its backend over its
+// connection, nothing moves and the pool logs no update. The same change
+// without the failure then applies.
+func TestRefusedReloadChangesNoPool(t *testing.T) {
+	a, b := startApp(t, "a", http.HandlerFunc(slowSeen)), startApp(t, "b", http.HandlerFunc(slowSeen))
+	app := func(upstreams string) string {
+		return "\thandle /app* {\n\t\treverse_proxy " + upstreams + " {\n\t\t\tlb_policy first\n\t\t}\n\t}\n"
+	}
+	h := startProxy(t, generation("1", app(b.Addr()+" "+a.Addr()), a.Addr()), nil)
+	conn := h.dial(t)
+	get := func() legacyapp.Request {
+		t.Helper()
+		resp, body := do(t, conn, "GET", "https://localhost:"+strconv.Itoa(h.port)+"/app/", nil, nil)
+		var r legacyapp.Request
+		if err := json.Unmarshal([]byte(body), &r); resp.StatusCode != http.StatusOK || err != nil {
+			t.Fatalf("GET /app/: %d %q %v", resp.StatusCode, body, err)
+		}
+		return r
+	}
+	first := get()
+	if first.App != "b" {
+		t.Fatalf("answered by %s", first.App)
+	}
+	missing := filepath.Join(t.TempDir(), "missing.pem")
+	bad := generation("2", app(a.Addr())+"\thandle /x* {\n\t\treverse_proxy https://127.0.0.1:1 {\n\t\t\ttls_ca "+missing+"\n\t\t}\n\t}\n", a.Addr())
+	if err := h.srv.Reload(mustParse(t, bad)); err == nil || !strings.Contains(err.Error(), "missing.pem") {
+		t.Fatalf("reload with a missing tls_ca file: %v", err)
+	}
+	again := get()
+	if again.App != "b" || again.Remote != first.Remote || again.ConnRequest != 2 {
+		t.Fatalf("after the refused reload: %s on %s (request %d), before b on %s", again.App, again.Remote, again.ConnRequest, first.Remote)
+	}
+	if n := len(h.logged("upstream configuration updated")) + len(h.logged("session moved")); n != 0 {
+		t.Fatalf("the refused reload updated a pool (%d log lines)", n)
+	}
+	if err := h.srv.Reload(mustParse(t, generation("3", app(a.Addr()), a.Addr()))); err != nil {
+		t.Fatal(err)
+	}
+	if r := get(); r.App != "a" {
+		t.Fatalf("after the reload that removed b: answered by %s", r.App)
+	}
+	if n := testutil.ToFloat64(h.srv.upMetrics.SessionMoves.WithLabelValues(b.Addr(), "reload")); n != 1 {
+		t.Fatalf("reload moves %v, want 1", n)
 	}
 }
 

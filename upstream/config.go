@@ -50,8 +50,8 @@ type Config struct {
 	TLS *TLS
 
 	// Policy picks a session's backend, once, when its lease is taken (and
-	// again only when that backend becomes unhealthy or unreachable). The
-	// zero value is RoundRobin.
+	// again only when that backend becomes unhealthy or unreachable, or an
+	// Update removes it). The zero value is RoundRobin.
 	Policy Policy
 	// PolicyKey is the cookie name for Cookie (empty means
 	// DefaultCookieName) and the request header name for Header

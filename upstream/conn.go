@@ -260,10 +260,10 @@ func (c *conn) aborted() error {
 // on a done context.
 const abortArmDelay = 50 * time.Millisecond
 
-// roundTrip writes req and reads the response header. On error the
-// connection has been released (closed); on success it stays reserved until
-// the response body ends.
-func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
+// roundTrip writes req and reads the response header, within st's
+// ResponseHeaderTimeout. On error the connection has been released
+// (closed); on success it stays reserved until the response body ends.
+func (c *conn) roundTrip(st *poolState, req *http.Request) (*http.Response, error) {
 	reused := c.used
 	c.used = true
 	startRead := c.nread
@@ -301,7 +301,7 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 
 	var resp *http.Response
 	if err == nil {
-		resp, err = c.awaitResponse(req, &w)
+		resp, err = c.awaitResponse(req, &w, st.cfg.ResponseHeaderTimeout)
 	}
 	if err != nil {
 		w.stop()
@@ -332,14 +332,14 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
-// awaitResponse reads the response header within ResponseHeaderTimeout.
-// Unless w is armed already, it first waits the pool's arming delay
+// awaitResponse reads the response header within timeout (zero: no
+// limit). Unless w is armed already, it first waits the pool's arming delay
 // (abortArmDelay) unwatched, and arms w only when the answer takes longer
 // or its body is not all here.
-func (c *conn) awaitResponse(req *http.Request, w *watch) (*http.Response, error) {
+func (c *conn) awaitResponse(req *http.Request, w *watch, timeout time.Duration) (*http.Response, error) {
 	now := time.Now()
 	var deadline time.Time // zero: none
-	if t := c.lease.pool.cfg.ResponseHeaderTimeout; t > 0 {
+	if t := timeout; t > 0 {
 		deadline = now.Add(t)
 	}
 	if !w.armed() {

@@ -19,14 +19,14 @@ const cookieMACSize = 16
 // naming a candidate it falls back to round robin.
 type cookieSelector struct {
 	name     string
-	values   []string // cookie value per backend, by configuration index
+	values   map[*Backend]string // cookie value of each backend of the configuration
 	fallback selector
 }
 
 func newCookieSelector(name string, secret []byte, backends []*Backend, fallback selector) *cookieSelector {
-	s := &cookieSelector{name: name, values: make([]string, len(backends)), fallback: fallback}
-	for i, b := range backends {
-		s.values[i] = cookieValue(secret, b.Addr)
+	s := &cookieSelector{name: name, values: make(map[*Backend]string, len(backends)), fallback: fallback}
+	for _, b := range backends {
+		s.values[b] = cookieValue(secret, b.Addr)
 	}
 	return s
 }
@@ -43,7 +43,7 @@ func (s *cookieSelector) pick(cands []*Backend, req *http.Request) *Backend {
 		for _, c := range req.CookiesNamed(s.name) {
 			for _, b := range cands {
 				// Constant time: the value is a MAC a client might probe.
-				if hmac.Equal([]byte(c.Value), []byte(s.values[b.idx])) {
+				if hmac.Equal([]byte(c.Value), []byte(s.values[b])) {
 					return b
 				}
 			}
@@ -57,13 +57,17 @@ func (s *cookieSelector) pick(cands []*Backend, req *http.Request) *Backend {
 // when req already carries it (or the pool's policy is not Cookie). The
 // cookie lasts for the browser session and is Path=/, HttpOnly, Secure and
 // SameSite=Lax. After the lease moved to another backend, it names the new
-// one.
+// one; while the lease is still on a backend an Update removed, there is
+// none (the lease moves before its next request).
 func (l *Lease) Cookie(req *http.Request) *http.Cookie {
-	s, ok := l.pool.sel.(*cookieSelector)
+	s, ok := l.pool.state().sel.(*cookieSelector)
 	if !ok {
 		return nil
 	}
-	v := s.values[l.Backend().idx]
+	v, ok := s.values[l.Backend()]
+	if !ok {
+		return nil
+	}
 	if req != nil {
 		for _, c := range req.CookiesNamed(s.name) {
 			if c.Value == v {

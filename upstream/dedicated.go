@@ -65,11 +65,12 @@ func (d *Dedicated) Close() error {
 // the connection, which closes with the body.
 func (l *Lease) Upgrade(req *http.Request) (*http.Response, *Dedicated, error) {
 	ctx := req.Context()
+	st := l.pool.state()
 	b, err := l.route(req, nil)
 	if err != nil {
 		return nil, nil, err
 	}
-	nc, err := b.dial(ctx, l.ticketCache())
+	nc, err := b.dial(ctx, st, l.ticketCache(b))
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, nil, ctx.Err()
@@ -97,7 +98,7 @@ func (l *Lease) Upgrade(req *http.Request) (*http.Response, *Dedicated, error) {
 	}
 	var resp *http.Response
 	if err == nil {
-		if t := l.pool.cfg.ResponseHeaderTimeout; t > 0 {
+		if t := st.cfg.ResponseHeaderTimeout; t > 0 {
 			_ = nc.SetReadDeadline(time.Now().Add(t))
 		}
 		resp, err = readFinalResponse(d.r, req, nil)

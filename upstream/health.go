@@ -56,6 +56,11 @@ func (b *Backend) decideLocked(reason string) bool {
 		return healthy
 	}
 	b.healthy.Store(healthy)
+	if b.removed.Load() {
+		// Out of the configuration: nothing to report (a backend of the
+		// same address may be in it, and owns the series).
+		return healthy
+	}
 	v := 0.0
 	msg, level := "backend unhealthy", zap.WarnLevel
 	if healthy {
@@ -72,7 +77,7 @@ func (b *Backend) decideLocked(reason string) bool {
 // backend unhealthy: when the oldest of the last MaxFails ages out. It is
 // the zero time when there are fewer.
 func (b *Backend) passiveUntilLocked() time.Time {
-	ps := b.pool.cfg.Passive
+	ps := b.pool.state().cfg.Passive
 	if ps.FailDuration == 0 || len(b.fails) < ps.MaxFails {
 		return time.Time{}
 	}
@@ -84,7 +89,7 @@ func (b *Backend) armRecoveryLocked(d time.Duration) {
 	p.mu.Lock()
 	closed := p.closed
 	p.mu.Unlock()
-	if closed {
+	if closed || b.removed.Load() {
 		return // Healthy still decides on demand
 	}
 	if b.recovery == nil {
@@ -102,15 +107,16 @@ func (b *Backend) armRecoveryLocked(d time.Duration) {
 // failure constant and detail says more for the log.
 func (b *Backend) fail(reason, detail string) {
 	p := b.pool
-	ps := p.cfg.Passive
+	ps := p.state().cfg.Passive
 	if ps.FailDuration == 0 {
 		return
 	}
 	p.metrics.PassiveFailures.WithLabelValues(b.Addr, reason).Inc()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if len(b.fails) == ps.MaxFails {
-		b.fails = append(b.fails[:0], b.fails[1:]...)
+	if len(b.fails) >= ps.MaxFails {
+		// MaxFails may have shrunk in an Update: keep the latest.
+		b.fails = append(b.fails[:0], b.fails[len(b.fails)-ps.MaxFails+1:]...)
 	}
 	b.fails = append(b.fails, p.now())
 	b.decideLocked(detail)
@@ -118,7 +124,7 @@ func (b *Backend) fail(reason, detail string) {
 
 // failStatus records a response whose status is configured as a failure.
 func (b *Backend) failStatus(code int) {
-	for _, sm := range b.pool.cfg.Passive.UnhealthyStatus {
+	for _, sm := range b.pool.state().cfg.Passive.UnhealthyStatus {
 		if sm.Matches(code) {
 			b.fail(failStatus, "status "+strconv.Itoa(code))
 			return
@@ -140,53 +146,78 @@ func (b *Backend) recordCheck(err error) {
 
 // Start runs the active health checker when Config.Health.URI is set: one
 // goroutine that checks every backend at once, then every
-// Config.Health.Interval, until ctx ends or Close is called. Calling it
-// again, or after Close, does nothing.
+// Config.Health.Interval, until ctx ends or Close is called. An Update
+// restarts it with new settings or backends, and starts or stops it when
+// the URI is set or cleared, within ctx. Calling Start again, or after
+// Close, does nothing.
 func (p *Pool) Start(ctx context.Context) {
-	if p.cfg.Health.URI == "" {
-		return
-	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.started || p.closed {
 		return
 	}
 	p.started = true
-	ctx, p.stop = context.WithCancel(ctx)
-	p.done = make(chan struct{})
-	go p.checkLoop(ctx)
+	p.ctx = ctx
+	p.startCheckerLocked(p.state().cfg.Health)
+}
+
+// startCheckerLocked starts the checker for h unless h checks nothing. p.mu
+// is held; no checker runs.
+func (p *Pool) startCheckerLocked(h ActiveHealth) {
+	if h.URI == "" {
+		return
+	}
+	ctx, stop := context.WithCancel(p.ctx)
+	p.stop, p.done = stop, make(chan struct{})
+	go p.checkLoop(ctx, h.Interval, p.done)
+}
+
+// stopChecker stops the checker, if one runs, and waits for it to exit.
+// p.updating is held, so no other call starts one meanwhile.
+func (p *Pool) stopChecker() {
+	p.mu.Lock()
+	stop, done := p.stop, p.done
+	p.stop, p.done = nil, nil
+	p.mu.Unlock()
+	if stop != nil {
+		stop()
+		<-done // outside mu: a check's outcome takes it (armRecoveryLocked)
+	}
 }
 
 // Close stops the health checker and waits for it to exit. Leases taken
 // from the pool keep working, with the backends' health as it was, until
 // their sessions close them. Close is idempotent and always returns nil.
 func (p *Pool) Close() error {
+	p.updating.Lock()
+	defer p.updating.Unlock()
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
 		return nil
 	}
 	p.closed = true
-	stop, done := p.stop, p.done
 	p.mu.Unlock()
-	if stop != nil {
-		stop()
-		<-done
-	}
-	for _, b := range p.backends {
-		b.mu.Lock()
-		if b.recovery != nil {
-			b.recovery.Stop()
-		}
-		b.mu.Unlock()
+	p.stopChecker()
+	for _, b := range p.state().backends {
+		b.stopRecovery()
 	}
 	return nil
 }
 
-// checkLoop runs checkOnce every interval until ctx ends.
-func (p *Pool) checkLoop(ctx context.Context) {
-	defer close(p.done)
-	t := time.NewTicker(p.cfg.Health.Interval)
+// stopRecovery stops the timer that re-decides b's health.
+func (b *Backend) stopRecovery() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.recovery != nil {
+		b.recovery.Stop()
+	}
+}
+
+// checkLoop runs checkOnce every interval until ctx ends, then closes done.
+func (p *Pool) checkLoop(ctx context.Context, interval time.Duration, done chan struct{}) {
+	defer close(done)
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		func() {
@@ -201,14 +232,16 @@ func (p *Pool) checkLoop(ctx context.Context) {
 	}
 }
 
-// checkOnce checks every backend concurrently and records the outcomes. A
-// check cut short because ctx ended records nothing.
+// checkOnce checks every backend of the pool's configuration concurrently
+// and records the outcomes. A check cut short because ctx ended records
+// nothing.
 func (p *Pool) checkOnce(ctx context.Context) {
+	st := p.state()
 	var wg sync.WaitGroup
-	for _, b := range p.backends {
+	for _, b := range st.backends {
 		wg.Go(func() {
 			defer p.recoverPanic("health check")
-			err := p.probe(ctx, b)
+			err := p.probe(ctx, st, b)
 			if ctx.Err() != nil {
 				return
 			}
@@ -232,12 +265,13 @@ var errHealthStatus = errors.New("unexpected status")
 const healthReadLimit = 4 << 10
 
 // probe sends one health check request to b on a connection of its own,
-// closed afterwards, and returns why b failed it (nil: it passed).
-func (p *Pool) probe(ctx context.Context, b *Backend) error {
-	h := p.cfg.Health
+// closed afterwards, with st's settings, and returns why b failed it (nil:
+// it passed).
+func (p *Pool) probe(ctx context.Context, st *poolState, b *Backend) error {
+	h := st.cfg.Health
 	ctx, cancel := context.WithTimeout(ctx, h.Timeout)
 	defer cancel()
-	nc, err := b.dial(ctx, nil) // a check never resumes a session's TLS session
+	nc, err := b.dial(ctx, st, nil) // a check never resumes a session's TLS session
 	if err != nil {
 		return fmt.Errorf("health check: dial %s: %w", b.Addr, err)
 	}

@@ -176,9 +176,12 @@ func TestStartRunsTheCheckerUntilClose(t *testing.T) {
 	b.status.Store(http.StatusOK)
 	eventually(t, "the checker to mark the backend healthy", func() bool { return p.Backends()[0].Healthy() })
 	eventually(t, "several checks", func() bool { return b.checkCount() >= 4 })
+	p.mu.Lock()
+	done := p.done
+	p.mu.Unlock()
 	p.Close()
 	select {
-	case <-p.done: // Close waited for the checker to exit
+	case <-done: // Close waited for the checker to exit
 	default:
 		t.Fatal("the checker still runs after Close")
 	}

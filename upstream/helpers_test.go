@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap/zaptest/observer"
 )
 
@@ -94,4 +95,14 @@ func addrsOf(bs ...*backend) []string {
 		out = append(out, b.addr())
 	}
 	return out
+}
+
+// movesFrom sums the session moves off the backend at from, whatever their
+// reason.
+func movesFrom(m *Metrics, from string) float64 {
+	n := 0.0
+	for _, reason := range []string{moveUnhealthy, moveUnreachable, moveReload} {
+		n += testutil.ToFloat64(m.SessionMoves.WithLabelValues(from, reason))
+	}
+	return n
 }

@@ -17,7 +17,8 @@ import (
 // Lease is one client session's private connections to its backend.
 //
 // The backend is chosen once, when the lease is taken, and changes only when
-// it becomes unhealthy or unreachable (see RoundTrip). Connections are
+// it becomes unhealthy or unreachable (see RoundTrip), or when an Update of
+// the pool removes it (see Pool.Update). Connections are
 // dialled lazily: a request takes the oldest idle connection; only when all
 // are busy with requests their clients still wait for, and the lease is
 // below Config.MaxConnsPerSession, does it dial a new one. A connection is
@@ -77,9 +78,15 @@ func (l *Lease) Conns() int {
 // Before each attempt, a lease whose backend is unhealthy, or whose last dial
 // to it failed, moves when another healthy backend exists: its policy picks
 // among the healthy ones, the old connections close (busy ones when their
-// responses end), and the move is logged and counted. A lease on a healthy,
-// reachable backend never moves. With no healthy backend the request fails
-// with ErrNoHealthyBackend.
+// responses end), and the move is logged and counted. A lease whose backend
+// an Update removed moves in the same way (see Pool.Update): no exchange
+// starts on a removed backend. A lease on a healthy, reachable, configured
+// backend never moves. With no healthy backend the request fails with
+// ErrNoHealthyBackend.
+//
+// The request's limits (Config.TryDuration, TryInterval, DialTimeout,
+// ResponseHeaderTimeout) are those of the pool's configuration when
+// RoundTrip starts, even if an Update applies meanwhile.
 //
 // A request that reached no backend goes again within Config.TryDuration:
 // after a failed dial (nothing was sent), and when it is replayable (no body,
@@ -91,8 +98,9 @@ func (l *Lease) Conns() int {
 // RoundTrip always closes req.Body.
 func (l *Lease) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
+	st := l.pool.state()
 	var deadline time.Time // zero: one attempt
-	if d := l.pool.cfg.TryDuration; d > 0 {
+	if d := st.cfg.TryDuration; d > 0 {
 		deadline = time.Now().Add(d)
 	}
 	var failed []*Backend // backends this request could not reach
@@ -102,7 +110,7 @@ func (l *Lease) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err != nil {
 			if errors.Is(err, ErrNoHealthyBackend) {
 				// Wait for one to recover (a passive failure aging out).
-				if err = l.pause(ctx, deadline); err == nil {
+				if err = l.pause(ctx, st, deadline); err == nil {
 					_, err = l.route(req, failed)
 					continue
 				}
@@ -115,14 +123,14 @@ func (l *Lease) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 
 		var c *conn
-		if c, err = l.acquire(ctx); err != nil {
+		if c, err = l.acquire(ctx, st); err != nil {
 			if errors.Is(err, errMoved) {
 				_, err = l.route(req, failed)
 				continue
 			}
 			if de, ok := errors.AsType[*DialError](err); ok {
 				failed = append(failed, de.b)
-				_, err = l.again(ctx, req, failed, de.b, deadline, err)
+				_, err = l.again(ctx, st, req, failed, de.b, deadline, err)
 				continue
 			}
 			closeBody(req)
@@ -130,7 +138,7 @@ func (l *Lease) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 
 		var resp *http.Response
-		resp, err = c.roundTrip(req)
+		resp, err = c.roundTrip(st, req)
 		if err == nil {
 			c.backend.failStatus(resp.StatusCode)
 			return resp, nil
@@ -150,7 +158,7 @@ func (l *Lease) RoundTrip(req *http.Request) (*http.Response, error) {
 			_, err = l.route(req, failed)
 			continue
 		}
-		_, err = l.again(ctx, req, failed, c.backend, deadline, err)
+		_, err = l.again(ctx, st, req, failed, c.backend, deadline, err)
 	}
 }
 
@@ -173,7 +181,7 @@ var errNoMoreTries = errors.New("no more tries")
 // Config.TryInterval on the same backend while deadline allows. Otherwise
 // it returns the error to fail the request with: err, or the context's
 // error.
-func (l *Lease) again(ctx context.Context, req *http.Request, failed []*Backend, from *Backend, deadline time.Time, err error) (*Backend, error) {
+func (l *Lease) again(ctx context.Context, st *poolState, req *http.Request, failed []*Backend, from *Backend, deadline time.Time, err error) (*Backend, error) {
 	retries := l.pool.metrics.Retries.WithLabelValues(from.Addr)
 	if b, rerr := l.route(req, failed); rerr == nil && b != from {
 		retries.Inc()
@@ -182,7 +190,7 @@ func (l *Lease) again(ctx context.Context, req *http.Request, failed []*Backend,
 	if deadline.IsZero() || !time.Now().Before(deadline) {
 		return nil, err
 	}
-	if perr := l.pause(ctx, deadline); perr != nil {
+	if perr := l.pause(ctx, st, deadline); perr != nil {
 		if perr == errNoMoreTries {
 			return nil, err
 		}
@@ -195,11 +203,11 @@ func (l *Lease) again(ctx context.Context, req *http.Request, failed []*Backend,
 // pause waits Config.TryInterval between attempts; it fails with
 // errNoMoreTries when deadline (zero: no retries) comes first, or with the
 // context's error.
-func (l *Lease) pause(ctx context.Context, deadline time.Time) error {
+func (l *Lease) pause(ctx context.Context, st *poolState, deadline time.Time) error {
 	if deadline.IsZero() {
 		return errNoMoreTries
 	}
-	d := min(l.pool.cfg.TryInterval, time.Until(deadline))
+	d := min(st.cfg.TryInterval, time.Until(deadline))
 	if d <= 0 {
 		return errNoMoreTries
 	}
@@ -230,7 +238,7 @@ func (l *Lease) Close() error {
 	}
 	l.dialing += len(waiters) // each waiter wakes holding a slot and gives it back
 	b := l.backend.Load()
-	b.leases.Add(-1)
+	b.dropLease(l)
 	l.mu.Unlock()
 
 	for _, w := range waiters {
@@ -265,13 +273,15 @@ const growWait = 5 * time.Millisecond
 // microseconds.
 const probeAfter = 50 * time.Millisecond
 
-// acquire returns a connection reserved for one round trip.
-func (l *Lease) acquire(ctx context.Context) (*conn, error) {
+// acquire returns a connection reserved for one round trip, dialling with
+// st's settings. It fails with errMoved when the lease's backend was
+// removed (see Pool.Update): the request routes again.
+func (l *Lease) acquire(ctx context.Context, st *poolState) (*conn, error) {
 	for {
 		c, err := l.reserve(ctx)
 		if err != nil || c == nil {
 			if err == nil {
-				c, err = l.dial(ctx)
+				c, err = l.dial(ctx, st)
 			}
 			return c, err
 		}
@@ -293,6 +303,12 @@ func (l *Lease) reserve(ctx context.Context) (*conn, error) {
 		l.mu.Unlock()
 		return nil, ErrLeaseClosed
 	}
+	if l.backend.Load().removed.Load() {
+		// An Update removed the backend since the request was routed: no
+		// exchange starts there any more.
+		l.mu.Unlock()
+		return nil, errMoved
+	}
 	for _, c := range l.conns {
 		if !c.busy {
 			c.busy, c.ctx = true, ctx
@@ -307,7 +323,8 @@ func (l *Lease) reserve(ctx context.Context) (*conn, error) {
 	// Dial only when every connection carries a request its client still
 	// waits for. One whose client went away is free again soon: wait for it,
 	// unless waiting requests have claimed every such connection already.
-	below := len(l.conns)+l.dialing < l.pool.cfg.MaxConnsPerSession
+	bound := l.pool.state().cfg.MaxConnsPerSession
+	below := len(l.conns)+l.dialing < bound
 	unclaimed := l.finishingLocked() <= len(l.waiters)
 	if below && unclaimed && !l.answeringLocked() {
 		l.dialing++
@@ -346,7 +363,7 @@ func (l *Lease) reserve(ctx context.Context) (*conn, error) {
 			grow = nil
 			l.mu.Lock()
 			i := slices.Index(l.waiters, w)
-			if i >= 0 && len(l.conns)+l.dialing < l.pool.cfg.MaxConnsPerSession && l.finishingLocked() < len(l.waiters) {
+			if i >= 0 && len(l.conns)+l.dialing < l.pool.state().cfg.MaxConnsPerSession && l.finishingLocked() < len(l.waiters) {
 				l.waiters = slices.Delete(l.waiters, i, i+1)
 				l.dialing++
 				l.mu.Unlock()
@@ -375,9 +392,10 @@ func (l *Lease) reserve(ctx context.Context) (*conn, error) {
 }
 
 // dial opens a connection to the lease's backend in a slot that reserve
-// granted. It fails with errMoved when the lease moved to another backend
-// meanwhile: the request then goes there.
-func (l *Lease) dial(ctx context.Context) (*conn, error) {
+// granted, with st's settings. It fails with errMoved when the lease moved
+// to another backend meanwhile, or its backend was removed: the request
+// then routes again.
+func (l *Lease) dial(ctx context.Context, st *poolState) (*conn, error) {
 	l.mu.Lock()
 	closed, b := l.closed, l.backend.Load()
 	l.mu.Unlock()
@@ -385,7 +403,11 @@ func (l *Lease) dial(ctx context.Context) (*conn, error) {
 		l.unreserve()
 		return nil, ErrLeaseClosed
 	}
-	nc, err := b.dial(ctx, l.ticketCache())
+	if b.removed.Load() {
+		l.unreserve()
+		return nil, errMoved
+	}
+	nc, err := b.dial(ctx, st, l.ticketCache(b))
 	if err != nil {
 		l.mu.Lock()
 		l.dialing--
@@ -437,9 +459,9 @@ func (l *Lease) dial(ctx context.Context) (*conn, error) {
 }
 
 // ticketCache returns the lease's TLS session cache, made at its first
-// use, or nil when the pool does not speak TLS.
-func (l *Lease) ticketCache() tls.ClientSessionCache {
-	if l.pool.cfg.TLS == nil {
+// use, or nil when b does not speak TLS.
+func (l *Lease) ticketCache(b *Backend) tls.ClientSessionCache {
+	if b.tls == nil {
 		return nil
 	}
 	l.mu.Lock()
@@ -473,7 +495,7 @@ func (l *Lease) unreserve() {
 // grantLocked hands a free slot to the first waiter, if there is one that
 // no finishing connection will serve, and reports whether it did.
 func (l *Lease) grantLocked() bool {
-	if l.closed || len(l.waiters) == 0 || len(l.conns)+l.dialing >= l.pool.cfg.MaxConnsPerSession ||
+	if l.closed || len(l.waiters) == 0 || len(l.conns)+l.dialing >= l.pool.state().cfg.MaxConnsPerSession ||
 		len(l.waiters) <= l.finishingLocked() {
 		return false
 	}
@@ -487,12 +509,18 @@ func (l *Lease) grantLocked() bool {
 // release ends a round trip on c: a reusable connection goes to the first
 // waiter or back to idle; any other is closed for reason and its slot
 // granted to a waiter. A connection to a backend the lease has left is
-// closed ("moved").
+// closed ("moved"), and so is one to the lease's backend once an Update
+// removed it; a request waiting then is woken to route again, which moves
+// the lease (see drain).
 func (l *Lease) release(c *conn, reuse bool, reason string) {
 	l.mu.Lock()
 	c.finishing, c.ctx = false, nil
 	c.answered.Store(false)
-	if reuse && c.backend != l.backend.Load() {
+	cur := l.backend.Load()
+	// A connection to a backend the lease left, or to one an Update
+	// removed, carries nothing more.
+	leaving := c.backend == cur && cur.removed.Load() && !l.closed
+	if reuse && (c.backend != cur || leaving) {
 		reuse, reason = false, reasonMoved
 	}
 	if reuse && !l.closed {
@@ -506,7 +534,7 @@ func (l *Lease) release(c *conn, reuse bool, reason string) {
 		}
 		c.busy = false
 		c.detachBuffers()
-		if idle := l.pool.cfg.KeepaliveIdle; idle > 0 {
+		if idle := l.pool.state().cfg.KeepaliveIdle; idle > 0 {
 			if c.idleTimer == nil {
 				c.idleTimer = time.AfterFunc(idle, func() { l.expire(c) })
 			} else {
@@ -519,7 +547,11 @@ func (l *Lease) release(c *conn, reuse bool, reason string) {
 	if i := slices.Index(l.conns, c); i >= 0 {
 		l.conns = slices.Delete(l.conns, i, i+1)
 	}
-	l.grantLocked()
+	if leaving {
+		l.wakeLocked()
+	} else {
+		l.grantLocked()
+	}
 	l.mu.Unlock()
 	if reason == "" {
 		reason = reasonSessionEnd
@@ -564,11 +596,19 @@ func (l *Lease) finishingLocked() int {
 
 // expire closes c when it has been idle for Config.KeepaliveIdle. A timer
 // that fired as c was taken (or taken and idle again since) finds it busy or
-// idle too briefly and leaves it alone.
+// idle too briefly and leaves it alone; one armed before an Update raised
+// the limit waits out the rest, and one that found the limit turned off
+// (zero) keeps c.
 func (l *Lease) expire(c *conn) {
 	l.mu.Lock()
 	i := slices.Index(l.conns, c)
-	if l.closed || i < 0 || c.busy || l.pool.now().Sub(c.idleAt) < l.pool.cfg.KeepaliveIdle {
+	idle := l.pool.state().cfg.KeepaliveIdle
+	if l.closed || i < 0 || c.busy || idle == 0 {
+		l.mu.Unlock()
+		return
+	}
+	if left := idle - l.pool.now().Sub(c.idleAt); left > 0 {
+		c.idleTimer.Reset(left)
 		l.mu.Unlock()
 		return
 	}

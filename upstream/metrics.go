@@ -40,8 +40,9 @@ type Metrics struct {
 	// "response_header_timeout", "status", "broken" (reset, closed or
 	// not HTTP before the response header ended).
 	PassiveFailures *prometheus.CounterVec
-	// SessionMoves counts sessions that left a backend (unhealthy or
-	// unreachable) for another, by the backend they left.
+	// SessionMoves counts sessions that left a backend for another, by the
+	// backend they left and reason: "unhealthy", "unreachable", or
+	// "reload" (an Update removed the backend, see Pool.Update).
 	SessionMoves *prometheus.CounterVec
 }
 
@@ -87,8 +88,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"backend", "reason"}),
 		SessionMoves: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "roamgate", Subsystem: "upstream", Name: "session_moves_total",
-			Help: "Sessions that left an unhealthy or unreachable backend for another, by the backend they left.",
-		}, []string{"from"}),
+			Help: "Sessions that left a backend for another, by the backend they left and reason (unhealthy, unreachable, reload: the configuration no longer lists it).",
+		}, []string{"from", "reason"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.ConnsOpened, m.ConnsClosed, m.DialErrors, m.TLSHandshakeFailures, m.Retries, m.ConnWaits,

@@ -70,10 +70,10 @@ func TestKillingABackendMovesOnlyItsSessions(t *testing.T) {
 					t.Fatalf("lease %d's connection to the healthy backend was closed", i)
 				}
 			}
-			if n := testutil.ToFloat64(m.SessionMoves.WithLabelValues(b0.addr())); n != 2 {
+			if n := movesFrom(m, b0.addr()); n != 2 {
 				t.Fatalf("session moves from b0 = %v, want 2", n)
 			}
-			if n := testutil.ToFloat64(m.SessionMoves.WithLabelValues(b1.addr())); n != 0 {
+			if n := movesFrom(m, b1.addr()); n != 0 {
 				t.Fatalf("session moves from b1 = %v, want 0", n)
 			}
 			moves := logged(logs, "session moved")
@@ -129,7 +129,7 @@ func TestUnhealthyBackendMovesItsSessionAndNeverBack(t *testing.T) {
 			t.Fatalf("the session on b1 moved: %s %s, was %s", name, conn, c1)
 		}
 	}
-	if n := testutil.ToFloat64(m.SessionMoves.WithLabelValues(b0.addr())); n != 1 {
+	if n := movesFrom(m, b0.addr()); n != 1 {
 		t.Fatalf("moves %v, want 1", n)
 	}
 }
@@ -196,7 +196,7 @@ func TestConcurrentRequestsMoveTheSessionOnce(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if n := testutil.ToFloat64(m.SessionMoves.WithLabelValues(b0.addr())); n != 1 {
+	if n := movesFrom(m, b0.addr()); n != 1 {
 		t.Fatalf("moves %v, want 1", n)
 	}
 	if b0l, b1l := p.Backends()[0].Leases(), p.Backends()[1].Leases(); b0l != 0 || b1l != 1 {

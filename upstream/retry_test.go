@@ -48,7 +48,7 @@ func TestDialFailureRetriedOnNextHealthyBackend(t *testing.T) {
 	if n := testutil.ToFloat64(m.Retries.WithLabelValues(dead)); n != 1 {
 		t.Fatalf("retries %v, want 1", n)
 	}
-	if n := testutil.ToFloat64(m.SessionMoves.WithLabelValues(dead)); n != 1 {
+	if n := movesFrom(m, dead); n != 1 {
 		t.Fatalf("moves %v, want 1", n)
 	}
 	if l.Backend().Addr != b1.addr() {
@@ -72,7 +72,7 @@ func TestTryDurationZeroIsOneTryPerBackend(t *testing.T) {
 	if n := testutil.ToFloat64(m.DialErrors.WithLabelValues(dead)); n != 1 {
 		t.Fatalf("dial errors %v, want 1", n)
 	}
-	if n := testutil.ToFloat64(m.SessionMoves.WithLabelValues(dead)); n != 1 {
+	if n := movesFrom(m, dead); n != 1 {
 		t.Fatalf("moves %v, want 1", n)
 	}
 
@@ -120,7 +120,7 @@ func TestRetriesTheSessionsBackendUntilItListens(t *testing.T) {
 	if body := <-done; body != "back" {
 		t.Fatalf("got %q", body)
 	}
-	if n := testutil.ToFloat64(m.SessionMoves.WithLabelValues(addr)); n != 0 {
+	if n := movesFrom(m, addr); n != 0 {
 		t.Fatalf("moves %v with a single backend", n)
 	}
 }

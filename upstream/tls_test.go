@@ -292,8 +292,8 @@ func TestTLSHealthCheck(t *testing.T) {
 			t.Fatalf("check %d: TLS state %+v", i, cs)
 		}
 	}
-	if !p.backends[0].Healthy() || p.backends[1].Healthy() {
-		t.Fatalf("healthy: good %v, bad %v", p.backends[0].Healthy(), p.backends[1].Healthy())
+	if !p.Backends()[0].Healthy() || p.Backends()[1].Healthy() {
+		t.Fatalf("healthy: good %v, bad %v", p.Backends()[0].Healthy(), p.Backends()[1].Healthy())
 	}
 	e := logged(logs, "backend unhealthy")
 	if len(e) != 1 || field(e[0], "backend") != bad.addr() || !strings.Contains(field(e[0], "reason"), "unknown_authority") {
