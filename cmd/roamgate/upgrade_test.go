@@ -416,12 +416,27 @@ func testUpgradeUnderLoad(t *testing.T, mode string) {
 	if err := run(ctx, []string{"reload", "--config", f.config}, io.Discard, io.Discard); err != nil {
 		t.Fatalf("reload: %v", err)
 	}
+	// A new site: its name gets a certificate.
+	other := "localhost:0 {\n\trespond \"the other site\"\n}\n"
+	os.WriteFile(f.config, []byte(f.roamfile("2", f.apps[0].Addr()+" "+f.apps[1].Addr(), other)), 0o600)
+	if err := run(ctx, []string{"reload", "--config", f.config}, io.Discard, io.Discard); err != nil {
+		t.Fatalf("reload adding a site: %v", err)
+	}
+	waitForCertificateNamed(t, addr, f.dataDir, "localhost")
+	// A backend removed (app2), another added (app3): only app2's
+	// sessions move.
+	removalMark := mark()
+	twoBackends := f.apps[0].Addr() + " " + f.apps[2].Addr()
+	os.WriteFile(f.config, []byte(f.roamfile("2", twoBackends, other)), 0o600)
+	if err := run(ctx, []string{"reload", "--config", f.config}, io.Discard, io.Discard); err != nil {
+		t.Fatalf("reload removing a backend: %v", err)
+	}
 	// An invalid one: refused, generation 2 serves on.
-	os.WriteFile(f.config, []byte(f.roamfile("3", f.apps[0].Addr()+" "+f.apps[1].Addr(), "")+"bad {\n"), 0o600)
+	os.WriteFile(f.config, []byte(f.roamfile("3", twoBackends, other)+"bad {\n"), 0o600)
 	if err := run(ctx, []string{"reload", "--config", f.config}, io.Discard, io.Discard); err == nil {
 		t.Fatal("an invalid Roamfile was reloaded")
 	}
-	os.WriteFile(f.config, []byte(f.roamfile("2", f.apps[0].Addr()+" "+f.apps[1].Addr(), "")), 0o600)
+	os.WriteFile(f.config, []byte(f.roamfile("2", twoBackends, other)), 0o600)
 	firstHalf := make([]int, 0, n/2)
 	for i := range n / 2 {
 		firstHalf = append(firstHalf, i)
@@ -523,10 +538,32 @@ func testUpgradeUnderLoad(t *testing.T, mode string) {
 			during = append(during, r.latency)
 		}
 	}
-	for id, set := range sets {
-		if len(set) > 2 {
-			t.Errorf("client %d used %d upstream connections (2 in flight at most): %v", id, len(set), set)
+	// Sessions on app2 when it was removed moved once, to connections of
+	// their own; every other session kept its connections throughout.
+	onRemoved := map[int]bool{}
+	for _, r := range results[:removalMark] {
+		if r.err == nil && r.upstream.app == "app2" {
+			onRemoved[r.client] = true
 		}
+	}
+	for k, r := range results {
+		if k > removalMark+4*n && r.err == nil && r.upstream.app == "app2" {
+			t.Errorf("client %d: a request on the removed backend long after the reload", r.client)
+		}
+	}
+	moved := 0
+	for id, set := range sets {
+		limit := 2
+		if onRemoved[id] {
+			limit = 4
+			moved++
+		}
+		if len(set) > limit {
+			t.Errorf("client %d used %d upstream connections (2 in flight at most, moved: %v): %v", id, len(set), onRemoved[id], set)
+		}
+	}
+	if moved == 0 || moved == len(clients) {
+		t.Errorf("%d of %d sessions were on the removed backend: the test shows nothing", moved, len(clients))
 	}
 	owners := map[int]int{}
 	for _, c := range clients {
@@ -556,6 +593,7 @@ func testUpgradeUnderLoad(t *testing.T, mode string) {
 		slices.Sort(d)
 		return d[int(float64(len(d)-1)*q)]
 	}
+	t.Logf("%s: %d sessions moved off the removed backend, the other %d kept their connections", mode, moved, len(clients)-moved)
 	t.Logf("%s: %d requests, %d failed; latency p50/p99 before the changes %v/%v (%d), during the upgrade %v/%v (%d); SIGUSR2 to new process serving: %v",
 		mode, len(results), failed, p(before, .5), p(before, .99), len(before), p(during, .5), p(during, .99), len(during), upgradeTook.Round(time.Millisecond))
 
