@@ -32,7 +32,7 @@ const controlSocket = "control.sock"
 type reloader struct {
 	srv     *proxy.Server
 	certs   *tlsmgr.Manager
-	level   *zap.AtomicLevel // nil: the log level cannot change
+	logs    *logs // nil: the log settings cannot change
 	dataDir string           // as given to run (--data-dir), "" for the Roamfile's
 	logger  *zap.Logger
 
@@ -67,7 +67,7 @@ func (r *reloader) handedOver() {
 	r.mu.Unlock()
 }
 
-func (r *reloader) apply() error {
+func (r *reloader) apply() (err error) {
 	if r.drained {
 		return errors.New("this process has handed over to its successor (an upgrade) and only drains: reload the new process")
 	}
@@ -75,16 +75,23 @@ func (r *reloader) apply() error {
 	if err != nil {
 		return err
 	}
-	// The log's level changes in place; where it goes and how it is
-	// written are set up at start.
-	curLog, nextLog := r.cur.Log, next.Log
-	curLog.Level, nextLog.Level = "", ""
-	if configs.Fingerprint(curLog) != configs.Fingerprint(nextLog) {
-		return fmt.Errorf("%s: reload: the log's output, format or access log changed: that needs a restart (only its level changes in place; the running configuration is unchanged)", next.File)
-	}
-	level, err := logLevel(next.Log.Level)
-	if err != nil {
-		return fmt.Errorf("%s: reload: %w", next.File, err)
+	// New log settings: their files open first (a path that cannot be
+	// written refuses the reload); they take effect with the rest.
+	var logChange *logChange
+	if configs.Fingerprint(r.cur.Log) != configs.Fingerprint(next.Log) {
+		if r.logs == nil {
+			return fmt.Errorf("%s: reload: the log settings changed: that needs a restart (the running configuration is unchanged)", next.File)
+		}
+		if logChange, err = r.logs.prepare(next.Log); err != nil {
+			return err
+		}
+		committed := false
+		defer func() {
+			if !committed {
+				logChange.abort()
+			}
+		}()
+		defer func() { committed = err == nil }()
 	}
 	// Certificates first, so that by the time requests route to a new
 	// site its name has one; if the rest fails, they go back.
@@ -107,9 +114,9 @@ func (r *reloader) apply() error {
 		}
 		return err
 	}
-	if r.level != nil && r.level.Level() != level {
-		r.logger.Info("log level changed", zap.Stringer("from", r.level.Level()), zap.Stringer("to", level))
-		r.level.SetLevel(level)
+	if logChange != nil {
+		logChange.commit()
+		r.logger.Info("log settings changed", zap.String("level", next.Log.Level), zap.String("format", next.Log.Format))
 	}
 	r.cur = next
 	return nil

@@ -18,8 +18,9 @@ import (
 
 // TestReloadTLSAndLogLevel (issue 14): a reload that adds a site gets its
 // name a certificate, one that removes it stops serving the name, and the
-// log level changes in place; a change of the log's output is refused with
-// its reason, the running configuration untouched.
+// log settings (level, format, output) change in place; a log file that
+// cannot be opened refuses the reload, the running configuration
+// untouched.
 func TestReloadTLSAndLogLevel(t *testing.T) {
 	app := startLegacyApp(t, "app")
 	dir := t.TempDir()
@@ -72,13 +73,32 @@ func TestReloadTLSAndLogLevel(t *testing.T) {
 		t.Fatal("no debug line after the level became debug")
 	}
 
-	// A change of the log's output: refused, the new site serves on.
-	os.WriteFile(f, []byte(strings.Replace(roamfile("debug", other), "format json", "format console", 1)), 0o600)
-	if err := reload(); err == nil || !strings.Contains(err.Error(), "needs a restart") {
-		t.Fatalf("a log format change: %v", err)
+	// A log output that cannot be opened: refused with its place, the
+	// new site serves on.
+	bad := strings.Replace(roamfile("debug", other), "format json", "format json\n\t\toutput file "+filepath.Join(dir, "no", "such", "dir", "log"), 1)
+	os.WriteFile(f, []byte(bad), 0o600)
+	if err := reload(); err == nil || !strings.Contains(err.Error(), "output file") {
+		t.Fatalf("a log output that cannot be opened: %v", err)
 	}
 	if err := handshake("localhost"); err != nil {
 		t.Fatalf("after the refused reload: %v", err)
+	}
+	// Another format and a file: the next lines go there, as console.
+	logFile := filepath.Join(dir, "roamgate.log")
+	moved := strings.Replace(roamfile("debug", other), "format json", "format console\n\t\toutput file "+logFile, 1)
+	os.WriteFile(f, []byte(moved), 0o600)
+	if err := reload(); err != nil {
+		t.Fatalf("a log output change: %v", err)
+	}
+	getOver(t, dialEdge(t, addr, dataDir), addr)
+	eventually(t, "console lines in the new log file", func() bool {
+		b, _ := os.ReadFile(logFile)
+		// Console lines, no JSON ones ({"level":"info",...}).
+		return strings.Contains(string(b), "\tDEBUG\t") && !strings.Contains(string(b), `{"level":"`)
+	})
+	os.WriteFile(f, []byte(roamfile("debug", other)), 0o600)
+	if err := reload(); err != nil {
+		t.Fatalf("back to the first log settings: %v", err)
 	}
 
 	// The site removed: its name is served no more; back to info.
@@ -112,5 +132,17 @@ func getOver(t *testing.T, c *h3client.Conn, addr string) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
 		t.Fatalf("GET: %d", resp.StatusCode)
+	}
+}
+
+// eventually waits up to 10 s for cond.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -54,7 +54,7 @@ func serveLogged(ctx context.Context, cfg *configs.Config, o serveOptions, stdou
 		return err
 	}
 	defer func() { err = errors.Join(err, l.close()) }()
-	o.logger, o.accessLogger, o.level = l.logger, l.access, &l.level
+	o.logger, o.accessLogger, o.logs = l.logger, l.access, l
 	return serve(ctx, cfg, o)
 }
 
@@ -65,8 +65,8 @@ type serveOptions struct {
 	reloadable   bool          // cfg comes from a Roamfile: SIGHUP and roamgate reload re-read it
 	watch        time.Duration // with reloadable, how often to look for a change of the file; 0: never
 	logger       *zap.Logger
-	level        *zap.AtomicLevel // the logger's level, for reloads; nil: fixed
-	accessLogger *zap.Logger      // nil: the logger's "access" child
+	logs         *logs       // the loggers' settings, for reloads; nil: fixed
+	accessLogger *zap.Logger // nil: the logger's "access" child
 	// started, when set, runs once the listeners are up; an error stops
 	// serving.
 	started func(ctx context.Context, srv *proxy.Server, certs *tlsmgr.Manager) error
@@ -138,7 +138,7 @@ func serve(ctx context.Context, cfg *configs.Config, o serveOptions) (err error)
 	// every connection); so does `roamgate reload`, over the control
 	// socket in the data directory. Without a Roamfile (reverse-proxy)
 	// there is nothing to reload.
-	r := &reloader{srv: srv, certs: certs, level: o.level, dataDir: o.dataDir, logger: logger, cur: cfg}
+	r := &reloader{srv: srv, certs: certs, logs: o.logs, dataDir: o.dataDir, logger: logger, cur: cfg}
 	u := newUpgrader(sockets, logger)
 	stopControl := func(bool) {}
 	if o.reloadable {

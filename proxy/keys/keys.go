@@ -80,4 +80,3 @@ func Derive(secret, serverID []byte) Keys {
 	}
 	return k
 }
-
