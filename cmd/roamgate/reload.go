@@ -32,8 +32,8 @@ const controlSocket = "control.sock"
 type reloader struct {
 	srv     *proxy.Server
 	certs   *tlsmgr.Manager
-	logs    *logs // nil: the log settings cannot change
-	dataDir string           // as given to run (--data-dir), "" for the Roamfile's
+	logs    *logs  // nil: the log settings cannot change
+	dataDir string // as given to run (--data-dir), "" for the Roamfile's
 	logger  *zap.Logger
 
 	mu      sync.Mutex
