@@ -1,8 +1,10 @@
 package tlsmgr
 
 import (
+	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestCertificatesReady: not ready before Start, ready once the local CA's
@@ -30,7 +32,7 @@ func TestCertificatesReady(t *testing.T) {
 
 	const ca = "https://127.0.0.1:1/directory" // nothing listens on port 1
 	acme := startTestManager(t, Config{
-		DataDir:     t.TempDir(),
+		DataDir:     lingeringDir(t),
 		OnDemandAsk: "http://127.0.0.1:1/ask",
 		Sites: []Site{
 			{Names: []string{"localhost"}},
@@ -42,4 +44,25 @@ func TestCertificatesReady(t *testing.T) {
 	if want := "no certificate yet for app.example.com (acme " + ca + ")"; err == nil || err.Error() != want {
 		t.Fatalf("ACME name pending: %v, want %q", err, want)
 	}
+}
+
+// lingeringDir is a data directory for a manager whose background ACME
+// attempts may still write a lock file for a moment after Stop (certmagic
+// gives no way to wait for them): removed at the end with retries, where
+// t.TempDir's cleanup would fail the test on "directory not empty".
+func lingeringDir(t *testing.T) string {
+	dir, err := os.MkdirTemp("", "tlsmgr-acme-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for range 50 {
+			if os.RemoveAll(dir) == nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Errorf("could not remove %s", dir)
+	})
+	return dir
 }
