@@ -245,7 +245,10 @@ func (s *Sockets) PacketConn(conn *net.UDPConn) (net.PacketConn, error) {
 	if s.pred != nil {
 		hold = s.pred.released
 	}
-	us.fwd = newFwdConn(conn, s.gen, hold, s.logger)
+	fwd := newFwdConn(conn, s.gen, hold, s.logger)
+	s.mu.Lock()
+	us.fwd = fwd // Upgrade reads it under the lock
+	s.mu.Unlock()
 	if s.pred != nil {
 		if in, ok := s.take("link", us.key); ok {
 			c, err := net.FileConn(in.file)
