@@ -113,7 +113,9 @@ func (b *builder) global(blk *Block) {
 			b.report(c.Errf("already set at %s", seen[optionKey(seg)]))
 		default:
 			seen[optionKey(seg)] = c.Token().Pos()
-			if ex, ok := exclusiveOptions[name]; ok {
+			key := exclusiveKey(seg)
+			seen[key] = c.Token().Pos()
+			if ex, ok := exclusiveOptions[key]; ok {
 				if first, dup := seen[ex.other]; dup {
 					b.report(c.Errf("%s already set by %s at %s", ex.setting, ex.other, first))
 					continue

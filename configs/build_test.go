@@ -272,6 +272,56 @@ a {
 			}(),
 		},
 		{
+			name: "storage redis with data_dir",
+			src: `{
+	data_dir /var/lib/roamgate
+	storage redis {
+		address redis.internal:6380
+		db 2
+		username roamgate
+		password {$REDIS_PASSWORD}
+		key_prefix fleet-eu
+		tls on
+		tls_ca /etc/roamgate/redis-ca.pem
+		tls_server_name redis.internal
+		dial_timeout 2s
+	}
+}
+a { reverse_proxy b }`,
+			want: func() *Config {
+				c := defaults(Site{
+					Pos:       at(15, 1),
+					Addresses: []Address{{Pos: at(15, 1), Host: "a", Port: 443, Text: "a"}},
+					TLS:       TLS{Pos: at(15, 1)},
+					Routes:    only(proxy(at(15, 5), Upstream{Pos: at(15, 19), Addr: "b:80", Text: "b"})),
+				})
+				c.DataDir = "/var/lib/roamgate"
+				c.Redis = &RedisStorage{
+					Pos: at(3, 2), Address: "redis.internal:6380", DB: 2, Username: "roamgate", Password: "hunter2",
+					KeyPrefix: "fleet-eu", TLS: true, TLSCA: File{Pos: at(10, 10), Path: "/etc/roamgate/redis-ca.pem"},
+					TLSServerName: "redis.internal", DialTimeout: 2 * time.Second,
+				}
+				return c
+			}(),
+		},
+		{
+			name: "storage redis defaults, password file",
+			src:  "{\n\tstorage redis {\n\t\taddress [::1]:6379\n\t\tpassword_file /run/secrets/redis\n\t}\n}\na { reverse_proxy b }",
+			want: func() *Config {
+				c := defaults(Site{
+					Pos:       at(7, 1),
+					Addresses: []Address{{Pos: at(7, 1), Host: "a", Port: 443, Text: "a"}},
+					TLS:       TLS{Pos: at(7, 1)},
+					Routes:    only(proxy(at(7, 5), Upstream{Pos: at(7, 19), Addr: "b:80", Text: "b"})),
+				})
+				c.Redis = &RedisStorage{
+					Pos: at(2, 2), Address: "[::1]:6379", PasswordFile: File{Pos: at(4, 17), Path: "/run/secrets/redis"},
+					KeyPrefix: DefaultRedisKeyPrefix, DialTimeout: DefaultRedisDialTimeout,
+				}
+				return c
+			}(),
+		},
+		{
 			name: "one-line global block",
 			src:  "{ log { format json }; admin off }\na { reverse_proxy b }",
 			want: func() *Config {
@@ -460,6 +510,12 @@ func inSite(directives string) string { return "a.com {\n\t" + directives + "\n}
 // option is on line 2 at column 2.
 func inGlobal(options string) string { return "{\n\t" + options + "\n}\nb.com {\n\treverse_proxy c\n}" }
 
+// inRedis returns a Roamfile whose global block holds "storage redis" with
+// lines (from line 3, column 3).
+func inRedis(lines ...string) string {
+	return inGlobal("storage redis {\n\t\t" + strings.Join(lines, "\n\t\t") + "\n\t}")
+}
+
 // errorTest is a Roamfile and the error Parse returns for it, all lines.
 type errorTest struct {
 	name string
@@ -492,7 +548,7 @@ func testParseErrors(t *testing.T, tests []errorTest) {
 }
 
 func TestParseErrors(t *testing.T) {
-	site, global := inSite, inGlobal
+	site, global, redis := inSite, inGlobal, inRedis
 	tests := []errorTest{
 		// Structure.
 		{"empty file", "", "Roamfile:1:1: no site blocks"},
@@ -582,8 +638,8 @@ func TestParseErrors(t *testing.T) {
 		{"acme_ca_root missing", global("acme_ca_root"), `Roamfile:2:2: acme_ca_root: missing argument`},
 		{"acme_ca_root empty", global(`acme_ca_root ""`), `Roamfile:2:15: acme_ca_root: empty path`},
 		{"storage missing", global("storage"), `Roamfile:2:2: storage: missing argument`},
-		{"storage unknown module", global("storage redis localhost:6379"), `Roamfile:2:10: storage: unknown storage module "redis" (want file_system)`},
-		{"storage misspelt module", global("storage file_sytem /a"), `Roamfile:2:10: storage: unknown storage module "file_sytem" (want file_system)`},
+		{"storage unknown module", global("storage consul localhost:8500"), `Roamfile:2:10: storage: unknown storage module "consul" (want file_system, redis)`},
+		{"storage misspelt module", global("storage file_sytem /a"), `Roamfile:2:10: storage: unknown storage module "file_sytem" (did you mean file_system?)`},
 		{"storage without path", global("storage file_system"), `Roamfile:2:10: storage: file_system needs a path (want storage file_system PATH or storage file_system { root PATH })`},
 		{"storage empty block", global("storage file_system {\n\t}"), `Roamfile:2:10: storage: file_system needs a path (want storage file_system PATH or storage file_system { root PATH })`},
 		{"storage empty path", global(`storage file_system ""`), `Roamfile:2:22: storage: empty path`},
@@ -597,7 +653,30 @@ func TestParseErrors(t *testing.T) {
 		{"storage root empty", global("storage file_system { root \"\" }"), `Roamfile:2:29: storage: root: empty path`},
 		{"storage root twice", global("storage file_system {\n\t\troot /a\n\t\troot /b\n\t}"), `Roamfile:4:3: storage: root: already set at Roamfile:3:3`},
 		{"storage after data_dir", global("data_dir /a\n\tstorage file_system /b"), `Roamfile:3:2: storage: data directory already set by data_dir at Roamfile:2:2`},
-		{"data_dir after storage", global("storage file_system { root /b }\n\tdata_dir /a"), `Roamfile:3:2: data_dir: data directory already set by storage at Roamfile:2:2`},
+		{"data_dir after storage", global("storage file_system { root /b }\n\tdata_dir /a"), `Roamfile:3:2: data_dir: data directory already set by storage file_system at Roamfile:2:2`},
+		{"storage redis twice", global("storage redis { address a:1 }\n\tstorage redis { address b:1 }"), `Roamfile:3:2: storage: already set at Roamfile:2:2`},
+		{"storage redis and file_system", global("storage redis { address a:1 }\n\tstorage file_system /a"), `Roamfile:3:2: storage: already set at Roamfile:2:2`},
+		{"storage redis argument", global("storage redis localhost:6379"), `Roamfile:2:16: storage: unexpected argument "localhost:6379" (want storage redis { address HOST:PORT ... })`},
+		{"storage redis without block", global("storage redis"), `Roamfile:2:10: storage: redis needs a block (want storage redis { address HOST:PORT ... })`},
+		{"storage redis without address", global("storage redis {\n\t\tdb 1\n\t}"), `Roamfile:2:10: storage: redis: address required (want address HOST:PORT)`},
+		{"storage redis address without port", redis("address localhost"), `Roamfile:3:11: storage: address: invalid address "localhost" (want host:port, as in 10.0.0.7:6379)`},
+		{"storage redis address port 0", redis("address localhost:0"), `Roamfile:3:11: storage: address: invalid port "0" (want 1-65535)`},
+		{"storage redis address bad host", redis("address bad_host!:6379"), `Roamfile:3:11: storage: address: invalid host "bad_host!"`},
+		{"storage redis db", redis("address a:1", "db -1"), `Roamfile:4:6: storage: db: invalid database "-1" (want a number, 0 or more)`},
+		{"storage redis db word", redis("address a:1", "db one"), `Roamfile:4:6: storage: db: invalid database "one" (want a number, 0 or more)`},
+		{"storage redis unknown", redis("address a:1", "pasword x"), `Roamfile:4:3: storage: unknown subdirective "pasword" (did you mean password?)`},
+		{"storage redis twice set", redis("address a:1", "address b:1"), `Roamfile:4:3: storage: address: already set at Roamfile:3:3`},
+		{"storage redis two passwords", redis("address a:1", "password {$REDIS_PASSWORD}", "password_file /p"), `Roamfile:5:3: storage: password_file: the password is set already at Roamfile:4:3 (one source)`},
+		{"storage redis empty password", redis("address a:1", `password ""`), `Roamfile:4:12: storage: password: empty value`},
+		{"storage redis empty password_file", redis("address a:1", `password_file ""`), `Roamfile:4:17: storage: password_file: empty path`},
+		{"storage redis empty key_prefix", redis("address a:1", `key_prefix ""`), `Roamfile:4:14: storage: key_prefix: empty value`},
+		{"storage redis tls value", redis("address a:1", "tls yes"), `Roamfile:4:7: storage: tls: unknown value "yes" (want on, off)`},
+		{"storage redis tls_ca without tls", redis("address a:1", "tls_ca /ca.pem"), `Roamfile:4:3: storage: tls_ca: TLS is off (want tls on)`},
+		{"storage redis tls_server_name without tls", redis("address a:1", "tls off", "tls_server_name r"), `Roamfile:5:3: storage: tls_server_name: TLS is off (want tls on)`},
+		{"storage redis bad tls_server_name", redis("address a:1", "tls on", "tls_server_name a/b"), `Roamfile:5:19: storage: tls_server_name: invalid name "a/b"`},
+		{"storage redis dial_timeout", redis("address a:1", "dial_timeout 0s"), `Roamfile:4:16: storage: dial_timeout: duration "0s" must be positive`},
+		{"storage redis dial_timeout word", redis("address a:1", "dial_timeout soon"), `Roamfile:4:16: storage: dial_timeout: invalid duration "soon" (examples: 500ms, 5s, 2m, 1h30m)`},
+		{"storage redis two args", redis("address a:1 b:2"), `Roamfile:3:15: storage: address: unexpected argument "b:2"`},
 		{"on_demand_tls without block", global("on_demand_tls"), `Roamfile:2:2: on_demand_tls: ask is required (roamgate never issues certificates without asking)`},
 		{"on_demand_tls empty block", global("on_demand_tls {\n\t}"), `Roamfile:2:2: on_demand_tls: ask is required (roamgate never issues certificates without asking)`},
 		{"on_demand_tls argument", global("on_demand_tls http://localhost:9123/check"), `Roamfile:2:16: on_demand_tls: unexpected argument "http://localhost:9123/check"`},

@@ -62,9 +62,14 @@ type Config struct {
 	// HTTPS. Default 80. It differs from HTTPSPort unless both are 0.
 	HTTPPort int
 	// DataDir is the global data_dir option (or "storage file_system PATH"):
-	// where certificates, ACME accounts and the local CA are stored. Empty
-	// means the platform default (tlsmgr.DefaultDataDir).
+	// where certificates, ACME accounts and the local CA are stored, unless
+	// Redis is set, and the control socket and the lb_policy cookie key.
+	// Empty means the platform default (tlsmgr.DefaultDataDir).
 	DataDir string
+	// Redis is the global "storage redis { ... }" option: certificates,
+	// ACME accounts and the local CA in Redis, shared by a fleet; nil means
+	// in DataDir.
+	Redis *RedisStorage
 	// Email is the global email option: the ACME account email. Empty
 	// means none.
 	Email string

@@ -34,11 +34,24 @@ var globalOptions = map[string]func(b *builder, c *Cursor) error{
 	"zero_rtt":               zeroRTT,
 }
 
-// exclusiveOptions maps a global option to the other option that makes the
-// same setting, and names the setting: only one of the two may be written.
+// exclusiveOptions maps a global option (by exclusiveKey) to the other
+// option that makes the same setting, and names the setting: only one of
+// the two may be written. "storage redis" keeps the data directory, for
+// what is each instance's own, so data_dir goes with it.
 var exclusiveOptions = map[string]struct{ other, setting string }{
-	"data_dir": {"storage", "data directory"},
-	"storage":  {"data_dir", "data directory"},
+	"data_dir":            {"storage file_system", "data directory"},
+	"storage file_system": {"data_dir", "data directory"},
+}
+
+// exclusiveKey names a global option for exclusiveOptions: storage with
+// its module, any other by its name.
+func exclusiveKey(seg Segment) string {
+	c := NewCursor(seg)
+	c.Next()
+	if name := c.Val(); name == "storage" && c.NextArg() {
+		return name + " " + c.Val()
+	}
+	return c.Val()
 }
 
 // siteDirectives read the directives of a site block, or of one of its
@@ -102,20 +115,27 @@ func dataDir(b *builder, c *Cursor) error {
 
 var storageOptions = []string{"root"}
 
+var storageModules = []string{"file_system", "redis"}
+
 // storage reads "storage file_system PATH" or
 //
 //	storage file_system {
 //		root PATH
 //	}
 //
-// into DataDir. file_system is the only storage module.
+// into DataDir, or "storage redis { ... }" into Redis (see RedisStorage).
 func storage(b *builder, c *Cursor) error {
+	pos := c.Token().Pos()
 	if !c.NextArg() {
 		return c.ArgErr()
 	}
 	module := c.Token()
-	if module.Text != "file_system" {
-		return c.Errf("unknown storage module %q (want file_system)", module.Text)
+	switch module.Text {
+	case "redis":
+		return redisStorage(b, c, pos)
+	case "file_system":
+	default:
+		return c.Errf("unknown storage module %q%s", module.Text, orWant(didYouMean(module.Text, storageModules), " (want file_system, redis)"))
 	}
 	if c.NextArg() {
 		if c.Val() == "" {

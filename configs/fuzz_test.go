@@ -34,6 +34,7 @@ func addSeeds(f *testing.F) {
 			"h { reverse_proxy i; tls internal { on_demand } }",
 		"{ storage file_system { root /s }; http_port 443 }\na { reverse_proxy b; tls { email c@d; issuer internal } }",
 		"{ zero_rtt off; max_header_bytes 1MiB }\na { respond 404 }",
+		"{ data_dir /d; storage redis { address r:6379; db 1; username u; password p; key_prefix k; tls on; tls_ca c; tls_server_name r; dial_timeout 1s } }\na { respond 1 }",
 		"{ quic_lb { server_id 0a:3f; nonce_len 9; key 8f95f09245765f80256934e50c66207f; config_id 2; self_encode_length off } }\na { respond 1 }",
 		"a {\n\tredir https://{host}{uri} permanent\n\thandle /api/* {\n\t\treverse_proxy b { lb_policy cookie c; header_up Host {upstream_hostport} }\n" +
 			"\t\theader +X-A y\n\t}\n\thandle_path /s* { respond \"hi {path}\" 200 }\n\theader -Server\n}",

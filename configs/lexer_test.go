@@ -18,6 +18,8 @@ func testEnv(name string) (string, bool) {
 		"EMPTY": "",
 		"NL":    "a\nb",
 		"BRACE": "{",
+		// storage redis's password
+		"REDIS_PASSWORD": "hunter2",
 	}[name]
 	return v, ok
 }
