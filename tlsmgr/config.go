@@ -55,8 +55,14 @@ type Config struct {
 	// (certificates/), ACME accounts (acme/), the local CA (local_ca/) and
 	// storage locks (locks/). Processes that share it share certificates,
 	// accounts and the CA, and one of them solves each ACME challenge.
-	// Required; see DefaultDataDir.
+	// Required unless Redis is set; see DefaultDataDir.
 	DataDir string
+
+	// Redis, when set, keeps all of that in a Redis server instead, for a
+	// fleet without a shared file system (see NewStorage); DataDir is then
+	// unused here. With Redis down, certificates in memory keep serving;
+	// issuance and renewal wait for the storage and retry.
+	Redis *Redis
 
 	// Sites lists what to serve. Each name may appear in one site only.
 	Sites []Site
@@ -472,9 +478,10 @@ func (cfg Config) plan() (*plan, error) {
 // checkGlobals checks the settings of cfg that are not per site.
 func (cfg Config) checkGlobals() []error {
 	var errs []error
-	if cfg.DataDir == "" {
+	if cfg.DataDir == "" && cfg.Redis == nil {
 		errs = append(errs, errors.New("tls data directory is required"))
 	}
+	errs = append(errs, cfg.Redis.check()...)
 	if cfg.LeafLifetime != 0 && cfg.LeafLifetime < minLeafLifetime {
 		errs = append(errs, fmt.Errorf("tls leaf lifetime %s is shorter than the minimum %s", cfg.LeafLifetime, minLeafLifetime))
 	}

@@ -15,5 +15,8 @@
 // configs require client certificates in the handshakes of sites with client
 // CAs ([Site.ClientCAFiles], mutual TLS); [Manager.VerifyClientCert] checks a
 // request's connection against the site the request was routed to.
+// Certificates, ACME accounts and the local CA live in certmagic storage:
+// the data directory's files, or Redis for a fleet (sub-package
+// redisstore, tested against a real redis-server with redistest).
 // Tests run a real ACME CA with the acmetest sub-package.
 package tlsmgr

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"strings"
 	"sync"
@@ -69,6 +70,14 @@ const (
 //	roamgate_tls_certificates_obtained_total{issuer,renewal}
 //	roamgate_tls_certificate_failures_total{issuer,renewal}
 //	roamgate_tls_on_demand_decisions_total{result="allowed|denied"}
+//	roamgate_storage_errors_total{op}   (Config.Redis: failed storage commands)
+//
+// With Config.Redis the storage is shared by the instances of a fleet (see
+// redisstore): one of them obtains each certificate, under the storage's
+// lock, and the others load it. When Redis is down, handshakes are served
+// from the cache as before; obtaining and renewing wait for the storage
+// (certmagic retries with backoff), and each failed command is logged and
+// counted.
 //
 // Create it with New, load and issue certificates with Start, and release
 // the cache's goroutines with Stop. The TLS configs may be handed out before
@@ -146,7 +155,11 @@ func New(cfg Config, logger *zap.Logger) (*Manager, error) {
 	}
 
 	log := logger.Named("tls")
-	storage, err := NewStorage(cfg)
+	metrics, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	storage, err := newStorage(cfg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -154,11 +167,11 @@ func New(cfg Config, logger *zap.Logger) (*Manager, error) {
 	defer cancel()
 	ca, err := loadOrCreateLocalCA(ctx, storage, lifetime, log)
 	if err != nil {
+		closeStorage(storage)
 		return nil, err
 	}
-	metrics, err := newMetrics(cfg.Registerer)
-	if err != nil {
-		return nil, err
+	if s, ok := storage.(fmt.Stringer); ok {
+		log.Info("certificate storage", zap.Stringer("storage", s))
 	}
 
 	p.ask, p.askURL = ask, cfg.OnDemandAsk
@@ -361,6 +374,15 @@ func (m *Manager) Stop() {
 	m.cache.Stop()
 	if ask := m.cur.Load().ask; ask != nil {
 		ask.close()
+	}
+	closeStorage(m.storage)
+}
+
+// closeStorage closes a storage that holds connections (Redis), releasing
+// its locks. certmagic's workers that notice Stop late find it closed.
+func closeStorage(s certmagic.Storage) {
+	if c, ok := s.(io.Closer); ok {
+		_ = c.Close()
 	}
 }
 

@@ -18,10 +18,11 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/roamgate/roamgate/tlsmgr/acmetest"
+	"github.com/roamgate/roamgate/tlsmgr/redistest"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, acmetest.IgnoreCertmagicGoroutines...)
+	goleak.VerifyTestMain(m, append(acmetest.IgnoreCertmagicGoroutines, redistest.IgnoreGoroutines...)...)
 }
 
 // testLogger returns a logger for a Manager of t: warnings and errors go to

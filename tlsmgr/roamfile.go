@@ -36,7 +36,9 @@ var catchAllNames = []string{"localhost", "127.0.0.1", "::1"}
 //     an ephemeral port for tests, leaves certmagic assuming 80), and
 //     default_bind's first host as ListenHost;
 //   - the data directory: dataDir (the command line's --data-dir), else
-//     the Roamfile's data_dir, else DefaultDataDir.
+//     the Roamfile's data_dir, else DefaultDataDir; with "storage redis",
+//     Config.Redis too (the data directory then holds only what is the
+//     instance's own: the control socket, the cookie key).
 func ConfigFor(cfg *configs.Config, dataDir string) Config {
 	out := Config{
 		DataDir: dataDir,
@@ -57,6 +59,20 @@ func ConfigFor(cfg *configs.Config, dataDir string) Config {
 	}
 	if len(cfg.DefaultBind) > 0 {
 		out.ListenHost = cfg.DefaultBind[0]
+	}
+	if r := cfg.Redis; r != nil {
+		out.Redis = &Redis{
+			Address:       r.Address,
+			DB:            r.DB,
+			Username:      r.Username,
+			Password:      r.Password,
+			PasswordFile:  r.PasswordFile.Path,
+			KeyPrefix:     r.KeyPrefix,
+			TLS:           r.TLS,
+			TLSCAFile:     r.TLSCA.Path,
+			TLSServerName: r.TLSServerName,
+			DialTimeout:   r.DialTimeout,
+		}
 	}
 
 	seen := map[string]bool{}   // a name in several blocks (other ports) is managed once

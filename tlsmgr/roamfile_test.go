@@ -5,6 +5,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/roamgate/roamgate/configs"
 )
@@ -218,5 +219,42 @@ files.test {
 	}
 	if err := Validate(got); err != nil {
 		t.Fatalf("Validate: %v", err)
+	}
+}
+
+// TestConfigForRedis: "storage redis" becomes Config.Redis, and the data
+// directory stays (for the instance's own files), from data_dir or the
+// default.
+func TestConfigForRedis(t *testing.T) {
+	cfg, err := configs.Parse("Roamfile", []byte(`{
+	data_dir /local
+	storage redis {
+		address 10.0.0.7:6380
+		db 3
+		username rg
+		password pw
+		key_prefix eu
+		tls on
+		tls_ca /ca.pem
+		tls_server_name redis.internal
+		dial_timeout 2s
+	}
+}
+a.example.com {
+	reverse_proxy 127.0.0.1:1
+}
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := ConfigFor(cfg, "")
+	want := &Redis{Address: "10.0.0.7:6380", DB: 3, Username: "rg", Password: "pw", KeyPrefix: "eu",
+		TLS: true, TLSCAFile: "/ca.pem", TLSServerName: "redis.internal", DialTimeout: 2 * time.Second}
+	if !reflect.DeepEqual(got.Redis, want) || got.DataDir != "/local" {
+		t.Fatalf("ConfigFor: Redis %+v, data dir %q; want %+v, /local", got.Redis, got.DataDir, want)
+	}
+	cfg.DataDir = ""
+	if dd := ConfigFor(cfg, "").DataDir; dd != DefaultDataDir() {
+		t.Errorf("data dir with storage redis %q, want the default %q", dd, DefaultDataDir())
 	}
 }

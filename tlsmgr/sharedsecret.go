@@ -17,15 +17,6 @@ const sharedSecretKey = "roamgate/shared_secret"
 // sharedSecretLen is the length of a secret made for the storage.
 const sharedSecretLen = 32
 
-// NewStorage returns the certificate storage cfg names: the one every
-// instance of a fleet shares when they share it.
-func NewStorage(cfg Config) (certmagic.Storage, error) {
-	if cfg.DataDir == "" {
-		return nil, errors.New("tls: no data directory")
-	}
-	return &certmagic.FileStorage{Path: cfg.DataDir}, nil
-}
-
 // SharedSecret returns the secret of shared_keys' "secret storage": the
 // one in storage, or, when there is none yet, a new random one stored
 // there under the storage's lock, so that instances starting together

@@ -19,7 +19,7 @@ import (
 // and checked; an error changes nothing (the running config keeps serving)
 // and carries the positions of the sites (Site.Source) as New's do. So is a
 // change of the settings that New bakes into the cache, the local CA and
-// the challenge solvers (DataDir, LeafLifetime, HTTPPort, TLSPort,
+// the challenge solvers (DataDir, Redis, LeafLifetime, HTTPPort, TLSPort,
 // ListenHost, RenewCheckInterval, OCSPCheckInterval, RenewalWindowRatio):
 // they need a restart. Config.Registerer is not looked at; the metrics stay
 // where New registered them.
@@ -264,6 +264,9 @@ func (m *Manager) checkRestart(cfg Config) error {
 	if cfg.DataDir != was.DataDir {
 		differ("data directory", fmt.Sprintf("%q", was.DataDir), fmt.Sprintf("%q", cfg.DataDir))
 	}
+	if describeRedis(cfg.Redis) != describeRedis(was.Redis) {
+		differ("storage", describeRedis(was.Redis), describeRedis(cfg.Redis))
+	}
 	if cfg.LeafLifetime != was.LeafLifetime {
 		differ("leaf lifetime", was.LeafLifetime, cfg.LeafLifetime)
 	}
@@ -286,4 +289,17 @@ func (m *Manager) checkRestart(cfg Config) error {
 		differ("renewal window ratio", was.RenewalWindowRatio, cfg.RenewalWindowRatio)
 	}
 	return errors.Join(errs...)
+}
+
+// describeRedis names a Redis storage setting for checkRestart, without
+// its password: "files" for none.
+func describeRedis(r *Redis) string {
+	if r == nil {
+		return "files"
+	}
+	c := *r
+	if c.Password != "" {
+		c.Password = "(set)"
+	}
+	return fmt.Sprintf("redis %+v", c)
 }

@@ -166,10 +166,15 @@ func TestUpdateNeedsRestart(t *testing.T) {
 	other := cfg
 	other.DataDir = t.TempDir()
 	other.LeafLifetime = 2 * time.Hour
+	other.Redis = &Redis{Address: "127.0.0.1:6379", Password: "secret"}
 	other.Sites = localSites("localhost", "new.internal")
 	err := m.Update(t.Context(), other)
-	if !errorsContain(err, "tls data directory changed from", "tls leaf lifetime changed from 0s to 2h0m0s, which needs a restart") {
+	if !errorsContain(err, "tls data directory changed from", "tls leaf lifetime changed from 0s to 2h0m0s, which needs a restart",
+		"tls storage changed from files to redis {Address:127.0.0.1:6379") {
 		t.Fatalf("Update: %v", err)
+	}
+	if strings.Contains(err.Error(), "secret") {
+		t.Errorf("the refusal shows the Redis password: %v", err)
 	}
 	if m.plan().routes["new.internal"] != nil {
 		t.Error("a refused Update was applied")

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -37,6 +38,9 @@ func sharedSecret(ctx context.Context, cfg *configs.Config, tcfg tlsmgr.Config) 
 	storage, err := tlsmgr.NewStorage(tcfg)
 	if err != nil {
 		return nil, err
+	}
+	if c, ok := storage.(io.Closer); ok { // Redis: its connections
+		defer c.Close()
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()

@@ -87,7 +87,8 @@ func (s *Storage) TryLock(ctx context.Context, name string) (bool, error) {
 	return true, nil
 }
 
-// Unlock releases the lock name, which this Storage must hold. It fails
+// Unlock releases the lock name, which this Storage must hold (or held
+// when Close released it: that is no error). It fails
 // when the server cannot be reached (the lock then expires after LockTTL)
 // or when the lock had expired, after the server could not be reached for
 // a LockTTL, and may have been taken by another instance meanwhile.
@@ -97,6 +98,11 @@ func (s *Storage) Unlock(ctx context.Context, name string) error {
 	delete(s.held, name)
 	s.mu.Unlock()
 	if h == nil {
+		select {
+		case <-s.closed:
+			return nil // Close released it (certmagic's workers unlock after Stop)
+		default:
+		}
 		return fmt.Errorf("unlock %q: not locked by this storage", name)
 	}
 	close(h.stop)

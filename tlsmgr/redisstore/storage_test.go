@@ -27,7 +27,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, redistest.IgnoreGoroutines...)
 }
 
 // newStorage returns a Storage on srvAddr with opts (Address set), closed

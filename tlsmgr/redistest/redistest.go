@@ -26,6 +26,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 // Options configures a Server.
@@ -206,4 +208,12 @@ func freePort(t testing.TB) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// IgnoreGoroutines are the goleak options for go-redis's goroutines that a
+// closed client leaves behind for a moment: after a run of failed dials
+// (Redis down) its pool probes the server once a second, and notices the
+// Close only at its next wake-up.
+var IgnoreGoroutines = []goleak.Option{
+	goleak.IgnoreAnyFunction("github.com/redis/go-redis/v9/internal/pool.(*ConnPool).tryDial"),
 }
