@@ -61,11 +61,9 @@ func TestKubernetesManifests(t *testing.T) {
 					Kind string
 					Data map[string]string
 					Spec struct {
-						Containers []struct {
-							Name           string
-							VolumeMounts   []struct{ MountPath string } `yaml:"volumeMounts"`
-							LivenessProbe  probe                        `yaml:"livenessProbe"`
-							ReadinessProbe probe                        `yaml:"readinessProbe"`
+						podSpec  `yaml:",inline"` // a Pod's
+						Template struct {
+							Spec podSpec // a Deployment's
 						}
 					}
 				}
@@ -77,7 +75,7 @@ func TestKubernetesManifests(t *testing.T) {
 				if doc.Kind == "ConfigMap" && doc.Data["Roamfile"] != "" {
 					roamfiles = append(roamfiles, doc.Data["Roamfile"])
 				}
-				for _, c := range doc.Spec.Containers {
+				for _, c := range append(doc.Spec.Containers, doc.Spec.Template.Spec.Containers...) {
 					if c.Name == "roamgate" {
 						for _, m := range c.VolumeMounts {
 							mounts = append(mounts, m.MountPath)
@@ -95,6 +93,13 @@ func TestKubernetesManifests(t *testing.T) {
 					t.Fatal(err)
 				}
 				checkProbes(t, probes, cfg, mounts)
+				if r := cfg.Redis; r != nil {
+					for _, p := range []string{r.PasswordFile.Path, r.TLSCA.Path} {
+						if p != "" && !mounted(p, mounts) {
+							t.Errorf("storage redis: %s is not under any of the roamgate container's mounts %v", p, mounts)
+						}
+					}
+				}
 				for _, s := range cfg.Sites {
 					for _, p := range []string{s.TLS.CertFile, s.TLS.KeyFile, cfg.DataDir} {
 						if p != "" && !mounted(p, mounts) {
@@ -114,6 +119,16 @@ func mounted(path string, mounts []string) bool {
 		}
 	}
 	return false
+}
+
+// podSpec is the part of a pod's spec the test reads.
+type podSpec struct {
+	Containers []struct {
+		Name           string
+		VolumeMounts   []struct{ MountPath string } `yaml:"volumeMounts"`
+		LivenessProbe  probe                        `yaml:"livenessProbe"`
+		ReadinessProbe probe                        `yaml:"readinessProbe"`
+	}
 }
 
 // probe is the part of a Kubernetes probe the examples use.
