@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/netip"
 	"os"
@@ -19,11 +20,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/roamgate/roamgate/configs"
 	"github.com/roamgate/roamgate/examples/legacyapp"
 	"github.com/roamgate/roamgate/proxy/h3client"
 	"github.com/roamgate/roamgate/proxy/quiclb"
 	"github.com/roamgate/roamgate/proxy/quiclb/quiclbtest"
 	"github.com/roamgate/roamgate/tlsmgr"
+	"github.com/roamgate/roamgate/tlsmgr/redistest"
 )
 
 // fleetInstance is one `roamgate run` process of a fleet.
@@ -33,6 +36,7 @@ type fleetInstance struct {
 	addr    netip.AddrPort // its UDP port
 	logPath string
 	dataDir string
+	config  string
 	exited  chan error
 }
 
@@ -54,6 +58,10 @@ const fleetRoamfile = `{
 	shared_keys {
 		secret %s
 	}
+	storage redis {
+		address %s
+		key_prefix fleet
+	}
 }
 127.0.0.1:0 {
 	reverse_proxy %s {
@@ -63,21 +71,24 @@ const fleetRoamfile = `{
 `
 
 // startFleet starts n instances of the freshly built roamgate, the same
-// Roamfile apart from the server ID and the data directory, with one
-// shared secret.
+// Roamfile apart from the server ID and the data directory (each
+// instance's own control socket), with one shared secret and one Redis
+// for the certificates.
 func startFleet(t *testing.T, n int, backends string) []*fleetInstance {
 	t.Helper()
 	bins, err := binaries()
 	if err != nil {
 		t.Fatal(err)
 	}
+	redis := redistest.Start(t, redistest.Options{})
 	root := t.TempDir()
 	secret := hex.EncodeToString(bytes.Repeat([]byte{0x5e}, 32))
 	var out []*fleetInstance
 	for i := range n {
 		in := &fleetInstance{id: []byte{byte(i + 1)}, exited: make(chan error, 1),
 			dataDir: filepath.Join(root, fmt.Sprint("data", i)), logPath: filepath.Join(root, fmt.Sprint("roamgate", i, ".log"))}
-		cfg := writeFile(t, root, fmt.Sprint("Roamfile", i), fmt.Sprintf(fleetRoamfile, in.dataDir, hex.EncodeToString(in.id), secret, backends))
+		cfg := writeFile(t, root, fmt.Sprint("Roamfile", i), fmt.Sprintf(fleetRoamfile, in.dataDir, hex.EncodeToString(in.id), secret, redis.Addr(), backends))
+		in.config = cfg
 		logFile, err := os.Create(in.logPath)
 		if err != nil {
 			t.Fatal(err)
@@ -173,18 +184,15 @@ func testFleet(t *testing.T, byCID bool) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { lb.Close() })
+	// One local CA for the fleet, in Redis.
 	pool := x509.NewCertPool()
-	for _, in := range fleet {
-		waitFile(t, tlsmgr.RootCertPath(in.dataDir))
-		pem, _ := os.ReadFile(tlsmgr.RootCertPath(in.dataDir))
-		pool.AppendCertsFromPEM(pem)
-	}
+	pool.AppendCertsFromPEM(fleetRoot(t, fleet[0]))
 	tlsConf := &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
 	pids := make([]int, len(fleet))
 	for i, in := range fleet {
 		pids[i] = in.cmd.Process.Pid
 	}
-	instanceOf := func(remote string) int {
+	instanceOf := func(remote connEnds) int {
 		pid := socketOwner(t, remote, pids...)
 		for i, p := range pids {
 			if p == pid {
@@ -219,7 +227,7 @@ func testFleet(t *testing.T, byCID bool) {
 				cookie = ck.Value
 			}
 		}
-		r.upstream, r.remote = upstreamConn{lr.App, lr.Conn}, lr.Remote
+		r.upstream, r.ends = upstreamConn{lr.App, lr.Conn}, connEnds{lr.Remote, lr.Local}
 		return r, cookie
 	}
 
@@ -251,7 +259,7 @@ func testFleet(t *testing.T, byCID bool) {
 			c.Close()
 			return r.err
 		}
-		clients[i] = &fleetClient{conn: c, cookie: cookie, home: r.upstream, instance: instanceOf(r.remote)}
+		clients[i] = &fleetClient{conn: c, cookie: cookie, home: r.upstream, instance: instanceOf(r.ends)}
 		return nil
 	}) {
 		if err != nil {
@@ -289,8 +297,8 @@ func testFleet(t *testing.T, byCID bool) {
 				return r.err
 			case r.upstream != c.home:
 				return fmt.Errorf("upstream connection %v, was %v", r.upstream, c.home)
-			case instanceOf(r.remote) != c.instance:
-				return fmt.Errorf("served by instance %d, was %d", instanceOf(r.remote), c.instance)
+			case instanceOf(r.ends) != c.instance:
+				return fmt.Errorf("served by instance %d, was %d", instanceOf(r.ends), c.instance)
 			}
 		}
 		return nil
@@ -353,7 +361,7 @@ func testFleet(t *testing.T, byCID bool) {
 		if r.upstream.app != c.home.app {
 			t.Errorf("client %d: back on %s, its cookie names %s", i, r.upstream.app, c.home.app)
 		}
-		if in := instanceOf(r.remote); in == dead || in < 0 {
+		if in := instanceOf(r.ends); in == dead || in < 0 {
 			t.Errorf("client %d served by instance %d", i, in)
 		}
 		came++
@@ -361,14 +369,27 @@ func testFleet(t *testing.T, byCID bool) {
 	t.Logf("instance %x killed: %d clients reconnected to the others, each to its backend by cookie", fleet[dead].id, came)
 }
 
-// waitFile waits until a file exists (the local CA is made at start).
-func waitFile(t *testing.T, name string) {
+// fleetRoot reads the fleet's local CA root from the storage the
+// instance's Roamfile names (Redis).
+func fleetRoot(t *testing.T, in *fleetInstance) []byte {
 	t.Helper()
+	cfg, err := configs.Load(in.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	storage, err := tlsmgr.NewStorage(tlsmgr.ConfigFor(cfg, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, ok := storage.(io.Closer); ok {
+		defer c.Close()
+	}
 	for range 500 {
-		if _, err := os.Stat(name); err == nil {
-			return
+		if b, err := storage.Load(t.Context(), "local_ca/local/root.crt"); err == nil {
+			return b
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Fatalf("no %s", name)
+	t.Fatal("no local CA root in the storage")
+	return nil
 }

@@ -152,6 +152,10 @@ func startUpgradeFixture(t *testing.T, mode string) *upgradeFixture {
 	return f
 }
 
+// connEnds are the two ends of an upstream connection: roamgate's (local)
+// and the backend's (peer).
+type connEnds struct{ local, peer string }
+
 // upstreamConn names the upstream connection that carried a request: the
 // app and its connection number.
 type upstreamConn struct {
@@ -167,7 +171,7 @@ type result struct {
 	err      error
 	gen      string
 	upstream upstreamConn
-	remote   string // roamgate's end of the upstream connection
+	ends     connEnds // the upstream connection's addresses
 }
 
 // loadClient is an HTTP/3 client of the load with two requests in flight.
@@ -195,7 +199,7 @@ func (lc *loadClient) get(ctx context.Context) result {
 		return r
 	}
 	r.latency = time.Since(r.start)
-	r.gen, r.upstream, r.remote = resp.Header.Get("X-Gen"), upstreamConn{lr.App, lr.Conn}, lr.Remote
+	r.gen, r.upstream, r.ends = resp.Header.Get("X-Gen"), upstreamConn{lr.App, lr.Conn}, connEnds{lr.Remote, lr.Local}
 	return r
 }
 
@@ -223,14 +227,19 @@ func load(ctx context.Context, clients []*loadClient, out *[]result, mu *sync.Mu
 	return func() { cancel(); wg.Wait() }
 }
 
-// socketOwner returns which of pids holds the TCP socket whose local
-// address is addr (127.0.0.1:PORT), or 0: roamgate's end of an upstream
-// connection tells which process opened it.
-func socketOwner(t testing.TB, addr string, pids ...int) int {
+// socketOwner returns which of pids holds the TCP socket of the upstream
+// connection conn names (roamgate's end at local, the backend's at peer,
+// both 127.0.0.1:PORT), or 0: it tells which process opened it. Both ends
+// are matched, as Linux reuses a local port for connections to other
+// peers.
+func socketOwner(t testing.TB, conn connEnds, pids ...int) int {
 	t.Helper()
-	_, port, _ := strings.Cut(addr, ":")
-	p, _ := strconv.Atoi(port)
-	want := fmt.Sprintf("0100007F:%04X", p)
+	hexAddr := func(a string) string {
+		_, port, _ := strings.Cut(a, ":")
+		p, _ := strconv.Atoi(port)
+		return fmt.Sprintf("0100007F:%04X", p)
+	}
+	local, peer := hexAddr(conn.local), hexAddr(conn.peer)
 	fh, err := os.Open("/proc/net/tcp")
 	if err != nil {
 		t.Fatal(err)
@@ -240,7 +249,7 @@ func socketOwner(t testing.TB, addr string, pids ...int) int {
 	sc := bufio.NewScanner(fh)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
-		if len(f) > 9 && f[1] == want && f[9] != "0" { // not a TIME_WAIT left by an earlier one
+		if len(f) > 9 && f[1] == local && f[2] == peer && f[9] != "0" { // not a TIME_WAIT left by an earlier one
 			inode = f[9]
 		}
 	}
@@ -268,7 +277,7 @@ type tcpResult struct {
 
 // tcpLoad sends requests one after another over HTTP/2 (h2) or HTTP/1.1
 // with keep-alive until ctx ends.
-func tcpLoad(ctx context.Context, addr, dataDir string, h2 bool, whose func(remote string) int) []tcpResult {
+func tcpLoad(ctx context.Context, addr, dataDir string, h2 bool, whose func(connEnds) int) []tcpResult {
 	pem, err := os.ReadFile(tlsmgr.RootCertPath(dataDir))
 	if err != nil {
 		return []tcpResult{{err: err}}
@@ -298,7 +307,7 @@ func tcpLoad(ctx context.Context, addr, dataDir string, h2 bool, whose func(remo
 				r.err = fmt.Errorf("served over %s", resp.Proto)
 			}
 			resp.Body.Close()
-			r.owner = whose(lr.Remote)
+			r.owner = whose(connEnds{lr.Remote, lr.Local})
 		}
 		out = append(out, r)
 		time.Sleep(10 * time.Millisecond)
@@ -368,7 +377,7 @@ func testUpgradeUnderLoad(t *testing.T, mode string) {
 	tcpCtx, stopTCP := context.WithCancel(ctx)
 	var pidsMu sync.Mutex
 	pids := []int{oldPID}
-	whose := func(remote string) int {
+	whose := func(remote connEnds) int {
 		pidsMu.Lock()
 		defer pidsMu.Unlock()
 		return socketOwner(t, remote, pids...)
@@ -484,7 +493,7 @@ func testUpgradeUnderLoad(t *testing.T, mode string) {
 		if r.err != nil {
 			t.Fatalf("new client: %v", r.err)
 		}
-		if owner := socketOwner(t, r.remote, oldPID, newPID); owner != newPID {
+		if owner := socketOwner(t, r.ends, oldPID, newPID); owner != newPID {
 			t.Fatalf("new client %d served over an upstream connection of process %d (old %d, new %d)", i, owner, oldPID, newPID)
 		}
 		if r.gen != "2" {
@@ -577,7 +586,7 @@ func testUpgradeUnderLoad(t *testing.T, mode string) {
 		if r.err != nil {
 			t.Fatalf("client %d after the upgrade: %v", c.id, r.err)
 		}
-		owners[socketOwner(t, r.remote, oldPID, newPID)]++
+		owners[socketOwner(t, r.ends, oldPID, newPID)]++
 		if !sets[c.id][r.upstream] {
 			t.Errorf("client %d: upstream connection %v is new (had %v)", c.id, r.upstream, sets[c.id])
 		}
@@ -617,7 +626,7 @@ func testUpgradeUnderLoad(t *testing.T, mode string) {
 	}
 	// The new one serves on, and answers the control socket.
 	lc := &loadClient{id: 200, conn: dialEdge(t, addr, f.dataDir), addr: addr}
-	if r := lc.get(ctx); r.err != nil || socketOwner(t, r.remote, newPID) != newPID {
+	if r := lc.get(ctx); r.err != nil || socketOwner(t, r.ends, newPID) != newPID {
 		t.Fatalf("after the old process left: %v", r.err)
 	}
 	lc.conn.Close()
@@ -655,7 +664,7 @@ func TestFailedUpgradeKeepsServing(t *testing.T) {
 		if r.err != nil || r.upstream != first.upstream {
 			t.Fatalf("%s: %v over %v (was %v)", when, r.err, r.upstream, first.upstream)
 		}
-		if owner := socketOwner(t, r.remote, f.cmd.Process.Pid); owner != f.cmd.Process.Pid {
+		if owner := socketOwner(t, r.ends, f.cmd.Process.Pid); owner != f.cmd.Process.Pid {
 			t.Fatalf("%s: served by process %d", when, owner)
 		}
 	}

@@ -24,6 +24,7 @@ type Request struct {
 	Conn          int    `json:"conn"`         // the TCP connection, numbered from 1 in accept order
 	ConnRequest   int    `json:"conn_request"` // the request's number on its connection
 	Remote        string `json:"remote"`       // the TCP peer: roamgate's upstream socket
+	Local         string `json:"local"`        // the app's end of the connection
 	XForwardedFor string `json:"x_forwarded_for"`
 	Forwarded     string `json:"forwarded"`
 	Client        string `json:"client,omitempty"` // the X-Client header, a label tests give their clients
@@ -113,13 +114,20 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request) {
 	a.mu.Lock()
 	cs.requests++
 	req := Request{
-		Conn: cs.id, ConnRequest: cs.requests, Remote: r.RemoteAddr,
+		Conn: cs.id, ConnRequest: cs.requests, Remote: r.RemoteAddr, Local: localAddr(r),
 		XForwardedFor: r.Header.Get("X-Forwarded-For"), Forwarded: r.Header.Get("Forwarded"),
 		Client: r.Header.Get("X-Client"), Method: r.Method, Path: r.URL.Path, App: a.name,
 	}
 	a.seen = append(a.seen, req)
 	a.mu.Unlock()
 	a.handler.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), requestKey{}, req)))
+}
+
+func localAddr(r *http.Request) string {
+	if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+		return a.String()
+	}
+	return ""
 }
 
 // Seen returns what the app recorded of the request being served, for
