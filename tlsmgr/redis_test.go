@@ -42,10 +42,14 @@ type redisFleet struct {
 	next     atomic.Uint64
 }
 
-func newRedisFleet(t *testing.T) *redisFleet {
+func newRedisFleet(t *testing.T) *redisFleet { return newRedisFleetValidity(t, 0) }
+
+// newRedisFleetValidity is newRedisFleet with certificates valid that long
+// (0: Pebble's default).
+func newRedisFleetValidity(t *testing.T, validity time.Duration) *redisFleet {
 	t.Helper()
 	f := &redisFleet{redis: redistest.Start(t, redistest.Options{}), httpLn: listenTCP(t), prefix: "fleet-" + uniqueName("t")}
-	f.ca = acmetest.Start(t, acmetest.Options{HTTPPort: tcpPort(f.httpLn)})
+	f.ca = acmetest.Start(t, acmetest.Options{HTTPPort: tcpPort(f.httpLn), Validity: validity})
 	serveHTTP(t, f.httpLn, http.HandlerFunc(f.serveChallenge))
 	return f
 }
@@ -208,6 +212,47 @@ func TestRedisFleetOrdersOnce(t *testing.T) {
 			t.Errorf("after Redis came back, instance %d: serial %s, %v", i, s, err)
 		}
 	}
+}
+
+// TestRedisFleetRenewsOnce: when a certificate three instances share
+// falls due, one of them renews it (Pebble gets one more order) and the
+// renewed certificate reaches the other two from the storage: all three
+// serve its serial.
+func TestRedisFleetRenewsOnce(t *testing.T) {
+	f := newRedisFleetValidity(t, 30*time.Second)
+	name := uniqueName("renew")
+	var fleet []*instance
+	for range 3 {
+		cfg := f.config(t, f.redis.Addr(), name)
+		cfg.RenewalWindowRatio = 0.8 // due 6 s after issuance
+		cfg.RenewCheckInterval = 200 * time.Millisecond
+		fleet = append(fleet, f.start(t, cfg, testLogger(t)))
+	}
+	roots := f.ca.IssuingRoots()
+	first := waitForCert(t, fleet[0].addr, name, roots)
+	for i, in := range fleet[1:] {
+		if s := waitForCert(t, in.addr, name, roots); s.SerialNumber.Cmp(first.SerialNumber) != 0 {
+			t.Fatalf("instance %d serves serial %s, instance 0 %s", i+1, s.SerialNumber, first.SerialNumber)
+		}
+	}
+	issued := time.Now()
+	var renewed string
+	waitFor(t, 20*time.Second, "all three to serve one renewed certificate", func() bool {
+		var serials []string
+		for _, in := range fleet {
+			s, err := serial(t, in.addr, name, roots)
+			if err != nil || s == first.SerialNumber.String() {
+				return false
+			}
+			serials = append(serials, s)
+		}
+		renewed = serials[0]
+		return serials[1] == renewed && serials[2] == renewed
+	})
+	if n := f.ca.Orders(name); n != 2 {
+		t.Errorf("Pebble got %d orders for %s (the first and the renewal), want 2", n, name)
+	}
+	t.Logf("renewed once by one of three instances, served by all %v after the first was issued (2 orders)", time.Since(issued).Round(time.Millisecond))
 }
 
 // storageErrorCount sums roamgate_storage_errors_total in reg.
