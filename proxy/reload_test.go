@@ -22,6 +22,7 @@ import (
 	"github.com/roamgate/roamgate/configs"
 	"github.com/roamgate/roamgate/examples/legacyapp"
 	"github.com/roamgate/roamgate/proxy/h3client"
+	"github.com/roamgate/roamgate/proxy/h3client/edgetest"
 )
 
 // generation is a Roamfile for the reload tests: one site on an ephemeral
@@ -469,27 +470,6 @@ func TestRefusedReloadChangesNoPool(t *testing.T) {
 	}
 }
 
-// freePort returns a port free on 127.0.0.1 for UDP and TCP (a moment
-// ago).
-func freePort(t *testing.T) int {
-	t.Helper()
-	for range 20 {
-		u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := u.LocalAddr().(*net.UDPAddr).Port
-		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
-		u.Close()
-		if err == nil {
-			l.Close()
-			return p
-		}
-	}
-	t.Fatal("no free port")
-	return 0
-}
-
 // TestReloadPorts (issue 14): a reload that adds a site on a new port
 // opens it (HTTP/3 and TLS over TCP); the port that stays keeps its
 // sockets and its connections (the same upstream connection answers); a
@@ -500,7 +480,7 @@ func TestReloadPorts(t *testing.T) {
 	h := startProxy(t, generation("1", "", app.Addr()), nil)
 	c := h.dial(t)
 	first := seen(t, c, h, "c")
-	port := freePort(t)
+	port := edgetest.FreePort(t)
 	twoSites := generation("2", "", app.Addr()) + "localhost:" + strconv.Itoa(port) + " {\n\trespond \"second port\"\n}\n"
 	if err := h.srv.Reload(mustParse(t, twoSites)); err != nil {
 		t.Fatal(err)

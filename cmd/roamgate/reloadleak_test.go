@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/roamgate/roamgate/proxy/h3client/edgetest"
 )
 
 // openFDs counts this process's open descriptors.
@@ -57,7 +59,7 @@ func TestHundredReloadsUnderLoad(t *testing.T) {
 	dir := t.TempDir()
 	dataDir := filepath.Join(dir, "data")
 	base := "{\n\tdefault_bind 127.0.0.1\n\tdata_dir " + dataDir + "\n\tlog {\n\t\tlevel warn\n\t}\n\tlog access off\n}\n"
-	port := strconv.Itoa(freeLoopbackPort(t))
+	port := strconv.Itoa(edgetest.FreePort(t))
 	a := base + "127.0.0.1:0 {\n\theader X-Gen a\n\treverse_proxy " + app.addr + "\n}\n"
 	b := base + "127.0.0.1:0 {\n\theader X-Gen b\n\thandle /b* {\n\t\trespond \"b\"\n\t}\n\treverse_proxy " + app.addr + "\n}\n" +
 		"localhost:" + port + " {\n\trespond \"second\"\n}\n"
@@ -147,29 +149,4 @@ func TestHundredReloadsUnderLoad(t *testing.T) {
 	if heap2 > heap+4<<20 {
 		t.Errorf("heap in use grew from %d to %d bytes", heap, heap2)
 	}
-}
-
-// freeLoopbackPort returns a port free on 127.0.0.1 for UDP and TCP (a
-// moment ago).
-func freeLoopbackPort(t *testing.T) int {
-	t.Helper()
-	for range 20 {
-		u, err := netListenUDP()
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := u.LocalAddr().(*net.UDPAddr).Port
-		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
-		u.Close()
-		if err == nil {
-			l.Close()
-			return p
-		}
-	}
-	t.Fatal("no free port")
-	return 0
-}
-
-func netListenUDP() (*net.UDPConn, error) {
-	return net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 }

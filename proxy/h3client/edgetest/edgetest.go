@@ -25,6 +25,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -503,4 +504,25 @@ func waitOrFail(t testing.TB, what string, wg *sync.WaitGroup) {
 		t.Errorf("edgetest: %s still running a second after shutdown", what)
 		<-done
 	}
+}
+
+// FreePort returns a port that was free on 127.0.0.1 for both UDP and TCP
+// a moment ago, for a test that must name a port before binding it.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	for range 20 {
+		u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := u.LocalAddr().(*net.UDPAddr).Port
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
+		u.Close()
+		if err == nil {
+			l.Close()
+			return p
+		}
+	}
+	t.Fatal("no port free for both UDP and TCP")
+	return 0
 }
