@@ -1,10 +1,12 @@
 package proxy
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -27,8 +29,9 @@ type HTTPChallenger interface {
 // site's certificates come from ACME; HTTP/3 needs TLS, and a sidecar with
 // a local or file certificate has no use for port 80.
 type httpPort struct {
-	srv *http.Server
-	lns []net.Listener
+	srv    *http.Server
+	lns    []net.Listener
+	closed atomic.Bool // by CloseHTTPPort: its serving loops end as planned
 }
 
 // listenHTTP binds the HTTP port on every bind host. Serve installs its
@@ -57,12 +60,66 @@ func (s *Server) listenHTTP(hosts []string) error {
 }
 
 func (s *Server) serveHTTP() {
-	if s.http == nil {
+	hp := s.http
+	if hp == nil {
 		return
 	}
-	for _, ln := range s.http.lns {
-		s.goServe("http serving stopped", "http", ln.Addr(), func() error { return s.http.srv.Serve(ln) })
+	for _, ln := range hp.lns {
+		s.goServe("http serving stopped", "http", ln.Addr(), func() error {
+			err := hp.srv.Serve(ln)
+			if hp.closed.Load() {
+				return errPortRemoved
+			}
+			return err
+		})
 		s.logger.Info("listening", zap.Stringer("http", ln.Addr()), zap.Strings("protocols", []string{"http/1.1 (acme, redirect)"}))
+	}
+}
+
+// OpenHTTPPort binds and serves the plain-HTTP port (http_port) on a
+// serving server that runs without it, which a reload needs when its
+// configuration obtains certificates from ACME for the first time:
+// HTTP-01 challenges are answered there, and plain-HTTP requests are
+// redirected. It reports whether it opened the port (false when it was
+// open already); CloseHTTPPort undoes it. Once open, the port stays open
+// until the server stops.
+func (s *Server) OpenHTTPPort() (opened bool, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.http != nil:
+		return false, nil
+	case !s.served || s.shutdown || s.draining:
+		return false, errors.New("proxy: the HTTP port opens on a serving server only")
+	}
+	ch, ok := s.certs.(HTTPChallenger)
+	if !ok {
+		return false, errors.New("proxy: the HTTP port needs a certificate source that answers ACME challenges")
+	}
+	if err := s.listenHTTP(s.bindHosts()); err != nil {
+		return false, err
+	}
+	s.http.srv.Handler = ch.HTTPChallengeHandler(&redirectHandler{srv: s})
+	s.serveHTTP()
+	return true, nil
+}
+
+// CloseHTTPPort closes the plain-HTTP port at once: a reload that opened it
+// and then failed puts the server back as it was. A server that shuts down
+// or drains closes it itself.
+func (s *Server) CloseHTTPPort() {
+	s.mu.Lock()
+	hp := s.http
+	if hp == nil || s.shutdown || s.draining {
+		s.mu.Unlock()
+		return
+	}
+	s.http = nil
+	s.mu.Unlock()
+	hp.closed.Store(true)
+	_ = hp.srv.Close()
+	for _, ln := range hp.lns {
+		_ = ln.Close()
 	}
 }
 

@@ -91,7 +91,7 @@ type Manager struct {
 	noCert   *noCertLog  // handshakes that found no certificate
 	tcpTLS   *tls.Config // template of TLSConfig
 	quicTLS  *tls.Config // template of QUICTLSConfig
-	settings Config      // New's Config without Sites: what Update may not change
+	settings Config      // New's Config without Sites (HTTPPort the last Update's): what Update may not change
 
 	// cur is the plan that handshakes, renewals and readiness follow; each
 	// reads it once. New stores the first, Update swaps in the next. A

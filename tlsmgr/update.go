@@ -21,7 +21,9 @@ import (
 // change of the settings that New bakes into the cache, the local CA and
 // the challenge solvers (DataDir, Redis, LeafLifetime, HTTPPort, TLSPort,
 // ListenHost, RenewCheckInterval, OCSPCheckInterval, RenewalWindowRatio):
-// they need a restart. Config.Registerer is not looked at; the metrics stay
+// they need a restart. HTTPPort may change while the running config or
+// cfg obtains nothing from ACME (a reload that adds the first ACME site
+// opens the HTTP port). Config.Registerer is not looked at; the metrics stay
 // where New registered them.
 //
 // Otherwise, before Update switches: the certificate files are loaded (a
@@ -58,7 +60,10 @@ func (m *Manager) Update(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	if err := m.checkRestart(cfg); err != nil {
+	// The HTTP-01 solvers are built with the HTTP port: it may change
+	// (a reload opens the port for its first ACME site) while one side
+	// has no ACME issuance, so no solver of the old config lives on.
+	if err := m.checkRestart(cfg, !p.usesACME() || !m.plan().usesACME()); err != nil {
 		return err
 	}
 	pairs := make([]certPair, len(p.files))
@@ -104,6 +109,7 @@ func (m *Manager) Update(ctx context.Context, cfg Config) error {
 		return err
 	}
 	m.cur.Store(p)
+	m.settings.HTTPPort = cfg.HTTPPort
 	m.noCert.forget()
 	m.retire(ctx, old, p)
 	return nil
@@ -253,9 +259,10 @@ func (m *Manager) noteOnDemand(serverName string, key issuanceKey) {
 	m.onDemandSeen.Store(name, key)
 }
 
-// checkRestart reports the settings of cfg that differ from New's and that
-// only a restart can change.
-func (m *Manager) checkRestart(cfg Config) error {
+// checkRestart reports the settings of cfg that differ from New's (the HTTP
+// port: from the last Update's) and that only a restart can change; the
+// HTTP port may change when httpPortFree.
+func (m *Manager) checkRestart(cfg Config, httpPortFree bool) error {
 	was := m.settings
 	var errs []error
 	differ := func(setting string, old, new any) {
@@ -270,7 +277,7 @@ func (m *Manager) checkRestart(cfg Config) error {
 	if cfg.LeafLifetime != was.LeafLifetime {
 		differ("leaf lifetime", was.LeafLifetime, cfg.LeafLifetime)
 	}
-	if cfg.HTTPPort != was.HTTPPort {
+	if cfg.HTTPPort != was.HTTPPort && !httpPortFree {
 		differ("http challenge port", was.HTTPPort, cfg.HTTPPort)
 	}
 	if cfg.TLSPort != was.TLSPort {

@@ -95,7 +95,24 @@ func (r *reloader) apply() (err error) {
 	}
 	// Certificates first, so that by the time requests route to a new
 	// site its name has one; if the rest fails, they go back.
-	curTLS, nextTLS := r.tlsConfig(r.cur), r.tlsConfig(next)
+	curTLS := r.tlsConfig(r.cur)
+	// The first ACME site needs the plain-HTTP port (HTTP-01 challenges,
+	// redirects): it opens before the certificate manager learns of it,
+	// and closes again if the reload fails.
+	if r.certs != nil && tlsmgr.ConfigFor(next, r.dataDir).UsesACME() {
+		opened, oerr := r.srv.OpenHTTPPort()
+		if oerr != nil {
+			return fmt.Errorf("%s: reload: %w (the running configuration is unchanged)", next.File, oerr)
+		}
+		if opened {
+			defer func() {
+				if err != nil {
+					r.srv.CloseHTTPPort()
+				}
+			}()
+		}
+	}
+	nextTLS := r.tlsConfig(next)
 	tlsChanged := r.certs != nil && configs.Fingerprint(curTLS) != configs.Fingerprint(nextTLS)
 	if tlsChanged {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
