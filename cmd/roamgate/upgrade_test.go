@@ -446,6 +446,8 @@ func testUpgradeUnderLoad(t *testing.T, mode string) {
 		t.Fatal("an invalid Roamfile was reloaded")
 	}
 	os.WriteFile(f.config, []byte(f.roamfile("2", twoBackends, other)), 0o600)
+	waitRequests(n)
+	reloadsEnd := mark()
 	firstHalf := make([]int, 0, n/2)
 	for i := range n / 2 {
 		firstHalf = append(firstHalf, i)
@@ -525,7 +527,7 @@ func testUpgradeUnderLoad(t *testing.T, mode string) {
 	// Every request succeeded; every session kept its upstream
 	// connections, in the old process.
 	sets := map[int]map[upstreamConn]bool{}
-	var before, during []time.Duration
+	var before, reloading, during []time.Duration
 	var failed int
 	for k, r := range results {
 		if r.err != nil {
@@ -543,6 +545,8 @@ func testUpgradeUnderLoad(t *testing.T, mode string) {
 		switch {
 		case k < baseline:
 			before = append(before, r.latency)
+		case k < reloadsEnd:
+			reloading = append(reloading, r.latency)
 		case k >= upgradeMark && k < upgradeEnd:
 			during = append(during, r.latency)
 		}
@@ -603,8 +607,9 @@ func testUpgradeUnderLoad(t *testing.T, mode string) {
 		return d[int(float64(len(d)-1)*q)]
 	}
 	t.Logf("%s: %d sessions moved off the removed backend, the other %d kept their connections", mode, moved, len(clients)-moved)
-	t.Logf("%s: %d requests, %d failed; latency p50/p99 before the changes %v/%v (%d), during the upgrade %v/%v (%d); SIGUSR2 to new process serving: %v",
-		mode, len(results), failed, p(before, .5), p(before, .99), len(before), p(during, .5), p(during, .99), len(during), upgradeTook.Round(time.Millisecond))
+	t.Logf("%s: %d requests, %d failed; latency p50/p99 before the changes %v/%v (%d), during the reloads %v/%v (%d), during the upgrade %v/%v (%d); SIGUSR2 to new process serving: %v",
+		mode, len(results), failed, p(before, .5), p(before, .99), len(before), p(reloading, .5), p(reloading, .99), len(reloading),
+		p(during, .5), p(during, .99), len(during), upgradeTook.Round(time.Millisecond))
 
 	// The old process exits once its clients leave.
 	for _, c := range clients {
