@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"reflect"
 	"slices"
 	"strconv"
@@ -198,6 +199,11 @@ func (s *Server) Reload(cfg *configs.Config) error {
 	}
 	for _, ps := range ports {
 		ps.rt.Store(snap.routers[ps.port])
+		if d := ps.from; ps.borrowed {
+			ps.borrowed, d.handedOn = false, true
+			delete(s.drainingPorts, ps.port)
+			s.logger.Info("reload: port added back while it drained: its sockets and connections stay", zap.Int("port", ps.bound))
+		}
 	}
 	s.ports = ports
 	for _, ps := range gone {
@@ -272,7 +278,7 @@ func (s *Server) reloadPorts(snap *snapshot) (ports, gone []*portServer, err err
 	defer func() {
 		if err != nil {
 			for _, ps := range added {
-				s.closePort(ps)
+				s.closePortLocked(ps)
 			}
 		}
 	}()
@@ -288,7 +294,11 @@ func (s *Server) reloadPorts(snap *snapshot) (ports, gone []*portServer, err err
 		ps := &portServer{port: port}
 		ps.rt.Store(snap.routers[port])
 		added = append(added, ps)
-		if err := s.listenPort(ps); err != nil {
+		if d := s.drainingPorts[port]; d != nil {
+			if err := s.takeOverPort(ps, d); err != nil {
+				return nil, nil, err
+			}
+		} else if err := s.listenPort(ps); err != nil {
 			return nil, nil, err
 		}
 		if s.served {
@@ -312,6 +322,12 @@ func (s *Server) reloadPorts(snap *snapshot) (ports, gone []*portServer, err err
 // shuts down), then closes the port's sockets.
 func (s *Server) drainPort(ps *portServer) {
 	ps.removed.Store(true)
+	if ps.port != 0 {
+		if s.drainingPorts == nil {
+			s.drainingPorts = map[int]*portServer{}
+		}
+		s.drainingPorts[ps.port] = ps // a reload may add it back meanwhile
+	}
 	s.logger.Info("reload: port removed: draining it", zap.Int("port", ps.bound), zap.Duration("grace", portDrainGrace))
 	for _, ln := range ps.qlns {
 		_ = ln.Close() // no new connection
@@ -331,7 +347,12 @@ func (s *Server) drainPort(ps *portServer) {
 			wg.Go(func() { _ = ps.h1.Shutdown(ctx) })
 		}
 		wg.Wait()
-		s.closePort(ps)
+		s.mu.Lock()
+		if s.drainingPorts[ps.port] == ps {
+			delete(s.drainingPorts, ps.port)
+		}
+		s.closePortLocked(ps)
+		s.mu.Unlock()
 		s.logger.Info("reload: port closed", zap.Int("port", ps.bound))
 	})
 }
@@ -347,8 +368,10 @@ func (ps *portServer) removedOr(err error) error {
 	return err
 }
 
-// closePort closes a port's servers and sockets at once.
-func (s *Server) closePort(ps *portServer) {
+// closePortLocked closes a port's servers and sockets at once; not the
+// UDP sockets and QUIC transports it borrowed or handed on (see
+// portServer.from). s.mu is held.
+func (s *Server) closePortLocked(ps *portServer) {
 	if ps.h3 != nil {
 		_ = ps.h3.Close()
 		_ = ps.h1.Close()
@@ -356,14 +379,37 @@ func (s *Server) closePort(ps *portServer) {
 	for _, ln := range ps.qlns {
 		_ = ln.Close()
 	}
-	for _, tr := range ps.transports {
-		_ = tr.Close()
-	}
-	for _, u := range ps.udp {
-		s.sockets.Closing(u)
-		_ = u.Close()
+	if !ps.borrowed && !ps.handedOn {
+		for _, tr := range ps.transports {
+			_ = tr.Close()
+		}
+		for _, u := range ps.udp {
+			s.sockets.Closing(u)
+			_ = u.Close()
+		}
 	}
 	for _, t := range ps.tcp {
 		_ = t.Close()
 	}
+}
+
+// takeOverPort gives ps, a port a reload adds, the UDP sockets and QUIC
+// transports of d, the same port still draining since an earlier reload
+// removed it (its UDP sockets, unlike its TCP ones, stay open while it
+// drains): d's servers keep its connections, ps accepts the new ones. The
+// TCP sockets are bound again.
+func (s *Server) takeOverPort(ps, d *portServer) error {
+	ps.from, ps.borrowed = d, true
+	ps.udp, ps.transports, ps.bound = slices.Clone(d.udp), slices.Clone(d.transports), d.bound
+	for i, host := range s.bindHosts() {
+		if host != "" {
+			host = d.udp[i].LocalAddr().(*net.UDPAddr).IP.String()
+		}
+		ln, err := s.sockets.ListenTCP(net.JoinHostPort(host, strconv.Itoa(d.bound)))
+		if err != nil {
+			return inUse(err, d.bound)
+		}
+		ps.tcp = append(ps.tcp, ln)
+	}
+	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -545,4 +546,107 @@ func TestReloadPorts(t *testing.T) {
 	if resp.Header.Get("X-Gen") != "3" {
 		t.Fatalf("after the refused reload: X-Gen %q", resp.Header.Get("X-Gen"))
 	}
+}
+
+// TestReloadAddsADrainingPortBack: a port a reload removed is added back
+// by the next one while it still drains (a request in flight there): the
+// reload is not refused (the draining port keeps its UDP socket, so binding
+// anew would fail), the new configuration serves new connections on the
+// same sockets, and the request in flight on the drained connection
+// finishes. Removed once more, the port closes for good.
+func TestReloadAddsADrainingPortBack(t *testing.T) {
+	release := make(chan struct{})
+	var once sync.Once
+	defer once.Do(func() { close(release) })
+	entered := make(chan struct{}, 1)
+	slow := startApp(t, "slow", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered <- struct{}{}
+		<-release
+		io.WriteString(w, "slow done")
+	}))
+	app := startApp(t, "app", nil)
+	h := startProxy(t, generation("1", "", app.Addr()), nil)
+	port := edgetest.FreePort(t)
+	withPort := func(gen string) string {
+		return generation(gen, "", app.Addr()) + "localhost:" + strconv.Itoa(port) + " {\n\theader X-Gen " + gen +
+			"\n\treverse_proxy " + slow.Addr() + "\n}\n"
+	}
+	if err := h.srv.Reload(mustParse(t, withPort("2"))); err != nil {
+		t.Fatal(err)
+	}
+	addr2 := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	url2 := "https://localhost:" + strconv.Itoa(port) + "/"
+	old := h.dialTo(t, addr2)
+	inFlight := make(chan string, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, "GET", url2, nil)
+		resp, err := old.RoundTrip(req)
+		if err != nil {
+			inFlight <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		inFlight <- string(b)
+	}()
+	<-entered
+
+	// Removed: it drains, its request in flight.
+	if err := h.srv.Reload(mustParse(t, generation("3", "", app.Addr()))); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the removed port's TCP socket to close", func() bool {
+		l, err := net.Listen("tcp", addr2)
+		if err == nil {
+			l.Close()
+		}
+		return err == nil
+	})
+	// Added back while the request is still in flight.
+	if err := h.srv.Reload(mustParse(t, withPort("4"))); err != nil {
+		t.Fatalf("adding the draining port back: %v", err)
+	}
+	fresh := h.dialTo(t, addr2)
+	once.Do(func() { close(release) }) // the new client's request is not held
+	resp, body := do(t, fresh, "GET", url2, nil, nil)
+	if resp.StatusCode != 200 || resp.Header.Get("X-Gen") != "4" || body != "slow done" {
+		t.Fatalf("a new client of the port added back: %d X-Gen %q %q", resp.StatusCode, resp.Header.Get("X-Gen"), body)
+	}
+	tc, err := tls.Dial("tcp", addr2, h.clientTLS())
+	if err != nil {
+		t.Fatalf("the port added back over TCP: %v", err)
+	}
+	tc.Close()
+	select {
+	case got := <-inFlight:
+		if got != "slow done" {
+			t.Fatalf("the request in flight on the drained connection: %q", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request in flight on the drained connection did not finish")
+	}
+	if h.logs.FilterMessageSnippet("port added back while it drained").Len() == 0 {
+		t.Fatal("no log line for the port added back")
+	}
+
+	// Removed again: the new client is told to go away, and the port
+	// closes for good (UDP too) once its connections are gone.
+	if err := h.srv.Reload(mustParse(t, generation("5", "", app.Addr()))); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-fresh.Context().Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the port's client was not told to go away")
+	}
+	old.Close()
+	eventually(t, "the port's UDP socket to close", func() bool {
+		u, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr2)))
+		if err == nil {
+			u.Close()
+		}
+		return err == nil
+	})
 }

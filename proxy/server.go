@@ -88,26 +88,27 @@ type Server struct {
 	metrics  *metrics
 	quicConf *quic.Config
 	// cids issues the server connection IDs of every QUIC transport.
-	cids      *quiclb.Generator
-	admit     *admission    // for every QUIC transport
-	keys      *keys.Keys    // shared keys; nil: each transport's own
-	tickets   *keys.Tickets // seals session tickets with shared keys; nil: crypto/tls's own
-	sockets   Sockets
-	ports     []*portServer
-	secret    []byte // the cookie key, for the pools
-	upMetrics *upstream.Metrics
-	poolStop  context.CancelFunc
-	poolCtx   context.Context // the pools' health checks run until it ends; nil before Serve
-	http      *httpPort       // nil unless some certificate comes from ACME
-	admin     *adminServer
-	sessions  sync.WaitGroup // one per open session
-	open      atomic.Int64   // open sessions, for Idle
-	idle      chan struct{}  // closed when a draining server has no session left
-	idleOnce  sync.Once
-	drainStop context.CancelFunc // ends StopAccepting's TCP shutdowns
-	stopCtx   context.Context    // ends when Shutdown begins
-	stop      context.CancelFunc
-	serving   sync.WaitGroup // the Serve goroutines
+	cids          *quiclb.Generator
+	admit         *admission    // for every QUIC transport
+	keys          *keys.Keys    // shared keys; nil: each transport's own
+	tickets       *keys.Tickets // seals session tickets with shared keys; nil: crypto/tls's own
+	sockets       Sockets
+	ports         []*portServer
+	drainingPorts map[int]*portServer // by configured port (not 0): removed by a reload, still draining
+	secret        []byte              // the cookie key, for the pools
+	upMetrics     *upstream.Metrics
+	poolStop      context.CancelFunc
+	poolCtx       context.Context // the pools' health checks run until it ends; nil before Serve
+	http          *httpPort       // nil unless some certificate comes from ACME
+	admin         *adminServer
+	sessions      sync.WaitGroup // one per open session
+	open          atomic.Int64   // open sessions, for Idle
+	idle          chan struct{}  // closed when a draining server has no session left
+	idleOnce      sync.Once
+	drainStop     context.CancelFunc // ends StopAccepting's TCP shutdowns
+	stopCtx       context.Context    // ends when Shutdown begins
+	stop          context.CancelFunc
+	serving       sync.WaitGroup // the Serve goroutines
 
 	nextSessionID atomic.Uint64
 	pathSample    time.Duration // how often a session with long-lived streams checks its path
@@ -136,6 +137,15 @@ type portServer struct {
 	transports []*quic.Transport
 	qlns       []http3.QUICListener // *quic.Listener, or *quic.EarlyListener with 0-RTT
 	tcp        []net.Listener
+
+	// A port that a reload adds back while it still drains from an
+	// earlier one takes over the draining port's UDP sockets and QUIC
+	// transports (from): their connections stay with from's servers,
+	// new ones come to this port's. Until the reload commits they are
+	// borrowed (from closes them); then from is handedOn (this port
+	// closes them). Guarded by Server.mu.
+	from               *portServer
+	borrowed, handedOn bool
 }
 
 // Listener describes one bound port.
@@ -388,22 +398,27 @@ func (s *Server) serve(ps *portServer) error {
 	}
 	qtls := http3.ConfigureTLSConfig(quicTLS)
 	for i, udp := range ps.udp {
-		pc, err := s.sockets.PacketConn(udp)
-		if err != nil {
-			return fmt.Errorf("listen quic %s: %w", udp.LocalAddr(), err)
+		var tr *quic.Transport
+		if i < len(ps.transports) {
+			tr = ps.transports[i] // taken over from the port's drain
+		} else {
+			pc, err := s.sockets.PacketConn(udp)
+			if err != nil {
+				return fmt.Errorf("listen quic %s: %w", udp.LocalAddr(), err)
+			}
+			tr = &quic.Transport{Conn: pc}
+			if s.keys != nil {
+				tr.TokenGeneratorKey = &s.keys.Token
+				tr.StatelessResetKey = s.keys.Reset
+			}
+			s.admit.configure(tr)
+			tr.ConnectionIDGenerator = s.cids
+			ps.transports = append(ps.transports, tr)
 		}
-		tr := &quic.Transport{Conn: pc}
-		if s.keys != nil {
-			tr.TokenGeneratorKey = &s.keys.Token
-			tr.StatelessResetKey = s.keys.Reset
-		}
-		s.admit.configure(tr)
-		tr.ConnectionIDGenerator = s.cids
 		ln, err := listenQUIC(tr, qtls, s.quicConf)
 		if err != nil {
 			return fmt.Errorf("listen quic %s: %w", udp.LocalAddr(), err)
 		}
-		ps.transports = append(ps.transports, tr)
 		ps.qlns = append(ps.qlns, ln)
 		if err := s.sockets.Serving(udp); err != nil {
 			return fmt.Errorf("listen quic %s: %w", udp.LocalAddr(), err)
