@@ -152,7 +152,8 @@ func (s *Server) compile(cfg *configs.Config, old *snapshot) (snap *snapshot, fr
 // A port a site names for the first time is bound and serving before
 // anything switches (a port in use refuses the reload whole); a port no
 // site names any more stops accepting, tells its clients to go away and
-// closes once they have (within portDrainGrace). Ports that stay keep
+// closes once they have (within portDrainGrace); added back meanwhile,
+// it takes its sockets back (takeOverPort). Ports that stay keep
 // their sockets, so their connections are untouched. What the listeners
 // are built from (default_bind, http_port, https_port, admin, zero_rtt,
 // handshake rates, quic_lb, shared_keys, a larger header limit) cannot
