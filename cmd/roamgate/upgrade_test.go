@@ -71,6 +71,7 @@ type upgradeFixture struct {
 	dataDir string
 	config  string
 	logPath string
+	grace   string // upgrade_grace
 	apps    []*legacyapp.App
 	cmd     *exec.Cmd
 	exited  chan error
@@ -101,16 +102,22 @@ func (f *upgradeFixture) waitLog(what string, re *regexp.Regexp, after int) []st
 
 func (f *upgradeFixture) roamfile(gen, backends, extra string) string {
 	return "{\n\tdefault_bind 127.0.0.1\n\tdata_dir " + f.dataDir + "\n\tupgrade_steering " + filepath.Base(f.dir) +
-		"\n\tupgrade_grace 1m\n}\n127.0.0.1:0 {\n\theader X-Gen " + gen + "\n\treverse_proxy " + backends + "\n}\n" + extra
+		"\n\tupgrade_grace " + f.grace + "\n}\n127.0.0.1:0 {\n\theader X-Gen " + gen + "\n\treverse_proxy " + backends + "\n}\n" + extra
 }
 
 func startUpgradeFixture(t *testing.T, mode string) *upgradeFixture {
+	return startUpgradeFixtureGrace(t, mode, "1m")
+}
+
+// startUpgradeFixtureGrace is startUpgradeFixture with an upgrade_grace
+// of the test's.
+func startUpgradeFixtureGrace(t *testing.T, mode, grace string) *upgradeFixture {
 	bins, err := binaries()
 	if err != nil {
 		t.Fatal(err)
 	}
 	root := t.TempDir()
-	f := &upgradeFixture{t: t, dir: filepath.Join(root, mode), dataDir: filepath.Join(root, "data"), exited: make(chan error, 1)}
+	f := &upgradeFixture{t: t, dir: filepath.Join(root, mode), dataDir: filepath.Join(root, "data"), grace: grace, exited: make(chan error, 1)}
 	if err := os.MkdirAll(f.dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -715,6 +722,68 @@ func TestFailedUpgradeKeepsServing(t *testing.T) {
 		f.exited <- err
 	case <-time.After(30 * time.Second):
 		t.Fatal("the old process did not exit")
+	}
+}
+
+// TestUpgradeGraceEnds: a client that never leaves keeps the old process
+// only until upgrade_grace: then it is told to go away (its connection
+// ends), the old process exits, and the client's next connection is the
+// new process's.
+func TestUpgradeGraceEnds(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds roamgate")
+	}
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+	f := startUpgradeFixtureGrace(t, "forward", "2s")
+	addr := f.waitLog("listening line", listeningUDP, 0)[1]
+	f.waitLog("serving", regexp.MustCompile(`\bserving\b`), 0)
+	oldPID := f.cmd.Process.Pid
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := &loadClient{id: 1, conn: dialEdge(t, addr, f.dataDir), addr: addr}
+	defer c.conn.Close()
+	if r := c.get(ctx); r.err != nil {
+		t.Fatal(r.err)
+	}
+	at := len(f.log())
+	os.Rename(f.next, f.bin)
+	if err := f.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	newPID, _ := strconv.Atoi(f.waitLog("handover", newProcessServes, at)[1])
+	t.Cleanup(func() { stopProcess(newPID) })
+	// Still the old process's while it drains.
+	if r := c.get(ctx); r.err != nil {
+		t.Fatalf("during the drain: %v", r.err)
+	} else if owner := socketOwner(t, r.ends, oldPID, newPID); owner != oldPID {
+		t.Fatalf("during the drain: served by process %d (old %d)", owner, oldPID)
+	}
+	select {
+	case <-c.conn.Context().Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the client was not told to go away after upgrade_grace")
+	}
+	select {
+	case err := <-f.exited:
+		if err != nil {
+			t.Fatalf("old process: %v", err)
+		}
+		f.exited <- nil // for the cleanup
+	case <-time.After(30 * time.Second):
+		t.Fatal("the old process still runs after upgrade_grace")
+	}
+	if !strings.Contains(f.log()[at:], "upgrade_grace over: the remaining connections are told to go away") {
+		t.Fatalf("no log line for the end of upgrade_grace:\n%s", f.log()[at:])
+	}
+	next := &loadClient{id: 2, conn: dialEdge(t, addr, f.dataDir), addr: addr}
+	defer next.conn.Close()
+	if r := next.get(ctx); r.err != nil {
+		t.Fatalf("reconnected: %v", r.err)
+	} else if owner := socketOwner(t, r.ends, newPID); owner != newPID {
+		t.Fatalf("reconnected: served by process %d (new %d)", owner, newPID)
 	}
 }
 
