@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
 	"go.uber.org/zap"
 
 	"github.com/roamgate/roamgate/examples/legacyapp"
@@ -54,7 +55,7 @@ func trustBoth(a, b *harness) *tls.Config {
 
 // TestSharedKeys (issue 15): two instances with one shared_keys secret
 // finish what the other started: a TLS session from one resumes on the
-// other (TCP and QUIC), a NEW_TOKEN token from one spares a Retry at the
+// other (TCP and QUIC, with 0-RTT), a NEW_TOKEN token from one spares a Retry at the
 // other, a cookie from one names the same backend at the other. Instances
 // with different secrets do none of it.
 func TestSharedKeys(t *testing.T) {
@@ -93,6 +94,43 @@ func TestSharedKeys(t *testing.T) {
 				t.Errorf("resumed at the other instance: %v, want %v", got, tc.want)
 			}
 			c.Close()
+		}
+	})
+	t.Run("0-RTT", func(t *testing.T) {
+		for _, tc := range []struct {
+			to   *harness
+			want bool
+		}{{b, true}, {other, false}} {
+			conf := trustBoth(a, tc.to)
+			c := a.dialWith(t, a.addr, conf)
+			seen(t, c, a, "first") // the session ticket has arrived by then
+			c.Close()
+			early := conf.Clone()
+			early.NextProtos = []string{http3.NextProtoH3}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			conn, err := quic.DialAddrEarly(ctx, tc.to.addr, early, &quic.Config{})
+			if err != nil {
+				cancel()
+				t.Fatal(err)
+			}
+			req, _ := http.NewRequestWithContext(ctx, http3.MethodGet0RTT, "https://localhost:"+itoa(tc.to.port)+"/", nil)
+			resp, err := (&http3.Transport{}).NewClientConn(conn).RoundTrip(req)
+			switch {
+			case err == nil:
+				resp.Body.Close()
+				<-conn.HandshakeComplete()
+				if got := conn.ConnectionState().Used0RTT; got != tc.want || resp.StatusCode != http.StatusOK {
+					t.Errorf("0-RTT accepted at the other instance: %v, want %v (status %d)", got, tc.want, resp.StatusCode)
+				}
+			case errors.Is(err, quic.Err0RTTRejected):
+				if tc.want {
+					t.Errorf("0-RTT rejected at an instance with the same secret: %v", err)
+				}
+			default:
+				t.Fatal(err)
+			}
+			conn.CloseWithError(0, "")
+			cancel()
 		}
 	})
 	t.Run("address validation token", func(t *testing.T) {
