@@ -50,13 +50,19 @@ func (s *Server) listenHTTP(hosts []string) error {
 		hp.lns = append(hp.lns, ln)
 		port = ln.Addr().(*net.TCPAddr).Port // several hosts share one ephemeral port
 	}
-	hp.srv = &http.Server{
+	hp.srv = s.httpPortServer(nil)
+	s.http = hp
+	return nil
+}
+
+// httpPortServer is the plain-HTTP port's server, with handler.
+func (s *Server) httpPortServer(handler http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       time.Minute,
 		ErrorLog:          zap.NewStdLog(s.logger.Named("http").WithOptions(zap.IncreaseLevel(zap.WarnLevel))),
 	}
-	s.http = hp
-	return nil
 }
 
 func (s *Server) serveHTTP() {

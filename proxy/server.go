@@ -103,8 +103,8 @@ type Server struct {
 	admin         *adminServer
 	sessions      sync.WaitGroup // one per open session
 	open          atomic.Int64   // open sessions, for Idle
-	idle          chan struct{}  // closed when a draining server has no session left
-	idleOnce      sync.Once
+	idle          chan struct{}  // closed when a draining server has no session left; guarded by mu
+	idleClosed    bool           // guarded by mu
 	drainStop     context.CancelFunc // ends StopAccepting's TCP shutdowns
 	stopCtx       context.Context    // ends when Shutdown begins
 	stop          context.CancelFunc
@@ -381,22 +381,8 @@ func (s *Server) serve(ps *portServer) error {
 		ConnContext:    s.h3ConnContext,
 		Logger:         slogger,
 	}
-	altSvc := []string{`h3=":` + strconv.Itoa(ps.bound) + `"; ma=2592000`}
-	tcpTLS, quicTLS := s.certs.TLSConfig(), s.certs.QUICTLSConfig()
-	if s.tickets != nil {
-		s.tickets.Install(tcpTLS)
-		s.tickets.Install(quicTLS)
-	}
-	ps.h1 = &http.Server{
-		MaxHeaderBytes:    maxHeader,
-		Handler:           &handler{srv: s, router: &ps.rt, altSvc: altSvc},
-		TLSConfig:         tcpTLS,
-		ConnContext:       tcpConnContext,
-		ReadHeaderTimeout: time.Minute,
-		IdleTimeout:       5 * time.Minute,
-		ErrorLog:          zap.NewStdLog(s.logger.Named("tcp").WithOptions(zap.IncreaseLevel(zap.WarnLevel))),
-	}
-	qtls := http3.ConfigureTLSConfig(quicTLS)
+	tcpTLS, qtls := s.tlsConfigs()
+	ps.h1 = s.tcpServer(ps, tcpTLS)
 	for i, udp := range ps.udp {
 		var tr *quic.Transport
 		if i < len(ps.transports) {
@@ -423,13 +409,45 @@ func (s *Server) serve(ps *portServer) error {
 		if err := s.sockets.Serving(udp); err != nil {
 			return fmt.Errorf("listen quic %s: %w", udp.LocalAddr(), err)
 		}
-		s.goServe("http3 serving stopped", "http3", udp.LocalAddr(), func() error { return ps.removedOr(ps.h3.ServeListener(ln)) })
-		tcp := &sessionListener{Listener: ps.tcp[i], srv: s}
-		s.goServe("tcp serving stopped", "tcp", tcp.Addr(), func() error { return ps.removedOr(ps.h1.ServeTLS(tcp, "", "")) })
-		s.logger.Info("listening", zap.Stringer("udp", udp.LocalAddr()), zap.Stringer("tcp", tcp.Addr()),
-			zap.Strings("protocols", []string{"h3", "h2", "http/1.1"}))
+		s.servePair(ps, i)
 	}
 	return nil
+}
+
+// tlsConfigs are the TLS configurations of the TCP servers and of QUIC
+// (with HTTP/3's ALPN), sealing session tickets with the shared keys when
+// there are some.
+func (s *Server) tlsConfigs() (tcpTLS, quicTLS *tls.Config) {
+	tcpTLS, quicTLS = s.certs.TLSConfig(), s.certs.QUICTLSConfig()
+	if s.tickets != nil {
+		s.tickets.Install(tcpTLS)
+		s.tickets.Install(quicTLS)
+	}
+	return tcpTLS, http3.ConfigureTLSConfig(quicTLS)
+}
+
+// tcpServer is a port's HTTP/1.1 and HTTP/2 server.
+func (s *Server) tcpServer(ps *portServer, tcpTLS *tls.Config) *http.Server {
+	return &http.Server{
+		MaxHeaderBytes:    protocolHeaderLimit(s.cfg),
+		Handler:           &handler{srv: s, router: &ps.rt, altSvc: []string{`h3=":` + strconv.Itoa(ps.bound) + `"; ma=2592000`}},
+		TLSConfig:         tcpTLS,
+		ConnContext:       tcpConnContext,
+		ReadHeaderTimeout: time.Minute,
+		IdleTimeout:       5 * time.Minute,
+		ErrorLog:          zap.NewStdLog(s.logger.Named("tcp").WithOptions(zap.IncreaseLevel(zap.WarnLevel))),
+	}
+}
+
+// servePair serves the port's i-th QUIC listener with its HTTP/3 server and
+// its i-th TCP listener with its TCP server.
+func (s *Server) servePair(ps *portServer, i int) {
+	h3, h1, ln, udp := ps.h3, ps.h1, ps.qlns[i], ps.udp[i]
+	s.goServe("http3 serving stopped", "http3", udp.LocalAddr(), func() error { return ps.removedOr(h3.ServeListener(ln)) })
+	tcp := &sessionListener{Listener: ps.tcp[i], srv: s}
+	s.goServe("tcp serving stopped", "tcp", tcp.Addr(), func() error { return ps.removedOr(h1.ServeTLS(tcp, "", "")) })
+	s.logger.Info("listening", zap.Stringer("udp", udp.LocalAddr()), zap.Stringer("tcp", tcp.Addr()),
+		zap.Strings("protocols", []string{"h3", "h2", "http/1.1"}))
 }
 
 // listenQUIC listens on tr, accepting 0-RTT (early data) when the config

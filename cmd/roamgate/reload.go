@@ -67,6 +67,14 @@ func (r *reloader) handedOver() {
 	r.mu.Unlock()
 }
 
+// resumed makes reloads work again: the successor exited while this
+// process drained, and it serves the Roamfile again.
+func (r *reloader) resumed() {
+	r.mu.Lock()
+	r.drained = false
+	r.mu.Unlock()
+}
+
 func (r *reloader) apply() (err error) {
 	if r.drained {
 		return errors.New("this process has handed over to its successor (an upgrade) and only drains: reload the new process")
@@ -181,12 +189,12 @@ func (r *reloader) watch(interval time.Duration) (stop func()) {
 // data directory's control socket until stop. A successor in an upgrade
 // takes the socket over (the same listening socket, so no command is
 // lost); stop(false) leaves its file to it.
-func (r *reloader) serveControl(dataDir string, sockets *handoff.Sockets, u *upgrader) (stop func(remove bool), err error) {
+func (r *reloader) serveControl(dataDir string, sockets *handoff.Sockets, u *upgrader, takeOver bool) (stop func(remove bool), err error) {
 	path := filepath.Join(dataDir, controlSocket)
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, err
 	}
-	if !sockets.Inherited() {
+	if !takeOver {
 		if c, err := net.Dial("unix", path); err == nil {
 			c.Close()
 			return nil, fmt.Errorf("control socket %s: another roamgate serves from this data directory", path)

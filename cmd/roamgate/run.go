@@ -142,7 +142,7 @@ func serve(ctx context.Context, cfg *configs.Config, o serveOptions) (err error)
 	u := newUpgrader(sockets, logger)
 	stopControl := func(bool) {}
 	if o.reloadable {
-		stop, err := r.serveControl(tcfg.DataDir, sockets, u)
+		stop, err := r.serveControl(tcfg.DataDir, sockets, u, sockets.Inherited())
 		if err != nil {
 			return errors.Join(err, shutdown(srv, o.grace, logger))
 		}
@@ -193,15 +193,32 @@ func serve(ctx context.Context, cfg *configs.Config, o serveOptions) (err error)
 	if startErr != nil {
 		return errors.Join(startErr, shutdown(srv, o.grace, logger))
 	}
-	select {
-	case <-ctx.Done():
-		return shutdown(srv, o.grace, logger)
-	case succ := <-u.handedOver:
-		// The control socket is the successor's now; so is the rest.
-		removeControl = false
-		stopControl(false)
-		r.handedOver()
-		return drain(ctx, srv, succ, r.current().UpgradeGrace, o.grace, logger)
+	for {
+		select {
+		case <-ctx.Done():
+			return shutdown(srv, o.grace, logger)
+		case succ := <-u.handedOver:
+			// The control socket is the successor's now; so is the rest.
+			removeControl = false
+			stopControl(false)
+			r.handedOver()
+			resumed, err := drain(ctx, srv, succ, r.current().UpgradeGrace, o.grace, logger)
+			if !resumed {
+				return err
+			}
+			// The successor died: this process serves the Roamfile again,
+			// and may be upgraded again.
+			r.resumed()
+			u.resumed()
+			if o.reloadable {
+				stop, err := r.serveControl(tcfg.DataDir, sockets, u, false)
+				if err != nil {
+					logger.Error("control socket: roamgate reload and upgrade do not reach this process (SIGHUP and SIGUSR2 do)", zap.Error(err))
+					stop = func(bool) {}
+				}
+				stopControl, removeControl = stop, true
+			}
+		}
 	}
 }
 

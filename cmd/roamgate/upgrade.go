@@ -93,11 +93,22 @@ func (u *upgrader) upgrade(trigger string) (int, error) {
 	return succ.PID, nil
 }
 
+// resumed allows upgrades again: the successor exited while this process
+// drained, and it serves again.
+func (u *upgrader) resumed() {
+	u.mu.Lock()
+	u.busy = false
+	u.mu.Unlock()
+}
+
 // drain is the old process's end after an upgrade: it accepts nothing new,
 // lets the successor read the UDP sockets, and serves the connections it
 // has until the last one closes or upgradeGrace passes; then it shuts down
-// with grace for the requests still in flight.
-func drain(ctx context.Context, srv *proxy.Server, succ *handoff.Successor, upgradeGrace, grace time.Duration, logger *zap.Logger) error {
+// with grace for the requests still in flight. If the successor exits
+// first (it crashed, or was killed), this process accepts new connections
+// again and drain reports resumed: the service is never left without an
+// acceptor.
+func drain(ctx context.Context, srv *proxy.Server, succ *handoff.Successor, upgradeGrace, grace time.Duration, logger *zap.Logger) (resumed bool, err error) {
 	srv.StopAccepting()
 	if err := succ.Release(); err != nil {
 		logger.Warn("upgrade: telling the new process it has the sockets", zap.Error(err))
@@ -107,16 +118,31 @@ func drain(ctx context.Context, srv *proxy.Server, succ *handoff.Successor, upgr
 	start := time.Now()
 	t := time.NewTimer(upgradeGrace)
 	defer t.Stop()
-	select {
-	case <-srv.Idle():
-		logger.Info("drained: the last connection has closed", zap.Duration("after", time.Since(start).Round(time.Millisecond)))
-	case <-t.C:
-		logger.Info("upgrade_grace over: the remaining connections are told to go away", zap.Duration("upgrade_grace", upgradeGrace),
-			zap.Int64("sessions", srv.Sessions()))
-	case <-ctx.Done():
-		logger.Info("stopped while draining", zap.Int64("sessions", srv.Sessions()))
+	exited := succ.Exited()
+	for {
+		select {
+		case <-srv.Idle():
+			logger.Info("drained: the last connection has closed", zap.Duration("after", time.Since(start).Round(time.Millisecond)))
+		case <-t.C:
+			logger.Info("upgrade_grace over: the remaining connections are told to go away", zap.Duration("upgrade_grace", upgradeGrace),
+				zap.Int64("sessions", srv.Sessions()))
+		case <-ctx.Done():
+			logger.Info("stopped while draining", zap.Int64("sessions", srv.Sessions()))
+		case <-exited:
+			succ.Reclaim() // the UDP sockets are read here again
+			if err := srv.ResumeAccepting(); err != nil {
+				logger.Error("upgrade: the new process exited; this one cannot accept again and drains on (restart roamgate)",
+					zap.Int("pid", succ.PID), zap.NamedError("exit", succ.Err()), zap.Error(err))
+				exited = nil
+				continue
+			}
+			sdNotify(fmt.Sprintf("MAINPID=%d\nREADY=1", os.Getpid()))
+			logger.Error("upgrade: the new process exited after it took over; this one accepts new connections again",
+				zap.Int("pid", succ.PID), zap.NamedError("exit", succ.Err()))
+			return true, nil
+		}
+		return false, shutdownQuiet(srv, grace, logger)
 	}
-	return shutdownQuiet(srv, grace, logger)
 }
 
 // upgradeCmd asks the roamgate serving a Roamfile to upgrade its binary

@@ -342,16 +342,24 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
 	for _, mode := range []string{"bpf", "forward"} {
 		t.Run(mode, func(t *testing.T) {
-			if mode == "bpf" {
-				if err := handoff.BPFSupported(); err != nil {
-					if os.Getenv("CI") != "" {
-						t.Fatalf("BPF is not available in CI: %v", err)
-					}
-					t.Skipf("BPF not available here: %v", err)
-				}
-			}
+			needBPF(t, mode)
 			testUpgradeUnderLoad(t, mode)
 		})
+	}
+}
+
+// needBPF skips a bpf-mode test where BPF is not permitted, and fails it in
+// CI, which runs as root.
+func needBPF(t *testing.T, mode string) {
+	t.Helper()
+	if mode != "bpf" {
+		return
+	}
+	if err := handoff.BPFSupported(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("BPF is not available in CI: %v", err)
+		}
+		t.Skipf("BPF not available here: %v", err)
 	}
 }
 
@@ -784,6 +792,125 @@ func TestUpgradeGraceEnds(t *testing.T) {
 		t.Fatalf("reconnected: %v", r.err)
 	} else if owner := socketOwner(t, r.ends, newPID); owner != newPID {
 		t.Fatalf("reconnected: served by process %d (new %d)", owner, newPID)
+	}
+}
+
+// TestUpgradeSuccessorDies: the new process takes over and then dies
+// (SIGKILL) while the old one drains. The old process takes its sockets
+// back and accepts again (HTTP/3 and TCP), the clients it kept never
+// notice (same QUIC connection, same upstream connection), reload and
+// upgrade reach it again, and a second upgrade succeeds.
+func TestUpgradeSuccessorDies(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds roamgate")
+	}
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+	for _, mode := range []string{"bpf", "forward"} {
+		t.Run(mode, func(t *testing.T) {
+			needBPF(t, mode)
+			testUpgradeSuccessorDies(t, mode)
+		})
+	}
+}
+
+func testUpgradeSuccessorDies(t *testing.T, mode string) {
+	f := startUpgradeFixture(t, mode)
+	addr := f.waitLog("listening line", listeningUDP, 0)[1]
+	f.waitLog("serving", regexp.MustCompile(`\bserving\b`), 0)
+	oldPID := f.cmd.Process.Pid
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	kept := &loadClient{id: 1, conn: dialEdge(t, addr, f.dataDir), addr: addr}
+	defer kept.conn.Close()
+	first := kept.get(ctx)
+	if first.err != nil {
+		t.Fatal(first.err)
+	}
+	at := len(f.log())
+	if err := f.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	newPID, _ := strconv.Atoi(f.waitLog("handover", newProcessServes, at)[1])
+	f.waitLog("drain", regexp.MustCompile(`draining: no new connections`), at)
+	// A client of the new process, then the new process dies.
+	theirs := &loadClient{id: 2, conn: dialEdge(t, addr, f.dataDir), addr: addr}
+	defer theirs.conn.Close()
+	if r := theirs.get(ctx); r.err != nil || socketOwner(t, r.ends, oldPID, newPID) != newPID {
+		t.Fatalf("a new client during the drain: %v", r.err)
+	}
+	if err := syscall.Kill(newPID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	f.waitLog("resumption", regexp.MustCompile(`this one accepts new connections again`), at)
+
+	// The kept client: the same connection, the same upstream one.
+	if r := kept.get(ctx); r.err != nil || r.upstream != first.upstream {
+		t.Fatalf("the old process's client after the new one died: %v over %v (was %v)", r.err, r.upstream, first.upstream)
+	}
+	if kept.conn.Context().Err() != nil {
+		t.Fatal("the old process's client lost its QUIC connection")
+	}
+	// New clients, HTTP/3 and TCP, are the old process's again.
+	fresh := &loadClient{id: 3, conn: dialEdge(t, addr, f.dataDir), addr: addr}
+	defer fresh.conn.Close()
+	if r := fresh.get(ctx); r.err != nil {
+		t.Fatalf("a new HTTP/3 client after the new process died: %v", r.err)
+	} else if owner := socketOwner(t, r.ends, oldPID); owner != oldPID {
+		t.Fatalf("a new HTTP/3 client served by process %d (old %d)", owner, oldPID)
+	}
+	for _, h2 := range []bool{true, false} {
+		tctx, tcancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		rs := tcpLoad(tctx, addr, f.dataDir, h2, func(e connEnds) int { return socketOwner(t, e, oldPID) })
+		tcancel()
+		if len(rs) == 0 {
+			t.Fatal("no TCP request")
+		}
+		for _, r := range rs {
+			if r.err != nil || r.owner != oldPID {
+				t.Fatalf("a %s client after the new process died: %v (process %d)", r.proto, r.err, r.owner)
+			}
+		}
+	}
+	// Reload and upgrade reach the old process again.
+	os.WriteFile(f.config, []byte(f.roamfile("2", f.apps[0].Addr()+" "+f.apps[1].Addr(), "")), 0o600)
+	if err := run(ctx, []string{"reload", "--config", f.config}, io.Discard, io.Discard); err != nil {
+		t.Fatalf("reload after the new process died: %v", err)
+	}
+	if r := fresh.get(ctx); r.err != nil || r.gen != "2" {
+		t.Fatalf("after the reload: %v, X-Gen %q", r.err, r.gen)
+	}
+	if err := os.Rename(f.next, f.bin); err != nil { // the next version
+		t.Fatal(err)
+	}
+	at = len(f.log())
+	var out strings.Builder
+	if err := run(ctx, []string{"upgrade", "--config", f.config}, &out, io.Discard); err != nil {
+		t.Fatalf("a second upgrade: %v\n%s", err, f.log()[at:])
+	}
+	secondPID, _ := strconv.Atoi(f.waitLog("second handover", newProcessServes, at)[1])
+	t.Cleanup(func() { stopProcess(secondPID) })
+	if r := kept.get(ctx); r.err != nil || r.upstream != first.upstream {
+		t.Fatalf("the kept client during the second drain: %v over %v (was %v)", r.err, r.upstream, first.upstream)
+	}
+	kept.conn.Close()
+	fresh.conn.Close()
+	theirs.conn.Close()
+	select {
+	case err := <-f.exited:
+		if err != nil {
+			t.Fatalf("old process: %v", err)
+		}
+		f.exited <- nil
+	case <-time.After(30 * time.Second):
+		t.Fatal("the old process did not exit after the second upgrade")
+	}
+	last := &loadClient{id: 4, conn: dialEdge(t, addr, f.dataDir), addr: addr}
+	defer last.conn.Close()
+	if r := last.get(ctx); r.err != nil || socketOwner(t, r.ends, secondPID) != secondPID {
+		t.Fatalf("after the second upgrade: %v", r.err)
 	}
 }
 

@@ -262,8 +262,7 @@ func (s *Sockets) Upgrade(ctx context.Context, c Command) (*Successor, error) {
 // Release lets the successor have the UDP sockets: in forward mode this
 // process stops reading them and reads only what the successor forwards.
 // Call it once this process accepts no new connection. If the successor
-// exits later, this process reads its sockets again (for the connections
-// it has; it accepts no new ones).
+// exits later, Reclaim takes them back.
 func (succ *Successor) Release() error {
 	s := succ.s
 	s.mu.Lock()
@@ -277,17 +276,34 @@ func (succ *Successor) Release() error {
 	s.mu.Unlock()
 	b, _ := json.Marshal(status{Released: true})
 	_, err := succ.conn.Write(append(b, '\n'))
-	go func() {
-		<-succ.exited
-		s.logger.Error("upgrade: the new process exited while this one drains; it serves its open connections and accepts none (restart roamgate)",
-			zap.Int("pid", succ.PID), zap.Error(succ.err))
-		s.reclaim()
-	}()
 	return err
+}
+
+// Reclaim makes this process read its UDP sockets again, and in BPF mode
+// get new clients' packets, after the successor it released them to has
+// exited (see Exited); a later Upgrade may then start another.
+func (succ *Successor) Reclaim() {
+	s := succ.s
+	s.reclaim()
+	s.mu.Lock()
+	if s.succ == succ {
+		s.succ = nil
+	}
+	s.mu.Unlock()
 }
 
 // Exited is closed when the successor process has exited.
 func (succ *Successor) Exited() <-chan struct{} { return succ.exited }
+
+// Err is why the successor exited, once Exited is closed.
+func (succ *Successor) Err() error {
+	select {
+	case <-succ.exited:
+		return succ.err
+	default:
+		return nil
+	}
+}
 
 // reclaim makes this process read its UDP sockets again, and in BPF mode
 // be the newest, after a successor failed or exited.
