@@ -101,10 +101,10 @@ type Server struct {
 	poolCtx       context.Context // the pools' health checks run until it ends; nil before Serve
 	http          *httpPort       // nil unless some certificate comes from ACME
 	admin         *adminServer
-	sessions      sync.WaitGroup // one per open session
-	open          atomic.Int64   // open sessions, for Idle
-	idle          chan struct{}  // closed when a draining server has no session left; guarded by mu
-	idleClosed    bool           // guarded by mu
+	sessions      sync.WaitGroup     // one per open session
+	open          atomic.Int64       // open sessions, for Idle
+	idle          chan struct{}      // closed when a draining server has no session left; guarded by mu
+	idleClosed    bool               // guarded by mu
 	drainStop     context.CancelFunc // ends StopAccepting's TCP shutdowns
 	stopCtx       context.Context    // ends when Shutdown begins
 	stop          context.CancelFunc
