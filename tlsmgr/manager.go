@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"slices"
 	"strings"
 	"sync"
@@ -111,6 +112,9 @@ type Manager struct {
 	// (obtaining, and retrying with backoff); Stop cancels it.
 	acmeCtx  context.Context
 	stopACME context.CancelFunc
+	// managing counts the goroutines that wait for the storage before
+	// handing a name to certmagic (see manage); Stop waits for them.
+	managing sync.WaitGroup
 
 	// updateMu serializes Start and Update, and guards the following.
 	updateMu sync.Mutex
@@ -306,10 +310,7 @@ func (m *Manager) manageACME(p *plan) ([]string, error) {
 				continue
 			}
 			ctx, cancel := context.WithCancel(m.acmeCtx)
-			if err := u.magic.ManageAsync(ctx, []string{name}); err != nil {
-				cancel()
-				return all, fmt.Errorf("manage acme certificate %q: %w", name, err)
-			}
+			m.manage(ctx, u.magic, issuerKeyOf(u), name)
 			m.acmeJobs[job] = cancel
 			names = append(names, name)
 		}
@@ -323,6 +324,54 @@ func (m *Manager) manageACME(p *plan) ([]string, error) {
 	}
 	return all, nil
 }
+
+// manage hands name to certmagic (ManageAsync) once the storage answers
+// whether it holds the certificate that issuerKey issued for name.
+// certmagic gives a name up for good when its first look into the storage
+// fails for another reason than "not there" (Redis unreachable, a file
+// system error): it logs "initiating certificate management" and never
+// obtains the name. So a look is made here first, again every few seconds
+// while it fails (logged, rate-limited), until the storage answers or ctx
+// ends. (A storage that fails again in the instant between the two looks
+// still loses the name.) The obtaining itself waits for the storage's
+// lock, and is retried with certmagic's backoff when the CA fails.
+func (m *Manager) manage(ctx context.Context, magic *certmagic.Config, issuerKey, name string) {
+	key := certmagic.StorageKeys.SiteCert(issuerKey, name)
+	m.managing.Go(func() {
+		wait := time.Second
+		for attempt := 0; ; attempt++ {
+			_, err := magic.Storage.Stat(ctx, key)
+			if err == nil || errors.Is(err, fs.ErrNotExist) {
+				if attempt > 0 {
+					m.logger.Info("certificate storage answers again: managing the name", zap.String("identifier", name))
+				}
+				break
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			if attempt == 0 || wait == maxStorageWait {
+				m.logger.Error("certificate storage unavailable: the name's certificate waits for it",
+					zap.String("identifier", name), zap.Duration("retry_in", wait), zap.Error(err))
+			}
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			wait = min(2*wait, maxStorageWait)
+		}
+		if err := magic.ManageAsync(ctx, []string{name}); err != nil && ctx.Err() == nil {
+			m.logger.Error("managing an acme certificate", zap.String("identifier", name), zap.Error(err))
+		}
+	})
+}
+
+// maxStorageWait bounds the wait between two looks into a failing storage
+// (manage).
+const maxStorageWait = 30 * time.Second
 
 // TLSConfig returns a new TLS config for the TCP listener: certificates from
 // the cache, ALPN h2, http/1.1 and acme-tls/1 (so that ACME's TLS-ALPN-01
@@ -371,6 +420,7 @@ func (m *Manager) Stop() {
 	}
 	m.stopped = true
 	m.stopACME()
+	m.managing.Wait()
 	m.cache.Stop()
 	if ask := m.cur.Load().ask; ask != nil {
 		ask.close()

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -130,8 +131,9 @@ func serial(t *testing.T, addr, name string, roots *x509.CertPool) (string, erro
 // Redis storage order each name once between them (Pebble counts the
 // orders), all serve the same certificate (the serials of their
 // handshakes) and share one local CA; with Redis then killed, they keep
-// serving the certificates they hold, count the storage's errors, and use
-// the storage again once Redis is back.
+// serving the certificates they hold, count the storage's errors, hold a
+// new name's issuance until Redis is back (then order it once), and use
+// the storage again.
 func TestRedisFleetOrdersOnce(t *testing.T) {
 	f := newRedisFleet(t)
 	names := []string{uniqueName("shop"), uniqueName("api")}
@@ -196,8 +198,38 @@ func TestRedisFleetOrdersOnce(t *testing.T) {
 		t.Error("roamgate_storage_errors_total did not count the failed commands")
 	}
 
+	// A name added while Redis is down: its issuance waits for the
+	// storage's lock, and nothing is ordered meanwhile.
+	late := uniqueName("late")
+	for i, in := range fleet {
+		c := in.m.settings
+		c.Sites = []Site{{Names: append(slices.Clone(names), late)}}
+		if err := in.m.Update(ctx, c); err != nil {
+			t.Fatalf("instance %d: adding a name with Redis down: %v", i, err)
+		}
+	}
+	time.Sleep(time.Second)
+	if n := f.ca.Orders(late); n != 0 {
+		t.Errorf("%d orders for %s with Redis down: issuance must wait for the lock", n, late)
+	}
+
 	// Redis is back (empty: it persisted nothing); the same storage works.
 	f.redis.Restart(t)
+	back := time.Now()
+	var lateSerial string
+	for i, in := range fleet {
+		s := waitForCert(t, in.addr, late, roots).SerialNumber.String()
+		if i == 0 {
+			lateSerial = s
+		} else if s != lateSerial {
+			t.Errorf("%s: instance %d serves serial %s, instance 0 %s", late, i, s, lateSerial)
+		}
+	}
+	if n := f.ca.Orders(late); n != 1 {
+		t.Errorf("%s: %d orders once Redis was back, want 1", late, n)
+	}
+	t.Logf("a name added with Redis down: served by all three %s after Redis came back, %d order(s)",
+		time.Since(back).Round(time.Millisecond), f.ca.Orders(late))
 	waitFor(t, 10*time.Second, "the storage to answer after Redis came back", func() bool {
 		_, err := SharedSecret(ctx, fleet[0].m.storage)
 		return err == nil
