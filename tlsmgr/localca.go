@@ -177,6 +177,17 @@ func loadOrCreateLocalCA(ctx context.Context, storage certmagic.Storage, lifetim
 	return ca, nil
 }
 
+// LocalCARoot returns the PEM root certificate of the local CA kept in
+// storage (a data directory's files, or a fleet's Redis), creating
+// nothing; its error wraps fs.ErrNotExist when there is none.
+func LocalCARoot(ctx context.Context, storage certmagic.Storage) ([]byte, error) {
+	ca, err := loadLocalCA(ctx, storage, 0)
+	if err != nil {
+		return nil, err
+	}
+	return ca.RootPEM(), nil
+}
+
 // loadLocalCA loads the root from storage. Its error wraps fs.ErrNotExist
 // only when there is no root certificate at all.
 func loadLocalCA(ctx context.Context, storage certmagic.Storage, lifetime time.Duration) (*LocalCA, error) {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"time"
 
 	"github.com/roamgate/roamgate/configs"
 	"github.com/roamgate/roamgate/tlsmgr"
@@ -17,7 +19,8 @@ import (
 
 // trustCmd prints the local CA's root certificate, or installs it into the
 // system trust store so browsers and tools trust roamgate's development
-// certificates. A data directory without a CA is an error (a wrong
+// certificates. With --config, the CA is the one of the Roamfile's
+// storage: its data directory, or a fleet's Redis. A data directory without a CA is an error (a wrong
 // --data-dir would otherwise get a new CA that no server uses), unless
 // --create asks for one.
 func trustCmd(args []string, stdout, stderr io.Writer) error {
@@ -30,29 +33,34 @@ func trustCmd(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	dir := *dataDir
-	if dir == "" && *config != "" {
-		cfg, err := configs.Load(*config)
-		if err != nil {
+	var cfg *configs.Config
+	if *config != "" {
+		var err error
+		if cfg, err = configs.Load(*config); err != nil {
 			return err
 		}
-		dir = cfg.DataDir
+		if dir == "" {
+			dir = cfg.DataDir
+		}
 	}
 	if dir == "" {
 		dir = tlsmgr.DefaultDataDir()
 	}
-	if _, err := os.Stat(tlsmgr.RootCertPath(dir)); errors.Is(err, os.ErrNotExist) && !*create {
-		return fmt.Errorf("no local CA in %s (no %s): roamgate run, reverse-proxy or demo creates it on its first start there; "+
-			"give the --data-dir (or --config) of that server, or --create to create one now", dir, tlsmgr.RootCertPath(dir))
+	tcfg := tlsmgr.Config{DataDir: dir}
+	if cfg != nil {
+		tcfg.Redis = tlsmgr.ConfigFor(cfg, dir).Redis // a fleet's CA lives in its Redis
 	}
-	m, err := tlsmgr.New(tlsmgr.Config{DataDir: dir}, nil)
+	pem, err := storedRoot(tcfg, *create)
 	if err != nil {
 		return err
 	}
-	pem := m.LocalCA().RootPEM()
-	m.Stop()
 
 	if !*install {
-		fmt.Fprintf(stderr, "roamgate's local CA root (also at %s); install it with: roamgate trust --install\n", tlsmgr.RootCertPath(dir))
+		from := "also at " + tlsmgr.RootCertPath(dir)
+		if tcfg.Redis != nil {
+			from = "from the Redis storage at " + tcfg.Redis.Address
+		}
+		fmt.Fprintf(stderr, "roamgate's local CA root (%s); install it with: roamgate trust --install\n", from)
 		_, err := stdout.Write(pem)
 		return err
 	}
@@ -63,6 +71,42 @@ func trustCmd(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "installed roamgate's local CA root into %s\n", where)
 	fmt.Fprintln(stdout, "Firefox and Java keep trust stores of their own: import the root there too if you use them.")
 	return nil
+}
+
+// storedRoot returns the local CA's root from cfg's storage (Redis, or the
+// data directory's files). A storage without one is an error unless
+// create, which makes one there, as a server's first start would.
+func storedRoot(cfg tlsmgr.Config, create bool) ([]byte, error) {
+	where := cfg.DataDir + " (no " + tlsmgr.RootCertPath(cfg.DataDir) + ")"
+	if cfg.Redis != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		st, err := tlsmgr.NewStorage(cfg)
+		if err != nil {
+			return nil, err
+		}
+		pem, err := tlsmgr.LocalCARoot(ctx, st)
+		st.(io.Closer).Close()
+		switch {
+		case err == nil:
+			return pem, nil
+		case !errors.Is(err, fs.ErrNotExist):
+			return nil, fmt.Errorf("local CA in the Redis storage at %s: %w", cfg.Redis.Address, err)
+		}
+		where = "the Redis storage at " + cfg.Redis.Address
+	} else if _, err := os.Stat(tlsmgr.RootCertPath(cfg.DataDir)); err == nil {
+		create = true // there: tlsmgr.New loads it
+	}
+	if !create {
+		return nil, fmt.Errorf("no local CA in %s: roamgate run, reverse-proxy or demo creates it on its first start there; "+
+			"give the --data-dir (or --config) of that server, or --create to create one now", where)
+	}
+	m, err := tlsmgr.New(cfg, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer m.Stop()
+	return m.LocalCA().RootPEM(), nil
 }
 
 // trustStore is one system trust store: a directory of anchors and the

@@ -8,7 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/roamgate/roamgate/configs"
 	"github.com/roamgate/roamgate/tlsmgr"
+	"github.com/roamgate/roamgate/tlsmgr/redistest"
 )
 
 func TestTrustPrintsTheRoot(t *testing.T) {
@@ -60,5 +62,49 @@ func TestInstallRoot(t *testing.T) {
 	failing := []trustStore{{name: "failing", dir: anchors, file: "y.crt", cmd: []string{"false"}}}
 	if _, err := installRoot([]byte("PEM"), failing, io.Discard); err == nil {
 		t.Fatal("a failing update command was not reported")
+	}
+}
+
+// TestTrustReadsTheFleetsRedis: with a Roamfile whose storage is Redis,
+// trust prints the local CA the fleet shares there (the one its instances
+// serve from), creating none unless asked, and nothing in the data
+// directory.
+func TestTrustReadsTheFleetsRedis(t *testing.T) {
+	redis := redistest.Start(t, redistest.Options{})
+	dir := t.TempDir()
+	dataDir := filepath.Join(dir, "data")
+	roamfile := writeFile(t, dir, "Roamfile", "{\n\tdata_dir "+dataDir+"\n\tstorage redis {\n\t\taddress "+redis.Addr()+
+		"\n\t\tkey_prefix trust-test\n\t}\n}\nlocalhost {\n\trespond hi\n}\n")
+	var out bytes.Buffer
+	err := run(t.Context(), []string{"trust", "--config", roamfile}, &out, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "no local CA in the Redis storage at "+redis.Addr()) {
+		t.Fatalf("an empty Redis: %v", err)
+	}
+	var errOut bytes.Buffer
+	if err := run(t.Context(), []string{"trust", "--config", roamfile, "--create"}, &out, &errOut); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(out.String(), "-----BEGIN CERTIFICATE-----") || !strings.Contains(errOut.String(), "from the Redis storage") {
+		t.Fatalf("printed %q (%q)", out.String(), errOut.String())
+	}
+	if _, err := os.Stat(tlsmgr.RootCertPath(dataDir)); err == nil {
+		t.Fatal("the CA went to the data directory, not to Redis")
+	}
+	// An instance of the fleet serves from that CA.
+	cfg, err := configs.Load(roamfile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := tlsmgr.New(tlsmgr.ConfigFor(cfg, dataDir), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Stop()
+	if !bytes.Equal(m.LocalCA().RootPEM(), out.Bytes()) {
+		t.Fatal("trust printed another root than the fleet's")
+	}
+	var again bytes.Buffer
+	if err := run(t.Context(), []string{"trust", "--config", roamfile}, &again, io.Discard); err != nil || !bytes.Equal(again.Bytes(), out.Bytes()) {
+		t.Fatalf("second run: %v, same root: %v", err, bytes.Equal(again.Bytes(), out.Bytes()))
 	}
 }
