@@ -285,21 +285,22 @@ a {
 		tls_ca /etc/roamgate/redis-ca.pem
 		tls_server_name redis.internal
 		dial_timeout 2s
+		lock_ttl 30s
 	}
 }
 a { reverse_proxy b }`,
 			want: func() *Config {
 				c := defaults(Site{
-					Pos:       at(15, 1),
-					Addresses: []Address{{Pos: at(15, 1), Host: "a", Port: 443, Text: "a"}},
-					TLS:       TLS{Pos: at(15, 1)},
-					Routes:    only(proxy(at(15, 5), Upstream{Pos: at(15, 19), Addr: "b:80", Text: "b"})),
+					Pos:       at(16, 1),
+					Addresses: []Address{{Pos: at(16, 1), Host: "a", Port: 443, Text: "a"}},
+					TLS:       TLS{Pos: at(16, 1)},
+					Routes:    only(proxy(at(16, 5), Upstream{Pos: at(16, 19), Addr: "b:80", Text: "b"})),
 				})
 				c.DataDir = "/var/lib/roamgate"
 				c.Redis = &RedisStorage{
 					Pos: at(3, 2), Address: "redis.internal:6380", DB: 2, Username: "roamgate", Password: "hunter2",
 					KeyPrefix: "fleet-eu", TLS: true, TLSCA: File{Pos: at(10, 10), Path: "/etc/roamgate/redis-ca.pem"},
-					TLSServerName: "redis.internal", DialTimeout: 2 * time.Second,
+					TLSServerName: "redis.internal", DialTimeout: 2 * time.Second, LockTTL: 30 * time.Second,
 				}
 				return c
 			}(),
@@ -316,7 +317,7 @@ a { reverse_proxy b }`,
 				})
 				c.Redis = &RedisStorage{
 					Pos: at(2, 2), Address: "[::1]:6379", PasswordFile: File{Pos: at(4, 17), Path: "/run/secrets/redis"},
-					KeyPrefix: DefaultRedisKeyPrefix, DialTimeout: DefaultRedisDialTimeout,
+					KeyPrefix: DefaultRedisKeyPrefix, DialTimeout: DefaultRedisDialTimeout, LockTTL: DefaultRedisLockTTL,
 				}
 				return c
 			}(),
@@ -676,6 +677,8 @@ func TestParseErrors(t *testing.T) {
 		{"storage redis bad tls_server_name", redis("address a:1", "tls on", "tls_server_name a/b"), `Roamfile:5:19: storage: tls_server_name: invalid name "a/b"`},
 		{"storage redis dial_timeout", redis("address a:1", "dial_timeout 0s"), `Roamfile:4:16: storage: dial_timeout: duration "0s" must be positive`},
 		{"storage redis dial_timeout word", redis("address a:1", "dial_timeout soon"), `Roamfile:4:16: storage: dial_timeout: invalid duration "soon" (examples: 500ms, 5s, 2m, 1h30m)`},
+		{"storage redis lock_ttl short", redis("address a:1", "lock_ttl 500ms"), `Roamfile:4:12: storage: lock_ttl: "500ms" is below 1s (the holder extends its lock every third of it)`},
+		{"storage redis lock_ttl word", redis("address a:1", "lock_ttl long"), `Roamfile:4:12: storage: lock_ttl: invalid duration "long" (examples: 500ms, 5s, 2m, 1h30m)`},
 		{"storage redis two args", redis("address a:1 b:2"), `Roamfile:3:15: storage: address: unexpected argument "b:2"`},
 		{"on_demand_tls without block", global("on_demand_tls"), `Roamfile:2:2: on_demand_tls: ask is required (roamgate never issues certificates without asking)`},
 		{"on_demand_tls empty block", global("on_demand_tls {\n\t}"), `Roamfile:2:2: on_demand_tls: ask is required (roamgate never issues certificates without asking)`},

@@ -11,6 +11,8 @@ import (
 const (
 	DefaultRedisKeyPrefix   = "roamgate"
 	DefaultRedisDialTimeout = 5 * time.Second
+	DefaultRedisLockTTL     = 10 * time.Second
+	MinRedisLockTTL         = time.Second
 )
 
 // RedisStorage is the global "storage redis { ... }" option: certificates,
@@ -28,6 +30,7 @@ const (
 //		tls_ca FILE              # with tls on: roots for the server's certificate; default the system's
 //		tls_server_name N        # with tls on: the name to check in it; default the address's host
 //		dial_timeout D           # default 5s
+//		lock_ttl D               # default 10s, at least 1s
 //	}
 //
 // The data directory (data_dir) still holds what is each instance's own:
@@ -52,9 +55,12 @@ type RedisStorage struct {
 	TLSCA         File
 	TLSServerName string
 	DialTimeout   time.Duration // default DefaultRedisDialTimeout
+	// LockTTL is how long a certificate lock outlives its holder's last
+	// extension: how long a crashed instance's order blocks the others.
+	LockTTL time.Duration // default DefaultRedisLockTTL, at least MinRedisLockTTL
 }
 
-var redisOptions = []string{"address", "db", "username", "password", "password_file", "key_prefix", "tls", "tls_ca", "tls_server_name", "dial_timeout"}
+var redisOptions = []string{"address", "db", "username", "password", "password_file", "key_prefix", "tls", "tls_ca", "tls_server_name", "dial_timeout", "lock_ttl"}
 
 // redisStorage reads the block of "storage redis", with the cursor on
 // redis.
@@ -66,7 +72,7 @@ func redisStorage(b *builder, c *Cursor, pos Position) error {
 	if !c.opensBlock() {
 		return newError(module.Pos(), "storage", nil, "redis needs a block (want storage redis { address HOST:PORT ... })")
 	}
-	r := &RedisStorage{Pos: pos, KeyPrefix: DefaultRedisKeyPrefix, DialTimeout: DefaultRedisDialTimeout}
+	r := &RedisStorage{Pos: pos, KeyPrefix: DefaultRedisKeyPrefix, DialTimeout: DefaultRedisDialTimeout, LockTTL: DefaultRedisLockTTL}
 	seen := make(map[string]Position)
 	for c.NextBlock(0) {
 		b.report(redisSubdirective(c, r, seen))
@@ -159,6 +165,13 @@ func redisSubdirective(c *Cursor, r *RedisStorage, seen map[string]Position) err
 		}
 	case "dial_timeout":
 		return durationArg(c, t, &r.DialTimeout, true)
+	case "lock_ttl":
+		if err := durationArg(c, t, &r.LockTTL, true); err != nil {
+			return err
+		}
+		if r.LockTTL < MinRedisLockTTL {
+			return c.Errf("lock_ttl: %q is below %s (the holder extends its lock every third of it)", v, MinRedisLockTTL)
+		}
 	}
 	return nil
 }

@@ -72,6 +72,7 @@ func ConfigFor(cfg *configs.Config, dataDir string) Config {
 			TLSCAFile:     r.TLSCA.Path,
 			TLSServerName: r.TLSServerName,
 			DialTimeout:   r.DialTimeout,
+			LockTTL:       r.LockTTL,
 		}
 	}
 

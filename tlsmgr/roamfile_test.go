@@ -238,6 +238,7 @@ func TestConfigForRedis(t *testing.T) {
 		tls_ca /ca.pem
 		tls_server_name redis.internal
 		dial_timeout 2s
+		lock_ttl 4s
 	}
 }
 a.example.com {
@@ -249,7 +250,7 @@ a.example.com {
 	}
 	got := ConfigFor(cfg, "")
 	want := &Redis{Address: "10.0.0.7:6380", DB: 3, Username: "rg", Password: "pw", KeyPrefix: "eu",
-		TLS: true, TLSCAFile: "/ca.pem", TLSServerName: "redis.internal", DialTimeout: 2 * time.Second}
+		TLS: true, TLSCAFile: "/ca.pem", TLSServerName: "redis.internal", DialTimeout: 2 * time.Second, LockTTL: 4 * time.Second}
 	if !reflect.DeepEqual(got.Redis, want) || got.DataDir != "/local" {
 		t.Fatalf("ConfigFor: Redis %+v, data dir %q; want %+v, /local", got.Redis, got.DataDir, want)
 	}
