@@ -72,6 +72,7 @@ type upgradeFixture struct {
 	config  string
 	logPath string
 	grace   string // upgrade_grace
+	global  string // more global options
 	apps    []*legacyapp.App
 	cmd     *exec.Cmd
 	exited  chan error
@@ -102,22 +103,28 @@ func (f *upgradeFixture) waitLog(what string, re *regexp.Regexp, after int) []st
 
 func (f *upgradeFixture) roamfile(gen, backends, extra string) string {
 	return "{\n\tdefault_bind 127.0.0.1\n\tdata_dir " + f.dataDir + "\n\tupgrade_steering " + filepath.Base(f.dir) +
-		"\n\tupgrade_grace " + f.grace + "\n}\n127.0.0.1:0 {\n\theader X-Gen " + gen + "\n\treverse_proxy " + backends + "\n}\n" + extra
+		"\n\tupgrade_grace " + f.grace + "\n" + f.global + "}\n127.0.0.1:0 {\n\theader X-Gen " + gen + "\n\treverse_proxy " + backends + "\n}\n" + extra
 }
 
 func startUpgradeFixture(t *testing.T, mode string) *upgradeFixture {
-	return startUpgradeFixtureGrace(t, mode, "1m")
+	return startUpgradeFixtureWith(t, mode, "1m", "")
 }
 
 // startUpgradeFixtureGrace is startUpgradeFixture with an upgrade_grace
 // of the test's.
 func startUpgradeFixtureGrace(t *testing.T, mode, grace string) *upgradeFixture {
+	return startUpgradeFixtureWith(t, mode, grace, "")
+}
+
+// startUpgradeFixtureWith is startUpgradeFixture with an upgrade_grace and
+// more global options (lines ending in a newline) of the test's.
+func startUpgradeFixtureWith(t *testing.T, mode, grace, global string) *upgradeFixture {
 	bins, err := binaries()
 	if err != nil {
 		t.Fatal(err)
 	}
 	root := t.TempDir()
-	f := &upgradeFixture{t: t, dir: filepath.Join(root, mode), dataDir: filepath.Join(root, "data"), grace: grace, exited: make(chan error, 1)}
+	f := &upgradeFixture{t: t, dir: filepath.Join(root, mode), dataDir: filepath.Join(root, "data"), grace: grace, global: global, exited: make(chan error, 1)}
 	if err := os.MkdirAll(f.dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -911,6 +918,74 @@ func testUpgradeSuccessorDies(t *testing.T, mode string) {
 	defer last.conn.Close()
 	if r := last.get(ctx); r.err != nil || socketOwner(t, r.ends, secondPID) != secondPID {
 		t.Fatalf("after the second upgrade: %v", r.err)
+	}
+}
+
+// TestUpgradeWithQUICLB: with quic_lb (encrypted server IDs, routable by a
+// fleet's balancer), the process generation is still readable without the
+// key, so an upgrade keeps the old process's connections there, across a
+// migration during the drain, in both steering modes.
+func TestUpgradeWithQUICLB(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds roamgate")
+	}
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+	const lb = "\tquic_lb {\n\t\tserver_id 0a0b\n\t\tnonce_len 10\n\t\tconfig_id 2\n\t\tkey 8f95f09245765f80256934e50c66207f\n\t}\n"
+	for _, mode := range []string{"bpf", "forward"} {
+		t.Run(mode, func(t *testing.T) {
+			needBPF(t, mode)
+			f := startUpgradeFixtureWith(t, mode, "1m", lb)
+			addr := f.waitLog("listening line", listeningUDP, 0)[1]
+			f.waitLog("serving", regexp.MustCompile(`\bserving\b`), 0)
+			if !strings.Contains(f.log(), "connection ids routable (quic_lb)") {
+				t.Fatal("quic_lb is not on")
+			}
+			oldPID := f.cmd.Process.Pid
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			clients := make([]*loadClient, 4)
+			first := make([]upstreamConn, len(clients))
+			for i := range clients {
+				clients[i] = &loadClient{id: i, conn: dialEdge(t, addr, f.dataDir), addr: addr}
+				defer clients[i].conn.Close()
+				r := clients[i].get(ctx)
+				if r.err != nil {
+					t.Fatal(r.err)
+				}
+				first[i] = r.upstream
+			}
+			os.Rename(f.next, f.bin)
+			at := len(f.log())
+			if err := f.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+				t.Fatal(err)
+			}
+			newPID, _ := strconv.Atoi(f.waitLog("handover", newProcessServes, at)[1])
+			t.Cleanup(func() { stopProcess(newPID) })
+			f.waitLog("drain", regexp.MustCompile(`draining: no new connections`), at)
+			for i, c := range clients {
+				mctx, mcancel := context.WithTimeout(ctx, 20*time.Second)
+				err := c.conn.Migrate(mctx)
+				mcancel()
+				if err != nil {
+					t.Fatalf("client %d: migrate: %v", i, err)
+				}
+				r := c.get(ctx)
+				if r.err != nil || r.upstream != first[i] {
+					t.Fatalf("client %d after migrating during the drain: %v over %v (was %v)", i, r.err, r.upstream, first[i])
+				}
+				if owner := socketOwner(t, r.ends, oldPID, newPID); owner != oldPID {
+					t.Fatalf("client %d served by process %d (old %d)", i, owner, oldPID)
+				}
+			}
+			fresh := &loadClient{id: 9, conn: dialEdge(t, addr, f.dataDir), addr: addr}
+			defer fresh.conn.Close()
+			if r := fresh.get(ctx); r.err != nil || socketOwner(t, r.ends, oldPID, newPID) != newPID {
+				t.Fatalf("a new client: %v", r.err)
+			}
+		})
 	}
 }
 
