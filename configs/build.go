@@ -47,6 +47,7 @@ func Parse(filename string, src []byte, env func(string) (string, bool)) (*Confi
 			HandshakeRate:       DefaultHandshakeRate,
 			HandshakeRatePerIP:  DefaultHandshakeRatePerIP,
 			UpgradeGrace:        DefaultUpgradeGrace,
+			UpgradeTimeout:      DefaultUpgradeTimeout,
 			UpgradeSteering:     "auto",
 			Log:                 Log{Level: "info", Format: "console"},
 		},

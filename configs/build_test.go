@@ -52,6 +52,7 @@ func defaults(sites ...Site) *Config {
 		HandshakeRate:       DefaultHandshakeRate,
 		HandshakeRatePerIP:  DefaultHandshakeRatePerIP,
 		UpgradeGrace:        DefaultUpgradeGrace,
+		UpgradeTimeout:      DefaultUpgradeTimeout,
 		UpgradeSteering:     "auto",
 		Log:                 Log{Level: "info", Format: "console"},
 		Sites:               sites,
@@ -189,6 +190,7 @@ Example.COM:0 {
 				HandshakeRate:       DefaultHandshakeRate,
 				HandshakeRatePerIP:  DefaultHandshakeRatePerIP,
 				UpgradeGrace:        DefaultUpgradeGrace,
+				UpgradeTimeout:      DefaultUpgradeTimeout,
 				UpgradeSteering:     "auto",
 				HTTPSPort:           8443,
 				HTTPPort:            0,
@@ -240,6 +242,7 @@ a {
 				HandshakeRate:       DefaultHandshakeRate,
 				HandshakeRatePerIP:  DefaultHandshakeRatePerIP,
 				UpgradeGrace:        DefaultUpgradeGrace,
+				UpgradeTimeout:      DefaultUpgradeTimeout,
 				UpgradeSteering:     "auto",
 				HTTPSPort:           8443,
 				HTTPPort:            443,
@@ -595,6 +598,7 @@ func TestParseErrors(t *testing.T) {
 		{"log level extra", global("log { level info warn }"), `Roamfile:2:19: log: level: unexpected argument "warn"`},
 
 		{"upgrade_grace word", global("upgrade_grace long"), `Roamfile:2:16: upgrade_grace: invalid duration "long" (examples: 500ms, 5s, 2m, 1h30m)`},
+		{"upgrade_timeout zero", global("upgrade_timeout 0s"), `Roamfile:2:18: upgrade_timeout: duration "0s" must be positive`},
 		{"upgrade_steering unknown", global("upgrade_steering ebpf"), `Roamfile:2:19: upgrade_steering: unknown value "ebpf" (want auto, bpf, forward)`},
 		{"zero_rtt missing", global("zero_rtt"), `Roamfile:2:2: zero_rtt: missing argument`},
 		{"zero_rtt yes", global("zero_rtt yes"), `Roamfile:2:11: zero_rtt: unknown value "yes" (want on, off)`},
@@ -976,5 +980,15 @@ func BenchmarkParse(b *testing.B) {
 		if _, err := Parse("Roamfile", src, testEnv); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+func TestUpgradeTimeout(t *testing.T) {
+	cfg, err := Parse("Roamfile", []byte("{\n\tupgrade_timeout 3m\n\tupgrade_grace 10m\n}\nlocalhost {\n\trespond hi\n}\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.UpgradeTimeout != 3*time.Minute || cfg.UpgradeGrace != 10*time.Minute {
+		t.Fatalf("upgrade_timeout %v, upgrade_grace %v", cfg.UpgradeTimeout, cfg.UpgradeGrace)
 	}
 }

@@ -35,6 +35,9 @@ const (
 	// session (a video call, a long download, a chat kept open), short
 	// enough that a deploy ends within the hour.
 	DefaultUpgradeGrace = time.Hour
+	// DefaultUpgradeTimeout bounds how long a binary upgrade's new process
+	// may take to serve before it is given up.
+	DefaultUpgradeTimeout = time.Minute
 )
 
 // Position is a place in a Roamfile. File is the path as it was given to
@@ -111,6 +114,10 @@ type Config struct {
 	// goes on serving the connections it has before it tells the rest to
 	// go away (GOAWAY) and exits. Default DefaultUpgradeGrace.
 	UpgradeGrace time.Duration
+	// UpgradeTimeout is the global upgrade_timeout option: how long a new
+	// process may take to serve after SIGUSR2 or roamgate upgrade before
+	// the old one stops it and serves on. Default DefaultUpgradeTimeout.
+	UpgradeTimeout time.Duration
 	// UpgradeSteering is the global upgrade_steering option, how packets
 	// of the old process's QUIC connections reach it during an upgrade:
 	// "auto" (default: "bpf" where this process may load BPF programs,

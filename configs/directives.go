@@ -30,6 +30,7 @@ var globalOptions = map[string]func(b *builder, c *Cursor) error{
 	"shared_keys":            sharedKeysOption,
 	"storage":                storage,
 	"upgrade_grace":          upgradeGrace,
+	"upgrade_timeout":        upgradeTimeout,
 	"upgrade_steering":       upgradeSteering,
 	"zero_rtt":               zeroRTT,
 }
@@ -350,6 +351,15 @@ func upgradeGrace(b *builder, c *Cursor) error {
 		return err
 	}
 	return durationArg(c, t, &b.cfg.UpgradeGrace, true)
+}
+
+// upgradeTimeout reads "upgrade_timeout DURATION".
+func upgradeTimeout(b *builder, c *Cursor) error {
+	t, err := oneArg(c)
+	if err != nil {
+		return err
+	}
+	return durationArg(c, t, &b.cfg.UpgradeTimeout, true)
 }
 
 // upgradeSteering reads "upgrade_steering auto|bpf|forward".

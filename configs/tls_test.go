@@ -109,6 +109,7 @@ func TestParseACMEFile(t *testing.T) {
 		HandshakeRate:       DefaultHandshakeRate,
 		HandshakeRatePerIP:  DefaultHandshakeRatePerIP,
 		UpgradeGrace:        DefaultUpgradeGrace,
+		UpgradeTimeout:      DefaultUpgradeTimeout,
 		UpgradeSteering:     "auto",
 		HTTPSPort:           443,
 		HTTPPort:            8080,

@@ -140,6 +140,7 @@ func serve(ctx context.Context, cfg *configs.Config, o serveOptions) (err error)
 	// there is nothing to reload.
 	r := &reloader{srv: srv, certs: certs, logs: o.logs, dataDir: o.dataDir, logger: logger, cur: cfg}
 	u := newUpgrader(sockets, logger)
+	u.timeout = func() time.Duration { return r.current().UpgradeTimeout }
 	stopControl := func(bool) {}
 	if o.reloadable {
 		stop, err := r.serveControl(tcfg.DataDir, sockets, u, sockets.Inherited())

@@ -23,9 +23,6 @@ import (
 	"github.com/roamgate/roamgate/tlsmgr"
 )
 
-// upgradeTimeout bounds how long a new process may take to serve before
-// the upgrade is given up (it is stopped; the old process serves on).
-const upgradeTimeout = time.Minute
 
 // executable is the path this process was started from, taken at start:
 // an upgrade starts the binary that is at that path then.
@@ -48,6 +45,11 @@ type upgrader struct {
 	// this process starts draining (the control socket stops accepting).
 	beforeHandover func()
 
+	// timeout bounds how long the successor may take to serve before the
+	// upgrade is given up (it is stopped; this process serves on): the
+	// Roamfile's upgrade_timeout.
+	timeout func() time.Duration
+
 	mu   sync.Mutex
 	busy bool // an upgrade runs, or one succeeded
 	// handedOver receives the successor once it serves.
@@ -55,7 +57,8 @@ type upgrader struct {
 }
 
 func newUpgrader(sockets *handoff.Sockets, logger *zap.Logger) *upgrader {
-	return &upgrader{sockets: sockets, logger: logger, args: os.Args[1:], handedOver: make(chan *handoff.Successor, 1)}
+	return &upgrader{sockets: sockets, logger: logger, args: os.Args[1:], handedOver: make(chan *handoff.Successor, 1),
+		timeout: func() time.Duration { return configs.DefaultUpgradeTimeout }}
 }
 
 // upgrade starts the binary at this process's path as the successor and
@@ -75,9 +78,16 @@ func (u *upgrader) upgrade(trigger string) (int, error) {
 	u.busy = true
 	u.mu.Unlock()
 	u.logger.Info("upgrade: starting the new binary", zap.String("trigger", trigger), zap.String("path", executable))
-	ctx, cancel := context.WithTimeout(context.Background(), upgradeTimeout)
+	timeout := u.timeout()
+	if timeout <= 0 {
+		timeout = configs.DefaultUpgradeTimeout
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	succ, err := u.sockets.Upgrade(ctx, handoff.Command{Path: executable, Args: u.args, Stdout: os.Stdout, Stderr: os.Stderr})
+	if errors.Is(err, context.DeadlineExceeded) {
+		err = fmt.Errorf("%w (upgrade_timeout %s)", err, timeout)
+	}
 	if err != nil {
 		u.mu.Lock()
 		u.busy = false
@@ -152,13 +162,16 @@ func upgradeCmd(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("upgrade", flag.ContinueOnError)
 	config := fs.String("config", "Roamfile", "the Roamfile the running roamgate serves")
 	dataDir := fs.String("data-dir", "", "the data directory the running roamgate was given (default: the Roamfile's, else "+tlsmgr.DefaultDataDir()+")")
-	timeout := durationFlag(fs, "timeout", upgradeTimeout+10*time.Second, "how long to wait for the answer (a `duration`)")
+	timeout := durationFlag(fs, "timeout", 0, "how long to wait for the answer (a `duration`; default the Roamfile's upgrade_timeout and 10s)")
 	if err := parseFlags(fs, args, stdout, stderr); err != nil {
 		return err
 	}
 	cfg, err := configs.Load(*config)
 	if err != nil {
 		return err
+	}
+	if *timeout == 0 {
+		*timeout = cfg.UpgradeTimeout + 10*time.Second
 	}
 	body, err := control(tlsmgr.ConfigFor(cfg, *dataDir).DataDir, "upgrade", absPath(*config), *timeout)
 	if err != nil {

@@ -675,7 +675,7 @@ func TestFailedUpgradeKeepsServing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
-	f := startUpgradeFixture(t, "forward")
+	f := startUpgradeFixtureWith(t, "forward", "1m", "\tupgrade_timeout 5s\n")
 	addr := f.waitLog("listening line", listeningUDP, 0)[1]
 	f.waitLog("serving", regexp.MustCompile(`\bserving\b`), 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -716,6 +716,19 @@ func TestFailedUpgradeKeepsServing(t *testing.T) {
 		t.Error("the new process's output is not in the log")
 	}
 	check("after a binary that exited")
+
+	// A binary that never serves: stopped after upgrade_timeout.
+	os.WriteFile(f.bin+".hangs", []byte("#!/bin/sh\nexec sleep 600\n"), 0o755)
+	os.Rename(f.bin+".hangs", f.bin)
+	start := time.Now()
+	err = run(ctx, []string{"upgrade", "--config", f.config}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "did not serve in time") || !strings.Contains(err.Error(), "upgrade_timeout 5s") {
+		t.Fatalf("roamgate upgrade to a binary that hangs: %v", err)
+	}
+	if took := time.Since(start); took < 5*time.Second {
+		t.Fatalf("given up after %v, before upgrade_timeout", took)
+	}
+	check("after a binary that never served")
 
 	// A good one.
 	os.Rename(f.next, f.bin)
