@@ -23,7 +23,6 @@ import (
 	"github.com/roamgate/roamgate/tlsmgr"
 )
 
-
 // executable is the path this process was started from, taken at start:
 // an upgrade starts the binary that is at that path then.
 var executable = func() string {
