@@ -88,7 +88,7 @@ func TestFaultyPathUnderMigration(t *testing.T) {
 		c.Close()
 	}
 	eventually(t, "every session closed", func() bool { return testutil.ToFloat64(h.srv.metrics.sessionsActive) == 0 })
-	checkSets(t, app.Requests(), clients, inFlight)
+	checkSets(t, h, app.Requests(), clients, inFlight)
 	if st.Dropped == 0 {
 		t.Fatalf("the relay dropped nothing: %+v", st)
 	}

@@ -74,7 +74,7 @@ func TestSessionSetUnderConcurrency(t *testing.T) {
 				}
 				return nil
 			})
-			checkSets(t, app.Requests(), clients, c)
+			checkSets(t, h, app.Requests(), clients, c)
 		})
 	}
 }
@@ -135,9 +135,11 @@ func runClients(t *testing.T, conns []*h3client.Conn, c int, d time.Duration, do
 
 // checkSets asserts what the backend saw of clients with c requests in
 // flight each: at most c upstream connections per client, none shared
-// between clients, and after a client's migration only connections of the
-// set it had before.
-func checkSets(t *testing.T, reqs []legacyapp.Request, clients, c int) {
+// between clients, and every connection kept for its session's life: h's
+// proxy closed none before its session ended (so the connections a
+// client used after its migration are the ones it had, or new ones that
+// grew a set below c, never replacements).
+func checkSets(t *testing.T, h *harness, reqs []legacyapp.Request, clients, c int) {
 	t.Helper()
 	owner := map[string]string{}            // upstream connection → client
 	sets := map[string][2]map[string]bool{} // client → phase → connections
@@ -164,26 +166,49 @@ func checkSets(t *testing.T, reqs []legacyapp.Request, clients, c int) {
 		// A set smaller than c before the migration may grow after it
 		// (roamgate waits briefly for a connection about to be free
 		// rather than dial, so a client can reach its last connection
-		// late), keeping the ones it had; a new connection in place of
-		// one from before, or added to a full set, is a change.
-		all, added, dropped := len(s[0]), 0, false
+		// late); one that was full may not.
+		all, added := len(s[0]), 0
 		for a := range s[1] {
 			if !s[0][a] {
 				all++
 				added++
 			}
 		}
-		for a := range s[0] {
-			dropped = dropped || !s[1][a]
-		}
-		if added > 0 && (dropped || len(s[0]) >= c) {
-			t.Errorf("%s used %d new upstream connection(s) after its migration, in place of one of the %d before", client, added, len(s[0]))
+		if added > 0 && len(s[0]) >= c {
+			t.Errorf("%s used %d new upstream connection(s) after its migration, its set of %d being full", client, added, len(s[0]))
 		}
 		if all > c {
 			t.Errorf("%s used %d upstream connections with %d requests in flight", client, all, c)
 		}
 	}
+	if closed := closedMidSession(t, h); len(closed) > 0 {
+		t.Errorf("upstream connections closed before their sessions ended (a new one replaced each): %v", closed)
+	}
 	if len(owner) > clients*c {
 		t.Fatalf("backend saw %d connections for %d clients × %d in flight", len(owner), clients, c)
 	}
+}
+
+// closedMidSession counts the upstream connections h's proxy closed for
+// another reason than their session's end, by reason.
+func closedMidSession(t *testing.T, h *harness) map[string]float64 {
+	t.Helper()
+	mfs, err := h.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "roamgate_upstream_conns_closed_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "reason" && l.GetValue() != "session_end" && m.GetCounter().GetValue() > 0 {
+					out[l.GetValue()] += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return out
 }

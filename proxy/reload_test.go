@@ -110,7 +110,7 @@ func TestReloadUnderLoad(t *testing.T) {
 	if status, body, err := fetch(t, conns[0], base+"/new"); status != 200 || body != "new route" || err != nil {
 		t.Fatalf("the route added by reload 2, kept by 3: %d %q %v", status, body, err)
 	}
-	checkSets(t, app.Requests(), clients, inFlight)
+	checkSets(t, h, app.Requests(), clients, inFlight)
 	if got := h.sessionsOpened("h3"); got != clients {
 		t.Fatalf("sessions opened = %v, want %d", got, clients)
 	}

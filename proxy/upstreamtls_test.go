@@ -169,7 +169,7 @@ func TestUpstreamTLSConcurrentSessions(t *testing.T) {
 				}
 				return nil
 			})
-			checkSets(t, app.Requests(), clients, c)
+			checkSets(t, h, app.Requests(), clients, c)
 		})
 	}
 }
