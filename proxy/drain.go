@@ -122,7 +122,7 @@ func (s *Server) ResumeAccepting() (err error) {
 		}
 		return out, nil
 	}
-	_, qtls := s.tlsConfigs()
+	tcpTLS, qtls := s.tlsConfigs()
 	tcps := make([][]net.Listener, len(s.ports))
 	qlns := make([][]http3.QUICListener, len(s.ports))
 	for k, ps := range s.ports {
@@ -153,7 +153,6 @@ func (s *Server) ResumeAccepting() (err error) {
 	// Everything is bound: serve.
 	s.draining = false
 	s.idle, s.idleClosed = make(chan struct{}), false
-	tcpTLS, _ := s.tlsConfigs()
 	for k, ps := range s.ports {
 		ps.tcp, ps.qlns = tcps[k], qlns[k]
 		ps.h1 = s.tcpServer(ps, tcpTLS)
