@@ -342,10 +342,14 @@ func (cn *connector) open(ctx context.Context) (*h3client.Tunnel, error) {
 // connection with RST, the stream with H3_CONNECT_ERROR); so does ctx
 // ending. It returns the first failure.
 func splice(ctx context.Context, local *net.TCPConn, tun *h3client.Tunnel) error {
-	var once sync.Once
+	var mu sync.Mutex // guards first: ctx's AfterFunc may still run as splice returns
 	var first error
 	fail := func(err error) {
-		once.Do(func() { first = err })
+		mu.Lock()
+		if first == nil {
+			first = err
+		}
+		mu.Unlock()
 		tun.Abort()
 		_ = local.SetLinger(0)
 		_ = local.Close()
@@ -372,5 +376,7 @@ func splice(ctx context.Context, local *net.TCPConn, tun *h3client.Tunnel) error
 	}
 	wg.Wait()
 	_ = tun.Close()
+	mu.Lock()
+	defer mu.Unlock()
 	return first
 }
