@@ -67,12 +67,21 @@ func TestSharedKeys(t *testing.T) {
 	a := startProxyWith(t, fleetSite("01", apps...), nil, zap.NewNop(), Options{SharedSecret: secret})
 	b := startProxyWith(t, fleetSite("02", apps...), nil, zap.NewNop(), Options{SharedSecret: secret})
 	other := startProxyWith(t, fleetSite("03", apps...), nil, zap.NewNop(), Options{SharedSecret: bytes.Repeat([]byte{8}, 32)})
+	// Where a client of a goes next: b shares a's secret, other does not.
+	peers := []struct {
+		to   *harness
+		want bool
+	}{{b, true}, {other, false}}
+	// ticketFromA leaves a session ticket of a in conf's cache: it has
+	// arrived by the time a request is answered.
+	ticketFromA := func(t *testing.T, conf *tls.Config) {
+		c := a.dialWith(t, a.addr, conf)
+		seen(t, c, a, "first")
+		c.Close()
+	}
 
 	t.Run("resumption over TCP", func(t *testing.T) {
-		for _, tc := range []struct {
-			to   *harness
-			want bool
-		}{{b, true}, {other, false}} {
+		for _, tc := range peers {
 			conf := trustBoth(a, tc.to)
 			dialTCP(t, a, conf)
 			if got := dialTCP(t, tc.to, conf); got != tc.want {
@@ -81,15 +90,10 @@ func TestSharedKeys(t *testing.T) {
 		}
 	})
 	t.Run("resumption over QUIC", func(t *testing.T) {
-		for _, tc := range []struct {
-			to   *harness
-			want bool
-		}{{b, true}, {other, false}} {
+		for _, tc := range peers {
 			conf := trustBoth(a, tc.to)
-			c := a.dialWith(t, a.addr, conf)
-			seen(t, c, a, "first")
-			c.Close()
-			c = tc.to.dialWith(t, tc.to.addr, conf)
+			ticketFromA(t, conf)
+			c := tc.to.dialWith(t, tc.to.addr, conf)
 			if got := c.ConnectionState().TLS.DidResume; got != tc.want {
 				t.Errorf("resumed at the other instance: %v, want %v", got, tc.want)
 			}
@@ -97,14 +101,9 @@ func TestSharedKeys(t *testing.T) {
 		}
 	})
 	t.Run("0-RTT", func(t *testing.T) {
-		for _, tc := range []struct {
-			to   *harness
-			want bool
-		}{{b, true}, {other, false}} {
+		for _, tc := range peers {
 			conf := trustBoth(a, tc.to)
-			c := a.dialWith(t, a.addr, conf)
-			seen(t, c, a, "first") // the session ticket has arrived by then
-			c.Close()
+			ticketFromA(t, conf)
 			early := conf.Clone()
 			early.NextProtos = []string{http3.NextProtoH3}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -152,10 +151,7 @@ func TestSharedKeys(t *testing.T) {
 		}
 	})
 	t.Run("cookie", func(t *testing.T) {
-		for _, tc := range []struct {
-			to   *harness
-			same bool
-		}{{b, true}, {other, false}} {
+		for _, tc := range peers {
 			conf := trustBoth(a, tc.to)
 			agree := 0
 			const n = 8
@@ -180,8 +176,8 @@ func TestSharedKeys(t *testing.T) {
 					agree++
 				}
 			}
-			if tc.same && agree != n || !tc.same && agree == n {
-				t.Errorf("%d of %d cookies brought the client to the same backend at the other instance (same key: %v)", agree, n, tc.same)
+			if tc.want && agree != n || !tc.want && agree == n {
+				t.Errorf("%d of %d cookies brought the client to the same backend at the other instance (same key: %v)", agree, n, tc.want)
 			}
 		}
 	})

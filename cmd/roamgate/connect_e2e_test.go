@@ -109,12 +109,7 @@ func waitForCertificate(t *testing.T, edge, dataDir string) {
 func dialEdge(t *testing.T, addr, dataDir string) *h3client.Conn {
 	t.Helper()
 	waitForCertificate(t, addr, dataDir)
-	pem, err := os.ReadFile(tlsmgr.RootCertPath(dataDir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
+	pool := localRoots(t, dataDir)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c, err := h3client.Dial(ctx, addr, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}, nil)
@@ -125,8 +120,8 @@ func dialEdge(t *testing.T, addr, dataDir string) *h3client.Conn {
 	return c
 }
 
-// waitForCertificateNamed is waitForCertificate for a certificate for name.
-func waitForCertificateNamed(t *testing.T, edge, dataDir, name string) {
+// localRoots is a pool of the local CA root in dataDir.
+func localRoots(t *testing.T, dataDir string) *x509.CertPool {
 	t.Helper()
 	pem, err := os.ReadFile(tlsmgr.RootCertPath(dataDir))
 	if err != nil {
@@ -134,6 +129,13 @@ func waitForCertificateNamed(t *testing.T, edge, dataDir, name string) {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(pem)
+	return pool
+}
+
+// waitForCertificateNamed is waitForCertificate for a certificate for name.
+func waitForCertificateNamed(t *testing.T, edge, dataDir, name string) {
+	t.Helper()
+	pool := localRoots(t, dataDir)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)

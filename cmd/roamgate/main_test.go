@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -24,7 +23,6 @@ import (
 
 	"github.com/roamgate/roamgate/examples/legacyapp"
 	"github.com/roamgate/roamgate/proxy/h3client"
-	"github.com/roamgate/roamgate/tlsmgr"
 	"github.com/roamgate/roamgate/tlsmgr/acmetest"
 	"github.com/roamgate/roamgate/tlsmgr/tlstest"
 )
@@ -205,17 +203,13 @@ func startLegacyApp(t *testing.T, name string) *legacyapp.App {
 // local CA in dataDir.
 func getThrough(t *testing.T, addr, dataDir string) legacyapp.Request {
 	t.Helper()
-	pem, err := os.ReadFile(tlsmgr.RootCertPath(dataDir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
+	pool := localRoots(t, dataDir)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	// Listeners open before certificates load: retry until the handshake
 	// finds one, as a client would.
 	var c *h3client.Conn
+	var err error
 	for c == nil {
 		if c, err = h3client.Dial(ctx, addr, &tls.Config{RootCAs: pool, ServerName: "localhost"}, nil); err != nil {
 			if ctx.Err() != nil {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"io"
 	"net"
 	"net/http"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/roamgate/roamgate/proxy/h3client"
 	"github.com/roamgate/roamgate/proxy/h3client/edgetest"
-	"github.com/roamgate/roamgate/tlsmgr"
 	"github.com/roamgate/roamgate/tlsmgr/acmetest"
 )
 
@@ -39,12 +37,7 @@ func TestReloadTLSAndLogLevel(t *testing.T) {
 	defer stop()
 	waitForCertificate(t, addr, dataDir)
 	handshake := func(name string) error {
-		pem, err := os.ReadFile(tlsmgr.RootCertPath(dataDir))
-		if err != nil {
-			t.Fatal(err)
-		}
-		pool := x509.NewCertPool()
-		pool.AppendCertsFromPEM(pem)
+		pool := localRoots(t, dataDir)
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
 		c, err := h3client.Dial(ctx, addr, &tls.Config{RootCAs: pool, ServerName: name}, nil)

@@ -340,17 +340,32 @@ var newProcessServes = regexp.MustCompile(`the new process serves; this one drai
 // the new binary, and the old process exits once its clients leave. Once
 // with the BPF program steering packets, once forwarding them.
 func TestUpgradeUnderLoad(t *testing.T) {
+	upgradeTest(t, "builds roamgate twice and runs 50 clients")
+	inBothModes(t, testUpgradeUnderLoad)
+}
+
+// upgradeTest skips an upgrade test in -short mode (why says what it costs)
+// and makes the test process the subreaper of the processes it starts: an
+// upgrade's new process outlives its parent, the old one, and the test
+// reaps it (stopProcess).
+func upgradeTest(t *testing.T, why string) {
+	t.Helper()
 	if testing.Short() {
-		t.Skip("builds roamgate twice and runs 50 clients")
+		t.Skip(why)
 	}
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+	t.Cleanup(func() { unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) })
+}
+
+// inBothModes runs test once per upgrade_steering mode, bpf (where
+// permitted; see needBPF) and forward.
+func inBothModes(t *testing.T, test func(t *testing.T, mode string)) {
 	for _, mode := range []string{"bpf", "forward"} {
 		t.Run(mode, func(t *testing.T) {
 			needBPF(t, mode)
-			testUpgradeUnderLoad(t, mode)
+			test(t, mode)
 		})
 	}
 }
@@ -671,13 +686,7 @@ func testUpgradeUnderLoad(t *testing.T, mode string) {
 // serving every connection as before, the reason logged and answered to
 // roamgate upgrade; a good upgrade works afterwards.
 func TestFailedUpgradeKeepsServing(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds roamgate")
-	}
-	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+	upgradeTest(t, "builds roamgate")
 	f := startUpgradeFixtureWith(t, "forward", "1m", "\tupgrade_timeout 5s\n")
 	addr := f.waitLog("listening line", listeningUDP, 0)[1]
 	f.waitLog("serving", regexp.MustCompile(`\bserving\b`), 0)
@@ -761,13 +770,7 @@ func TestFailedUpgradeKeepsServing(t *testing.T) {
 // ends), the old process exits, and the client's next connection is the
 // new process's.
 func TestUpgradeGraceEnds(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds roamgate")
-	}
-	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+	upgradeTest(t, "builds roamgate")
 	f := startUpgradeFixtureGrace(t, "forward", "2s")
 	addr := f.waitLog("listening line", listeningUDP, 0)[1]
 	f.waitLog("serving", regexp.MustCompile(`\bserving\b`), 0)
@@ -824,19 +827,8 @@ func TestUpgradeGraceEnds(t *testing.T) {
 // notice (same QUIC connection, same upstream connection), reload and
 // upgrade reach it again, and a second upgrade succeeds.
 func TestUpgradeSuccessorDies(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds roamgate")
-	}
-	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
-	for _, mode := range []string{"bpf", "forward"} {
-		t.Run(mode, func(t *testing.T) {
-			needBPF(t, mode)
-			testUpgradeSuccessorDies(t, mode)
-		})
-	}
+	upgradeTest(t, "builds roamgate")
+	inBothModes(t, testUpgradeSuccessorDies)
 }
 
 func testUpgradeSuccessorDies(t *testing.T, mode string) {
@@ -942,67 +934,58 @@ func testUpgradeSuccessorDies(t *testing.T, mode string) {
 // key, so an upgrade keeps the old process's connections there, across a
 // migration during the drain, in both steering modes.
 func TestUpgradeWithQUICLB(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds roamgate")
-	}
-	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+	upgradeTest(t, "builds roamgate")
 	const lb = "\tquic_lb {\n\t\tserver_id 0a0b\n\t\tnonce_len 10\n\t\tconfig_id 2\n\t\tkey 8f95f09245765f80256934e50c66207f\n\t}\n"
-	for _, mode := range []string{"bpf", "forward"} {
-		t.Run(mode, func(t *testing.T) {
-			needBPF(t, mode)
-			f := startUpgradeFixtureWith(t, mode, "1m", lb)
-			addr := f.waitLog("listening line", listeningUDP, 0)[1]
-			f.waitLog("serving", regexp.MustCompile(`\bserving\b`), 0)
-			if !strings.Contains(f.log(), "connection ids routable (quic_lb)") {
-				t.Fatal("quic_lb is not on")
+	inBothModes(t, func(t *testing.T, mode string) {
+		f := startUpgradeFixtureWith(t, mode, "1m", lb)
+		addr := f.waitLog("listening line", listeningUDP, 0)[1]
+		f.waitLog("serving", regexp.MustCompile(`\bserving\b`), 0)
+		if !strings.Contains(f.log(), "connection ids routable (quic_lb)") {
+			t.Fatal("quic_lb is not on")
+		}
+		oldPID := f.cmd.Process.Pid
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		clients := make([]*loadClient, 4)
+		first := make([]upstreamConn, len(clients))
+		for i := range clients {
+			clients[i] = &loadClient{id: i, conn: dialEdge(t, addr, f.dataDir), addr: addr}
+			defer clients[i].conn.Close()
+			r := clients[i].get(ctx)
+			if r.err != nil {
+				t.Fatal(r.err)
 			}
-			oldPID := f.cmd.Process.Pid
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-			defer cancel()
-			clients := make([]*loadClient, 4)
-			first := make([]upstreamConn, len(clients))
-			for i := range clients {
-				clients[i] = &loadClient{id: i, conn: dialEdge(t, addr, f.dataDir), addr: addr}
-				defer clients[i].conn.Close()
-				r := clients[i].get(ctx)
-				if r.err != nil {
-					t.Fatal(r.err)
-				}
-				first[i] = r.upstream
+			first[i] = r.upstream
+		}
+		os.Rename(f.next, f.bin)
+		at := len(f.log())
+		if err := f.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+			t.Fatal(err)
+		}
+		newPID, _ := strconv.Atoi(f.waitLog("handover", newProcessServes, at)[1])
+		t.Cleanup(func() { stopProcess(newPID) })
+		f.waitLog("drain", regexp.MustCompile(`draining: no new connections`), at)
+		for i, c := range clients {
+			mctx, mcancel := context.WithTimeout(ctx, 20*time.Second)
+			err := c.conn.Migrate(mctx)
+			mcancel()
+			if err != nil {
+				t.Fatalf("client %d: migrate: %v", i, err)
 			}
-			os.Rename(f.next, f.bin)
-			at := len(f.log())
-			if err := f.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
-				t.Fatal(err)
+			r := c.get(ctx)
+			if r.err != nil || r.upstream != first[i] {
+				t.Fatalf("client %d after migrating during the drain: %v over %v (was %v)", i, r.err, r.upstream, first[i])
 			}
-			newPID, _ := strconv.Atoi(f.waitLog("handover", newProcessServes, at)[1])
-			t.Cleanup(func() { stopProcess(newPID) })
-			f.waitLog("drain", regexp.MustCompile(`draining: no new connections`), at)
-			for i, c := range clients {
-				mctx, mcancel := context.WithTimeout(ctx, 20*time.Second)
-				err := c.conn.Migrate(mctx)
-				mcancel()
-				if err != nil {
-					t.Fatalf("client %d: migrate: %v", i, err)
-				}
-				r := c.get(ctx)
-				if r.err != nil || r.upstream != first[i] {
-					t.Fatalf("client %d after migrating during the drain: %v over %v (was %v)", i, r.err, r.upstream, first[i])
-				}
-				if owner := socketOwner(t, r.ends, oldPID, newPID); owner != oldPID {
-					t.Fatalf("client %d served by process %d (old %d)", i, owner, oldPID)
-				}
+			if owner := socketOwner(t, r.ends, oldPID, newPID); owner != oldPID {
+				t.Fatalf("client %d served by process %d (old %d)", i, owner, oldPID)
 			}
-			fresh := &loadClient{id: 9, conn: dialEdge(t, addr, f.dataDir), addr: addr}
-			defer fresh.conn.Close()
-			if r := fresh.get(ctx); r.err != nil || socketOwner(t, r.ends, oldPID, newPID) != newPID {
-				t.Fatalf("a new client: %v", r.err)
-			}
-		})
-	}
+		}
+		fresh := &loadClient{id: 9, conn: dialEdge(t, addr, f.dataDir), addr: addr}
+		defer fresh.conn.Close()
+		if r := fresh.get(ctx); r.err != nil || socketOwner(t, r.ends, oldPID, newPID) != newPID {
+			t.Fatalf("a new client: %v", r.err)
+		}
+	})
 }
 
 // stopProcess ends a process the test reaped as a subreaper (an upgrade's
