@@ -127,6 +127,21 @@ func serial(t *testing.T, addr, name string, roots *x509.CertPool) (string, erro
 	return st.PeerCertificates[0].SerialNumber.String(), nil
 }
 
+// sameSerial waits until every instance of fleet serves a certificate for
+// name that verifies against roots, and checks they all serve one serial.
+func sameSerial(t *testing.T, fleet []*instance, name string, roots *x509.CertPool) {
+	t.Helper()
+	var first string
+	for i, in := range fleet {
+		s := waitForCert(t, in.addr, name, roots).SerialNumber.String()
+		if i == 0 {
+			first = s
+		} else if s != first {
+			t.Errorf("%s: instance %d serves serial %s, instance 0 %s", name, i, s, first)
+		}
+	}
+}
+
 // TestRedisFleetOrdersOnce: three instances that start together with one
 // Redis storage order each name once between them (Pebble counts the
 // orders), all serve the same certificate (the serials of their
@@ -156,15 +171,7 @@ func TestRedisFleetOrdersOnce(t *testing.T) {
 	}
 	roots := f.ca.IssuingRoots()
 	for _, name := range names {
-		var first string
-		for i, in := range fleet {
-			s := waitForCert(t, in.addr, name, roots).SerialNumber.String()
-			if i == 0 {
-				first = s
-			} else if s != first {
-				t.Errorf("%s: instance %d serves serial %s, instance 0 %s", name, i, s, first)
-			}
-		}
+		sameSerial(t, fleet, name, roots)
 		if n := f.ca.Orders(name); n != 1 {
 			t.Errorf("%s: Pebble got %d orders from the three instances, want 1", name, n)
 		}
@@ -216,15 +223,7 @@ func TestRedisFleetOrdersOnce(t *testing.T) {
 	// Redis is back (empty: it persisted nothing); the same storage works.
 	f.redis.Restart(t)
 	back := time.Now()
-	var lateSerial string
-	for i, in := range fleet {
-		s := waitForCert(t, in.addr, late, roots).SerialNumber.String()
-		if i == 0 {
-			lateSerial = s
-		} else if s != lateSerial {
-			t.Errorf("%s: instance %d serves serial %s, instance 0 %s", late, i, s, lateSerial)
-		}
-	}
+	sameSerial(t, fleet, late, roots)
 	if n := f.ca.Orders(late); n != 1 {
 		t.Errorf("%s: %d orders once Redis was back, want 1", late, n)
 	}

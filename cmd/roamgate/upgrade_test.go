@@ -83,6 +83,21 @@ func (f *upgradeFixture) log() string {
 	return string(b)
 }
 
+// waitExit waits up to 30 s for the process to exit with status 0, and
+// fails the test with notYet (or the exit error) otherwise.
+func (f *upgradeFixture) waitExit(notYet string) {
+	f.t.Helper()
+	select {
+	case err := <-f.exited:
+		f.exited <- err // for the cleanup
+		if err != nil {
+			f.t.Fatalf("old process: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		f.t.Fatal(notYet)
+	}
+}
+
 // waitLog waits until the log matches re, and returns the match.
 func (f *upgradeFixture) waitLog(what string, re *regexp.Regexp, after int) []string {
 	f.t.Helper()
@@ -656,15 +671,7 @@ func testUpgradeUnderLoad(t *testing.T, mode string) {
 		c.conn.Close()
 	}
 	closed := time.Now()
-	select {
-	case err := <-f.exited:
-		if err != nil {
-			t.Fatalf("old process: %v", err)
-		}
-		f.exited <- nil // for the cleanup
-	case <-time.After(30 * time.Second):
-		t.Fatal("the old process still runs 30 s after its last client left")
-	}
+	f.waitExit("the old process still runs 30 s after its last client left")
 	t.Logf("%s: the old process exited %v after its last client closed", mode, time.Since(closed).Round(time.Millisecond))
 	if !strings.Contains(f.log(), "drained: the last connection has closed") {
 		t.Error("the old process did not log that it drained")
@@ -757,12 +764,7 @@ func TestFailedUpgradeKeepsServing(t *testing.T) {
 		t.Fatalf("an upgrade while the previous process drains: %v", err)
 	}
 	c.conn.Close()
-	select {
-	case err := <-f.exited:
-		f.exited <- err
-	case <-time.After(30 * time.Second):
-		t.Fatal("the old process did not exit")
-	}
+	f.waitExit("the old process did not exit")
 }
 
 // TestUpgradeGraceEnds: a client that never leaves keeps the old process
@@ -800,15 +802,7 @@ func TestUpgradeGraceEnds(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the client was not told to go away after upgrade_grace")
 	}
-	select {
-	case err := <-f.exited:
-		if err != nil {
-			t.Fatalf("old process: %v", err)
-		}
-		f.exited <- nil // for the cleanup
-	case <-time.After(30 * time.Second):
-		t.Fatal("the old process still runs after upgrade_grace")
-	}
+	f.waitExit("the old process still runs after upgrade_grace")
 	if !strings.Contains(f.log()[at:], "upgrade_grace over: the remaining connections are told to go away") {
 		t.Fatalf("no log line for the end of upgrade_grace:\n%s", f.log()[at:])
 	}
@@ -913,15 +907,7 @@ func testUpgradeSuccessorDies(t *testing.T, mode string) {
 	kept.conn.Close()
 	fresh.conn.Close()
 	theirs.conn.Close()
-	select {
-	case err := <-f.exited:
-		if err != nil {
-			t.Fatalf("old process: %v", err)
-		}
-		f.exited <- nil
-	case <-time.After(30 * time.Second):
-		t.Fatal("the old process did not exit after the second upgrade")
-	}
+	f.waitExit("the old process did not exit after the second upgrade")
 	last := &loadClient{id: 4, conn: dialEdge(t, addr, f.dataDir), addr: addr}
 	defer last.conn.Close()
 	if r := last.get(ctx); r.err != nil || socketOwner(t, r.ends, secondPID) != secondPID {
