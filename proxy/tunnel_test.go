@@ -295,3 +295,63 @@ func TestTunnelBackendClosesFirst(t *testing.T) {
 		t.Fatalf("sessions opened = %v, want 1", got)
 	}
 }
+
+// TestReloadKeepsATunnel (issue 14): a reload that moves the tunnel to
+// another backend, and then one that removes it, leave an open tunnel
+// carrying bytes to its backend, over its TCP connection, until it ends;
+// new CONNECTs follow the configuration: to the new backend, then refused.
+func TestReloadKeepsATunnel(t *testing.T) {
+	first, second := startEcho(t), startEcho(t)
+	h := startProxy(t, tunnelSite(first.addr(), ""), nil)
+	authority := "localhost:" + strconv.Itoa(h.port)
+	connect := func(c *rawH3Conn) (*quic.Stream, int) {
+		str := c.sendHeaders(t, tunnelFields(authority, h3Field{"authorization", "Bearer s3cret"}))
+		return str, readInterim(t, str)
+	}
+	echoes := func(str *quic.Stream, br *bufio.Reader, msg string) {
+		t.Helper()
+		str.Write(dataFrame([]byte(msg)))
+		if got := string(readData(t, br, len(msg))); got != msg {
+			t.Fatalf("echo %q, want %q", got, msg)
+		}
+	}
+	c := dialRawH3(t, h)
+	open, status := connect(c)
+	if status != http.StatusOK {
+		t.Fatalf("CONNECT: %d", status)
+	}
+	br := bufio.NewReader(open)
+	echoes(open, br, "before the reloads")
+
+	// The tunnel moves to another backend: the open one stays on its own.
+	if err := h.srv.Reload(mustParse(t, tunnelSite(second.addr(), ""))); err != nil {
+		t.Fatal(err)
+	}
+	echoes(open, br, "after the tunnel moved")
+	moved, status := connect(dialRawH3(t, h))
+	if status != http.StatusOK {
+		t.Fatalf("CONNECT after the move: %d", status)
+	}
+	echoes(moved, bufio.NewReader(moved), "to the new backend")
+	if conns, _ := second.counts(); conns != 1 {
+		t.Fatalf("the new backend saw %d connections, want 1", conns)
+	}
+
+	// The tunnel removed: the open one still carries bytes; a new CONNECT
+	// is refused.
+	noTunnel := "{\n\tdefault_bind 127.0.0.1\n}\nlocalhost:0 {\n\trespond \"web content\"\n}\n"
+	if err := h.srv.Reload(mustParse(t, noTunnel)); err != nil {
+		t.Fatal(err)
+	}
+	echoes(open, br, "after the tunnel was removed")
+	refused := dialRawH3(t, h).sendHeaders(t, tunnelFields(authority, h3Field{"authorization", "Bearer s3cret"}))
+	refused.Close()
+	if got := readH3Status(t, refused); got.status != http.StatusMethodNotAllowed {
+		t.Fatalf("a CONNECT after the reload removed the tunnel: %v, want 405", got)
+	}
+	if conns, closed := first.counts(); conns != 1 || closed != 0 {
+		t.Fatalf("the first backend saw %d connections, %d closed: the open tunnel's must be the only one, open", conns, closed)
+	}
+	open.Close()
+	eventually(t, "the open tunnel's backend to see its end", func() bool { _, closed := first.counts(); return closed == 1 })
+}
