@@ -83,6 +83,14 @@ func (f *upgradeFixture) log() string {
 	return string(b)
 }
 
+// serving waits until the process serves and returns its UDP address.
+func (f *upgradeFixture) serving() string {
+	f.t.Helper()
+	addr := f.waitLog("listening line", listeningUDP, 0)[1]
+	f.waitLog("serving", regexp.MustCompile(`\bserving\b`), 0)
+	return addr
+}
+
 // waitExit waits up to 30 s for the process to exit with status 0, and
 // fails the test with notYet (or the exit error) otherwise.
 func (f *upgradeFixture) waitExit(notYet string) {
@@ -402,9 +410,7 @@ func needBPF(t *testing.T, mode string) {
 
 func testUpgradeUnderLoad(t *testing.T, mode string) {
 	f := startUpgradeFixture(t, mode)
-	m := f.waitLog("listening line", listeningUDP, 0)
-	addr := m[1]
-	f.waitLog("serving", regexp.MustCompile(`\bserving\b`), 0)
+	addr := f.serving()
 	if !strings.Contains(f.log(), `"mode": "`+mode+`"`) {
 		t.Fatalf("not in %s mode:\n%s", mode, f.log())
 	}
@@ -518,7 +524,7 @@ func testUpgradeUnderLoad(t *testing.T, mode string) {
 	if err := f.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
 		t.Fatal(err)
 	}
-	m = f.waitLog("handover", newProcessServes, logAt)
+	m := f.waitLog("handover", newProcessServes, logAt)
 	upgradeTook := time.Since(upgradeStart)
 	newPID, _ := strconv.Atoi(m[1])
 	t.Cleanup(func() { stopProcess(newPID) })
@@ -695,8 +701,7 @@ func testUpgradeUnderLoad(t *testing.T, mode string) {
 func TestFailedUpgradeKeepsServing(t *testing.T) {
 	upgradeTest(t, "builds roamgate")
 	f := startUpgradeFixtureWith(t, "forward", "1m", "\tupgrade_timeout 5s\n")
-	addr := f.waitLog("listening line", listeningUDP, 0)[1]
-	f.waitLog("serving", regexp.MustCompile(`\bserving\b`), 0)
+	addr := f.serving()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	c := &loadClient{id: 1, conn: dialEdge(t, addr, f.dataDir), addr: addr}
@@ -774,8 +779,7 @@ func TestFailedUpgradeKeepsServing(t *testing.T) {
 func TestUpgradeGraceEnds(t *testing.T) {
 	upgradeTest(t, "builds roamgate")
 	f := startUpgradeFixtureGrace(t, "forward", "2s")
-	addr := f.waitLog("listening line", listeningUDP, 0)[1]
-	f.waitLog("serving", regexp.MustCompile(`\bserving\b`), 0)
+	addr := f.serving()
 	oldPID := f.cmd.Process.Pid
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -827,8 +831,7 @@ func TestUpgradeSuccessorDies(t *testing.T) {
 
 func testUpgradeSuccessorDies(t *testing.T, mode string) {
 	f := startUpgradeFixture(t, mode)
-	addr := f.waitLog("listening line", listeningUDP, 0)[1]
-	f.waitLog("serving", regexp.MustCompile(`\bserving\b`), 0)
+	addr := f.serving()
 	oldPID := f.cmd.Process.Pid
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -924,8 +927,7 @@ func TestUpgradeWithQUICLB(t *testing.T) {
 	const lb = "\tquic_lb {\n\t\tserver_id 0a0b\n\t\tnonce_len 10\n\t\tconfig_id 2\n\t\tkey 8f95f09245765f80256934e50c66207f\n\t}\n"
 	inBothModes(t, func(t *testing.T, mode string) {
 		f := startUpgradeFixtureWith(t, mode, "1m", lb)
-		addr := f.waitLog("listening line", listeningUDP, 0)[1]
-		f.waitLog("serving", regexp.MustCompile(`\bserving\b`), 0)
+		addr := f.serving()
 		if !strings.Contains(f.log(), "connection ids routable (quic_lb)") {
 			t.Fatal("quic_lb is not on")
 		}

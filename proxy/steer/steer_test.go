@@ -47,11 +47,7 @@ func group(t testing.TB, network string, n int) []*net.UDPConn {
 		}
 		out = append(out, c)
 	}
-	t.Cleanup(func() {
-		for _, c := range out {
-			c.Close()
-		}
-	})
+	closeOnCleanup(t, out)
 	return out
 }
 
@@ -158,11 +154,7 @@ func clients(t *testing.T, network string, n int) []*net.UDPConn {
 		}
 		out = append(out, c)
 	}
-	t.Cleanup(func() {
-		for _, c := range out {
-			c.Close()
-		}
-	})
+	closeOnCleanup(t, out)
 	return out
 }
 
@@ -365,4 +357,13 @@ func cidB(b *testing.B) []byte {
 	}
 	id, _ := g.GenerateConnectionID()
 	return id.Bytes()
+}
+
+// closeOnCleanup closes conns when the test ends.
+func closeOnCleanup(t testing.TB, conns []*net.UDPConn) {
+	t.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
 }
